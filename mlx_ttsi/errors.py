@@ -1,0 +1,27 @@
+"""Errors a user can cause and fix. The CLI prints them as one line; the server maps them to 4xx."""
+
+
+class TTSIError(Exception):
+    """Base class: bad input or an environment problem, reported without a traceback."""
+
+    status = 400
+
+
+class ModelError(TTSIError):
+    """The model cannot be found, downloaded, imported or loaded."""
+
+    status = 404
+
+
+class ToolsError(TTSIError):
+    """The tool specs are missing, malformed or not valid JSON schema."""
+
+
+class RequestError(TTSIError):
+    """The request itself is unusable: empty, too long, malformed messages."""
+
+
+class TeacherError(TTSIError):
+    """The TT-D teacher could not be reached or gave nothing usable."""
+
+    status = 502

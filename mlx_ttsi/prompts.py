@@ -1,0 +1,130 @@
+"""Turning a conversation and tools into the model's prompt, and calls into assistant text.
+
+Models whose chat template renders tools in the Hermes/Qwen `<tool_call>` JSON style get their own
+template; every other model (SmolLM2 included) gets the fallback system prompt below, and answers
+with bare JSON objects, one per line.
+"""
+
+import json
+from dataclasses import dataclass
+
+from .errors import RequestError
+
+FALLBACK_SYSTEM = (
+    "You are a function-calling assistant. You can call these tools:\n{tools}\n"
+    'Answer the user\'s request with one JSON object per call, like {{"name": "tool_name", '
+    '"arguments": {{"argument": "value"}}}}, using only the tools and arguments listed.'
+)
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True)
+class CallFormat:
+    """How a model writes tool calls: the JSON object's surroundings."""
+
+    open: str = ""
+    close: str = ""
+    separator: str = "\n"
+    native: bool = False
+
+
+def call_format(tokenizer):
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "<tool_call>" in template and "tool_call.name" in template:
+        return CallFormat(open="<tool_call>\n", close="\n</tool_call>", separator="\n", native=True)
+    return CallFormat()
+
+
+def tool_line(tool):
+    return json.dumps(tool.as_plain(), ensure_ascii=False)
+
+
+def call_json(call):
+    return json.dumps({"name": call["name"], "arguments": call.get("arguments", {})}, ensure_ascii=False)
+
+
+def calls_text(calls, fmt):
+    """The assistant turn for a list of calls, exactly as the decoder writes it."""
+    return fmt.separator.join(fmt.open + call_json(call) + fmt.close for call in calls)
+
+
+def normalize_messages(messages):
+    """Check a conversation and bring tool calls to {name, arguments} (OpenAI shape accepted)."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages must be a non-empty list")
+    clean = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise RequestError(f"message #{index + 1} needs a role of {', '.join(sorted(ROLES))}")
+        content = message.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if content is not None and not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        calls = [_plain_call(call, index) for call in message.get("tool_calls") or []]
+        clean.append({"role": message["role"], "content": content or "", "tool_calls": calls})
+    last = clean[-1]
+    if last["role"] not in ("user", "tool") or not last["content"].strip():
+        raise RequestError("the conversation must end with a non-empty user (or tool) message")
+    return clean
+
+
+def _plain_call(call, index):
+    body = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise RequestError(f"message #{index + 1} has a malformed tool call")
+    arguments = body.get("arguments") or {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            raise RequestError(f"message #{index + 1} has tool-call arguments that are not JSON") from None
+    return {"name": body["name"], "arguments": arguments}
+
+
+def last_user_text(messages):
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    return messages[-1]["content"]
+
+
+def chat_messages(messages, tools, fmt, demonstrations=()):
+    """Messages for the chat template: tools in the system prompt (fallback) and demonstrations."""
+    out = []
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    if not fmt.native and tools:
+        system.append(FALLBACK_SYSTEM.format(tools="\n".join(tool_line(t) for t in tools)))
+    if system:
+        out.append({"role": "system", "content": "\n\n".join(system)})
+    for example in demonstrations:
+        out.append({"role": "user", "content": example["request"]})
+        out.append({"role": "assistant", "content": calls_text(example["calls"], fmt)})
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        if message["role"] == "assistant" and message["tool_calls"]:
+            text = calls_text(message["tool_calls"], fmt)
+            out.append({"role": "assistant", "content": (message["content"] + "\n" + text).strip()})
+        elif message["role"] == "tool" and not fmt.native:
+            out.append({"role": "user", "content": "Tool result: " + message["content"]})
+        else:
+            out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def render_prompt(tokenizer, messages, tools, fmt, demonstrations=()):
+    """The prompt text, ending where the assistant's answer begins."""
+    chat = chat_messages(messages, tools, fmt, demonstrations)
+    kwargs = {"tools": [t.as_openai() for t in tools]} if fmt.native and tools else {}
+    try:
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, **kwargs)
+    except Exception as error:  # jinja errors from the model's own template
+        raise RequestError(f"the model's chat template rejected this conversation: {error}") from None
+
+
+def end_of_turn(tokenizer):
+    """The text that ends an assistant turn (the EOS token as text)."""
+    return tokenizer.eos_token or ""

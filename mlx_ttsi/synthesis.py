@@ -1,0 +1,176 @@
+"""Self-data augmentation: write training examples similar to the request, never seeing its answer.
+
+TT-SI: the model itself writes a new request (sampled) and labels it with its own schema-guided
+call. TT-D: a teacher does the same, either another local model or an OpenAI-compatible endpoint
+asked for JSON examples. Every example is checked (it parses, names an offered tool, its
+arguments validate, it is not a copy of the request or of another example) and rejections are
+counted with their reasons.
+"""
+
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm import stream_generate
+from mlx_lm.sample_utils import make_sampler
+
+from .decoding import CallDecoder
+from .errors import TeacherError
+from .prompts import call_format, render_prompt, tool_line
+from .state import ContextState
+from .tools import check_call, parse_calls
+
+WRITER_SYSTEM = "You write realistic requests that users send to an assistant with these tools:\n{tools}"
+WRITER_USER = (
+    "A user asked:\n{request}\n\nWrite one new request from a different user that needs the same "
+    "kind of tool call, with different details. Reply with the new request only."
+)
+TEACHER_USER = (
+    "Tools:\n{tools}\n\nA user asked:\n{request}\n\nWrite {k} new, different user requests that need "
+    "the same kind of tool call, each with its correct call. Reply with only a JSON list like "
+    '[{{"request": "...", "calls": [{{"name": "...", "arguments": {{...}}}}]}}].'
+)
+
+
+@dataclass
+class Synthesis:
+    examples: list = field(default_factory=list)  # [{"request", "calls", "source"}]
+    rejected: dict = field(default_factory=dict)  # reason -> count
+    attempts: int = 0
+
+    def reject(self, reason):
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def as_dict(self):
+        return {"examples": self.examples, "rejected": self.rejected, "attempts": self.attempts}
+
+
+def _normal(text):
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def admit(synthesis, request, calls, original, tools, source):
+    """Add one candidate example if it passes every check; otherwise count why not."""
+    request = (request or "").strip()
+    if not request:
+        return synthesis.reject("empty request")
+    if _normal(request) == _normal(original):
+        return synthesis.reject("copy of the request")
+    if any(_normal(request) == _normal(e["request"]) for e in synthesis.examples):
+        return synthesis.reject("duplicate example")
+    if not calls:
+        return synthesis.reject("no tool call")
+    for call in calls:
+        problem = check_call(call, tools)
+        if problem:
+            return synthesis.reject(problem.split(":")[0])
+    synthesis.examples.append({"request": request, "calls": calls, "source": source})
+
+
+class ModelWriter:
+    """A local model that writes requests (sampled) and labels them (schema-guided)."""
+
+    def __init__(self, loaded, temperature=0.8, top_p=0.95, max_request_tokens=80, decoder_options=None):
+        self.loaded = loaded
+        self.fmt = call_format(loaded.tokenizer)
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_request_tokens = max_request_tokens
+        self.decoder_options = decoder_options or {}
+
+    def write_request(self, original, tools):
+        tok = self.loaded.tokenizer
+        chat = [
+            {"role": "system", "content": WRITER_SYSTEM.format(tools="\n".join(tool_line(t) for t in tools))},
+            {"role": "user", "content": WRITER_USER.format(request=original)},
+        ]
+        prompt = tok.apply_chat_template(chat, add_generation_prompt=True)
+        sampler = make_sampler(temp=self.temperature, top_p=self.top_p)
+        text = ""
+        for response in stream_generate(
+            self.loaded.model, tok, prompt, max_tokens=self.max_request_tokens, sampler=sampler
+        ):
+            text += response.text
+            if "\n" in text.strip():
+                break
+        return text.strip().split("\n")[0].strip().strip('"')
+
+    def label(self, request, tools):
+        state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
+        prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": request}], tools, self.fmt)
+        return CallDecoder(state, self.fmt, **self.decoder_options).decode(prompt, tools).calls
+
+    def synthesize(self, original, tools, k, seed, max_attempts=None):
+        synthesis = Synthesis()
+        mx.random.seed(seed)
+        for _ in range(max_attempts or 3 * k):
+            if len(synthesis.examples) >= k:
+                break
+            synthesis.attempts += 1
+            request = self.write_request(original, tools)
+            calls = self.label(request, tools) if request and _normal(request) != _normal(original) else []
+            admit(synthesis, request, calls, original, tools, "self")
+        return synthesis
+
+
+class EndpointTeacher:
+    """An OpenAI-compatible chat endpoint (e.g. `mlx-ttsi serve`, Ollama, OpenAI) as TT-D teacher."""
+
+    def __init__(self, url, model="gpt-5-mini", api_key=None, timeout=120):
+        url = url.rstrip("/")
+        self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+        self.model = model
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def ask(self, content, seed):
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}], "seed": seed}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                reply = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise TeacherError(f"teacher endpoint {self.url} answered HTTP {error.code}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TeacherError(f"cannot reach teacher endpoint {self.url}: {reason}") from None
+        except ValueError:
+            raise TeacherError(f"teacher endpoint {self.url} did not answer JSON") from None
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise TeacherError(f"teacher endpoint {self.url} gave no chat completion") from None
+
+    def synthesize(self, original, tools, k, seed, max_attempts=None):
+        synthesis = Synthesis()
+        tools_text = "\n".join(tool_line(t) for t in tools)
+        for attempt in range(max_attempts or 2):
+            if len(synthesis.examples) >= k:
+                break
+            synthesis.attempts += 1
+            reply = self.ask(TEACHER_USER.format(tools=tools_text, request=original, k=k), seed + attempt)
+            for item in _json_items(reply)[: k - len(synthesis.examples)]:
+                calls = item.get("calls") or ([item["call"]] if isinstance(item.get("call"), dict) else [])
+                admit(synthesis, item.get("request"), parse_calls(json.dumps(calls)), original, tools, "teacher")
+        return synthesis
+
+
+def _json_items(reply):
+    """The example objects in a teacher's reply (a JSON list, possibly inside a code fence)."""
+    decoder = json.JSONDecoder()
+    for start in [m.start() for m in re.finditer(r"[\[{]", reply)]:
+        try:
+            value, _ = decoder.raw_decode(reply, start)
+        except json.JSONDecodeError:
+            continue
+        items = value if isinstance(value, list) else [value]
+        items = [i for i in items if isinstance(i, dict) and "request" in i]
+        if items:
+            return items
+    return []

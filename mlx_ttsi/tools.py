@@ -1,0 +1,157 @@
+"""Tool specs: reading them, showing them to the model, and checking calls against them."""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from .errors import ToolsError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict = field(default_factory=lambda: dict(EMPTY_PARAMETERS))
+
+    @property
+    def properties(self):
+        return self.parameters.get("properties") or {}
+
+    @property
+    def required(self):
+        return [name for name in self.parameters.get("required") or [] if name in self.properties]
+
+    def as_openai(self):
+        return {"type": "function", "function": self.as_plain()}
+
+    def as_plain(self):
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+def parse_tools(specs):
+    """Accept OpenAI-style `{"type": "function", "function": {...}}` or bare `{name, ...}` specs."""
+    if isinstance(specs, dict) and "tools" in specs:
+        specs = specs["tools"]
+    if isinstance(specs, dict):
+        specs = [specs]
+    if not isinstance(specs, list):
+        raise ToolsError("tools must be a JSON list of tool specs")
+    tools, seen = [], set()
+    for index, spec in enumerate(specs):
+        where = f"tool #{index + 1}"
+        if isinstance(spec, Tool):
+            spec = spec.as_plain()
+        if not isinstance(spec, dict):
+            raise ToolsError(f"{where} is not a JSON object")
+        if spec.get("type", "function") != "function":
+            raise ToolsError(f"{where} has type {spec.get('type')!r}; only 'function' tools are supported")
+        body = spec.get("function", spec) if "function" in spec else spec
+        if not isinstance(body, dict):
+            raise ToolsError(f"{where}: 'function' must be an object")
+        name = body.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ToolsError(f"{where} has no valid name (letters, digits, _ . -; got {name!r})")
+        if name in seen:
+            raise ToolsError(f"tool name {name!r} appears twice")
+        seen.add(name)
+        description = body.get("description") or ""
+        if not isinstance(description, str):
+            raise ToolsError(f"tool {name!r}: description must be a string")
+        parameters = body.get("parameters") or dict(EMPTY_PARAMETERS)
+        if not isinstance(parameters, dict):
+            raise ToolsError(f"tool {name!r}: parameters must be a JSON schema object")
+        try:
+            Draft202012Validator.check_schema(parameters)
+        except SchemaError as error:
+            raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
+        if parameters.get("type", "object") != "object":
+            raise ToolsError(f"tool {name!r}: parameters must describe an object")
+        tools.append(Tool(name, description, parameters))
+    if not tools:
+        raise ToolsError("the tools list is empty")
+    return tools
+
+
+def load_tools(path):
+    """Read a tools JSON file, with one-line errors for every way it can be wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ToolsError(f"tools file not found: {path}") from None
+    except OSError as error:
+        raise ToolsError(f"cannot read tools file {path}: {error.strerror}") from None
+    try:
+        specs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ToolsError(f"tools file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
+    return parse_tools(specs)
+
+
+def validation_errors(tool, arguments):
+    """Messages for each way `arguments` breaks the tool's schema (empty when valid)."""
+    if not isinstance(arguments, dict):
+        return ["arguments must be a JSON object"]
+    validator = Draft202012Validator(tool.parameters)
+    return [error.message for error in validator.iter_errors(arguments)]
+
+
+def check_call(call, tools):
+    """Why a {name, arguments} call is unusable for these tools, or None when it is fine."""
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return "not a {name, arguments} object"
+    by_name = {tool.name: tool for tool in tools}
+    if call["name"] not in by_name:
+        return f"names unknown tool {call['name']!r}"
+    errors = validation_errors(by_name[call["name"]], call.get("arguments", {}))
+    return f"invalid arguments: {errors[0]}" if errors else None
+
+
+def parse_calls(text):
+    """Tool calls found in free model output: JSON objects with a name, in order.
+
+    Accepts bare objects, `<tool_call>` tags, code fences, `arguments` given as a JSON string
+    and OpenAI's `{"function": {...}}` wrapping.
+    """
+    decoder = json.JSONDecoder()
+    calls, position = [], 0
+    while True:
+        start = text.find("{", position)
+        if start < 0:
+            return calls
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        position = end
+        for item in value if isinstance(value, list) else [value]:
+            call = _as_call(item)
+            if call:
+                calls.append(call)
+
+
+def _as_call(item):
+    if not isinstance(item, dict):
+        return None
+    if isinstance(item.get("function"), dict):
+        item = item["function"]
+    name = item.get("name")
+    if not isinstance(name, str):
+        return None
+    arguments = item.get("arguments", item.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return {"name": name, "arguments": arguments}

@@ -1,0 +1,59 @@
+"""Self-awareness: relative softmax scoring over candidate actions (the paper's estimator).
+
+For candidates a_1..a_N with log-likelihoods l_n, p_n = softmax(l)_n and the margin
+u = p_(1) - p_(2); the request is uncertain when u < tau. A candidate is an offered tool name
+(the default) or the whole call the model would write for that tool; l_n is the summed or the
+per-token mean log-likelihood.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+FORMS = ("name", "call")
+NORMS = ("mean", "sum")
+
+
+def relative_softmax(scores):
+    """Probabilities p_n = exp(l_n - max l) / sum_k exp(l_k - max l)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return scores
+    shifted = np.exp(scores - scores.max())
+    return shifted / shifted.sum()
+
+
+def margin(probs):
+    """Gap between the two most likely candidates (1.0 when there is only one)."""
+    ordered = np.sort(np.asarray(probs))[::-1]
+    if ordered.size == 0:
+        return 0.0
+    return float(ordered[0] - (ordered[1] if ordered.size > 1 else 0.0))
+
+
+@dataclass
+class Uncertainty:
+    score: float
+    threshold: float
+    uncertain: bool
+    candidates: list  # [{"name", "prob", "logprob", "tokens"}], most likely first
+    form: str = "name"
+    norm: str = "mean"
+
+    @property
+    def best(self):
+        return self.candidates[0]["name"] if self.candidates else None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def estimate(names, scores, logprobs, lengths, threshold, form="name", norm="mean"):
+    probs = relative_softmax(scores)
+    u = margin(probs)
+    candidates = [
+        {"name": n, "prob": round(float(p), 6), "logprob": round(float(lp), 4), "tokens": int(k)}
+        for n, p, lp, k in zip(names, probs, logprobs, lengths)
+    ]
+    candidates.sort(key=lambda c: -c["prob"])
+    return Uncertainty(round(u, 6), threshold, bool(u < threshold), candidates, form, norm)

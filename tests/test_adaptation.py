@@ -1,0 +1,85 @@
+import os
+
+import mlx.core as mx
+import pytest
+
+from mlx_ttsi.adaptation import Adapter, LoRASettings
+from mlx_ttsi.errors import TTSIError
+
+
+def logits(loaded, text="Set an alarm at 7 for work."):
+    ids = loaded.tokenizer.encode(text, add_special_tokens=False)
+    out = loaded.model(mx.array(ids)[None])
+    mx.eval(out)
+    return out
+
+
+def examples(loaded):
+    tok = loaded.tokenizer
+    prompt = tok.encode("What is the weather in Paris?", add_special_tokens=False)
+    answer = tok.encode('{"name": "get_weather", "arguments": {"city": "Paris"}}', add_special_tokens=False)
+    return [(prompt + answer, len(prompt))]
+
+
+def test_after_reset_logits_equal_the_base_model_exactly(tiny):
+    before = logits(tiny)
+    adapter = Adapter(tiny.model, LoRASettings(epochs=3, learning_rate=1e-2))
+    assert mx.array_equal(logits(tiny), before).item()  # zero lora_b: identical from the start
+    adapter.train(examples(tiny))
+    trained = logits(tiny)
+    assert not mx.array_equal(trained, before).item()  # training really changed the model
+    adapter.reset(seed=3)
+    assert adapter.is_reset()
+    assert mx.array_equal(logits(tiny), before).item()
+
+
+def test_training_lowers_the_loss_on_the_answer(tiny):
+    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3))
+    first = adapter.train(examples(tiny))
+    adapter.reset(seed=0)
+    assert first["steps"] == 20 and first["examples"] == 1
+    tok = tiny.tokenizer
+    ids, offset = examples(tiny)[0]
+
+    def answer_loss():
+        out = tiny.model(mx.array(ids)[None])[0].astype(mx.float32)
+        lp = out - mx.logsumexp(out, axis=-1, keepdims=True)
+        return -sum(lp[i - 1, ids[i]].item() for i in range(offset, len(ids))) / (len(ids) - offset)
+
+    base = answer_loss()
+    adapter.train(examples(tiny))
+    assert answer_loss() < base * 0.8
+
+
+def test_training_writes_nothing_and_prints_nothing(tiny, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    adapter = Adapter(tiny.model, LoRASettings(epochs=2))
+    adapter.train(examples(tiny))
+    assert os.listdir(tmp_path) == []
+    out, _ = capfd.readouterr()
+    assert out == ""
+    assert not tiny.model.training  # mlx-lm leaves train mode on; we switch it off
+
+
+def test_lora_is_applied_once(tiny):
+    Adapter(tiny.model)
+    with pytest.raises(TTSIError, match="already has LoRA"):
+        Adapter(tiny.model)
+
+
+def test_weights_round_trip_and_reject_mismatches(tiny):
+    adapter = Adapter(tiny.model, LoRASettings(epochs=2, learning_rate=1e-2))
+    adapter.train(examples(tiny))
+    saved = adapter.weights()
+    trained = logits(tiny)
+    adapter.reset()
+    adapter.load(saved)
+    assert mx.array_equal(logits(tiny), trained).item()
+    with pytest.raises(TTSIError, match="do not match"):
+        adapter.load({"x": mx.zeros((2,))})
+
+
+def test_needs_at_least_batch_size_examples(tiny):
+    adapter = Adapter(tiny.model, LoRASettings(batch_size=2))
+    with pytest.raises(TTSIError, match="at least 2"):
+        adapter.train(examples(tiny))

@@ -1,0 +1,130 @@
+import json
+
+import mlx.core as mx
+import pytest
+
+from mlx_ttsi.adaptation import LoRASettings
+from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.errors import RequestError, TTSIError
+from mlx_ttsi.tools import check_call
+
+from conftest import TOOLS
+
+
+def base_logits(agent):
+    ids = agent.loaded.tokenizer.encode("What is the weather in Paris?", add_special_tokens=False)
+    out = agent.loaded.model(mx.array(ids)[None])
+    mx.eval(out)
+    return out
+
+
+@pytest.fixture
+def agent(tiny):
+    return Agent(tiny, Settings(lora=LoRASettings(epochs=2, learning_rate=1e-2)))
+
+
+def test_ttsi_adapts_answers_and_resets(agent, tools):
+    before = base_logits(agent)
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi")
+    assert answer.adapted and answer.method == "ttsi"
+    assert len(answer.synthetic) == 1 and answer.training["steps"] == 2
+    assert check_call(answer.tool_calls[0], tools) is None
+    assert set(answer.timings) >= {"scoring", "synthesis", "training", "answering", "total"}
+    assert agent.adapter.is_reset()
+    assert mx.array_equal(base_logits(agent), before).item()  # nothing leaks to the next request
+    json.dumps(answer.as_dict())  # the --json output is serialisable
+
+
+def test_base_mode_never_adapts_and_is_deterministic(agent):
+    first = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert not first.adapted and first.synthetic == [] and "training" not in first.timings
+    agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi")
+    again = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert again.tool_calls == first.tool_calls
+    assert again.uncertainty.candidates == first.uncertainty.candidates
+
+
+def test_auto_mode_follows_the_threshold(agent):
+    never = agent.ask("Set an alarm at 7", tools=TOOLS, mode="auto", threshold=0.0)
+    assert not never.uncertainty.uncertain and not never.adapted
+    always = agent.ask("Set an alarm at 7", tools=TOOLS, mode="auto", threshold=1.0)
+    assert always.uncertainty.uncertain and always.adapted
+
+
+def test_gated_methods_skip_certain_requests(agent):
+    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ticl", threshold=0.0, force=False)
+    assert not answer.adapted
+
+
+def test_ticl_puts_examples_in_the_prompt_without_training(agent):
+    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ticl")
+    assert answer.adapted and answer.method == "ticl" and answer.training is None
+    assert "training" not in answer.timings
+
+
+def test_uncertainty_reports_every_offered_tool(agent):
+    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    u = answer.uncertainty
+    assert sorted(c["name"] for c in u.candidates) == ["get_weather", "list_alarms", "set_alarm"]
+    assert sum(c["prob"] for c in u.candidates) == pytest.approx(1.0, abs=1e-4)
+    assert u.score == pytest.approx(u.candidates[0]["prob"] - u.candidates[1]["prob"], abs=1e-5)
+
+
+def test_call_candidates_score_whole_calls(agent):
+    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base", candidates="call", norm="sum")
+    assert answer.uncertainty.form == "call"
+    assert answer.tool_calls[0]["name"] == answer.uncertainty.best
+
+
+def test_multi_turn_messages(agent):
+    messages = [
+        {"role": "user", "content": "Set an alarm at 7"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function",
+                                                             "function": {"name": "set_alarm", "arguments": "{\"time\": \"07:00\", \"loud\": true}"}}]},
+        {"role": "tool", "content": "ok"},
+        {"role": "user", "content": "and what is the weather in Oslo?"},
+    ]
+    answer = agent.ask(messages=messages, tools=TOOLS, mode="base")
+    assert answer.tool_calls
+
+
+def test_reused_adapter_skips_synthesis_and_training(agent):
+    trained = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", keep_adapter=True)
+    assert trained.adapter
+    reused = agent.ask("Set an alarm at 8", tools=TOOLS, mode="ttsi", adapter=trained.adapter)
+    assert reused.adapted and reused.reused and "synthesis" not in reused.timings
+    assert agent.adapter.is_reset()
+
+
+def test_text_answer_without_tools(agent):
+    answer = agent.ask("Say hello", max_tokens=5)
+    assert answer.tool_calls == [] and answer.uncertainty is None and isinstance(answer.answer, str)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"request": ""}, RequestError, "empty"),
+        ({"request": "   "}, RequestError, "empty"),
+        ({"request": "x" * 200_001}, RequestError, "over"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, RequestError, "must end with"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, RequestError, "role"),
+        ({"request": "hi", "mode": "magic"}, TTSIError, "unknown mode"),
+        ({"request": "hi", "threshold": 2}, TTSIError, "threshold"),
+    ],
+)
+def test_bad_requests_fail_clearly(agent, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        agent.ask(tools=TOOLS, **kwargs)
+
+
+def test_request_longer_than_context_fails_clearly(tiny):
+    tiny.context_length = 64
+    agent = Agent(tiny)
+    with pytest.raises(RequestError, match="longer than the model's context"):
+        agent.ask("weather " * 100, tools=TOOLS)
+
+
+def test_ttd_without_teacher_fails_clearly(agent):
+    with pytest.raises(TTSIError, match="needs a teacher"):
+        agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttd")

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_ttsi.cli import cli, main
+
+
+@pytest.fixture
+def run(tiny_model_dir):
+    def invoke(*args, input=None):
+        return CliRunner().invoke(cli, ["ask", "--model", str(tiny_model_dir), *args], input=input)
+
+    return invoke
+
+
+def test_ask_prints_calls_on_stdout_and_progress_on_stderr(run, tools_file):
+    result = run("What is the weather in Paris?", "--tools", str(tools_file), "--mode", "ttsi", "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    call = json.loads(result.stdout.strip().splitlines()[0])
+    assert call["name"] in {"get_weather", "set_alarm", "list_alarms"}
+    for phase in ("loading", "scoring", "synthesis", "training", "answering"):
+        assert phase in result.stderr
+    assert "scoring" not in result.stdout
+
+
+def test_ask_json_has_the_documented_fields(run, tools_file):
+    result = run("Set an alarm at 7", "--tools", str(tools_file), "--json", "--mode", "base", "-q")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"answer", "tool_calls", "uncertainty", "adapted", "synthetic", "timings", "model"} <= set(data)
+    assert {"score", "threshold", "uncertain", "candidates"} <= set(data["uncertainty"])
+    assert {"name", "prob"} <= set(data["uncertainty"]["candidates"][0])
+    assert data["adapted"] is False and result.stderr == ""
+
+
+def test_messages_file_with_tools_inside(run, tmp_path):
+    from conftest import TOOLS
+
+    conversation = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": TOOLS}
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps(conversation))
+    result = run("--messages", str(path), "--mode", "base", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["name"]
+
+
+def test_settings_come_from_env_and_config_file(tiny_model_dir, tools_file, tmp_path, monkeypatch):
+    config = tmp_path / "config.json"
+    monkeypatch.setenv("MLX_TTSI_CONFIG", str(config))
+    config.write_text(json.dumps({"model": str(tiny_model_dir), "threshold": 0.0}))
+    result = CliRunner().invoke(cli, ["ask", "hi", "--tools", str(tools_file), "--json", "-q"],
+                                default_map={"ask": json.loads(config.read_text())})
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["uncertainty"]["threshold"] == 0.0
+    monkeypatch.setenv("MLX_TTSI_THRESHOLD", "1.0")  # env beats the config file
+    result = CliRunner().invoke(cli, ["ask", "hi", "--tools", str(tools_file), "--json", "-q", "--mode", "base"],
+                                default_map={"ask": json.loads(config.read_text())})
+    assert json.loads(result.stdout)["uncertainty"]["threshold"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hi", "--tools", "missing.json"], "tools file not found"),
+        (["", "--tools", "TOOLS"], "request is empty"),
+        (["hi", "--tools", "BAD"], "not valid JSON"),
+        (["hi", "--tools", "WRONG"], "no valid name"),
+        (["x " * 5000, "--tools", "TOOLS"], "longer than the model's context"),
+        (["hi", "--tools", "TOOLS", "--mode", "ttd"], "needs --teacher"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(run, tools_file, tmp_path, args, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('[{"name": "two words"}]')
+    names = {"TOOLS": str(tools_file), "BAD": str(bad), "WRONG": str(wrong)}
+    result = run(*[names.get(a, a) for a in args])
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+    assert result.stdout == ""
+
+
+def test_unknown_model_fails_clearly(tools_file):
+    result = CliRunner().invoke(cli, ["ask", "hi", "--tools", str(tools_file), "--model", "nope"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("Error: unknown model 'nope'")
+
+
+def test_broken_config_file_is_one_line(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "config.json"
+    config.write_text("{not json")
+    monkeypatch.setenv("MLX_TTSI_CONFIG", str(config))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ask", "hi"])
+    assert exit_info.value.code == 1
+    assert "cannot read config file" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+import json
+
+import mlx.core as mx
+import pytest
+
+from mlx_ttsi.decoding import CallDecoder, _parse_number, _string_end
+from mlx_ttsi.prompts import CallFormat, call_format, calls_text, render_prompt
+from mlx_ttsi.state import ContextState
+from mlx_ttsi.tools import check_call, parse_tools
+
+SCHEMAS = parse_tools(
+    [
+        {
+            "name": "book",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "guests": {"type": "integer"},
+                    "price": {"type": "number"},
+                    "vip": {"type": "boolean"},
+                    "room": {"enum": ["single", "double", 3]},
+                    "names": {"type": "array", "items": {"type": "string"}},
+                    "note": {"type": ["string", "null"]},
+                },
+                "required": ["guests", "price", "vip", "room"],
+            },
+        },
+        {"name": "cancel", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}},
+    ]
+)
+
+
+def decode(tiny, tools, request, **options):
+    fmt = call_format(tiny.tokenizer)
+    prompt = render_prompt(tiny.tokenizer, [{"role": "user", "content": request}], tools, fmt)
+    decoder = CallDecoder(ContextState(tiny.model, tiny.tokenizer), fmt, **options)
+    return prompt, decoder.decode(prompt, tools)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_guided_calls_always_parse_name_an_offered_tool_and_validate(tiny, seed):
+    # even a random model cannot produce an invalid call
+    mx.random.seed(seed)
+    for tools, request in [(SCHEMAS, "Book a double room for 2 guests"), (parse_tools([{"name": "noop"}]), "hi")]:
+        prompt, decoded = decode(tiny, tools, request + str(seed))
+        assert len(decoded.calls) == 1
+        assert check_call(decoded.calls[0], tools) is None
+        assert decoded.text == calls_text(decoded.calls, call_format(tiny.tokenizer))
+        assert json.loads(decoded.text) == decoded.calls[0]
+
+
+def test_required_arguments_are_always_present(tiny):
+    _, decoded = decode(tiny, SCHEMAS, "Book it")
+    call = decoded.calls[0]
+    required = {t.name: set(t.required) for t in SCHEMAS}[call["name"]]
+    assert required <= set(call["arguments"])
+
+
+def test_several_calls_when_allowed(tiny, tools):
+    _, decoded = decode(tiny, tools, "Weather in Paris and an alarm at 7", max_calls=3)
+    assert 1 <= len(decoded.calls) <= 3
+    assert all(check_call(c, tools) is None for c in decoded.calls)
+
+
+def test_native_call_format_wraps_calls_in_tags():
+    fmt = CallFormat(open="<tool_call>\n", close="\n</tool_call>", native=True)
+    text = calls_text([{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}], fmt)
+    assert text == '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b", "arguments": {"x": 1}}\n</tool_call>'
+
+
+def test_string_end_skips_escaped_quotes():
+    assert _string_end('abc"') == 3
+    assert _string_end('a\\"b"c') == 4
+    assert _string_end("no end") is None
+
+
+def test_parse_number():
+    assert _parse_number("40", False) == 40 and isinstance(_parse_number("40", False), int)
+    assert _parse_number("40.7", False) == 40.7
+    assert _parse_number("12.0", True) == 12
+    assert _parse_number("-", False) is None
+    assert _parse_number("1.2.3", False) is None

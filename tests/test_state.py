@@ -1,0 +1,44 @@
+import mlx.core as mx
+import pytest
+
+from mlx_ttsi.state import ContextState
+
+
+def full_logprob(model, ids, start):
+    """Summed log-prob of ids[start:] computed from scratch, no cache."""
+    logits = model(mx.array(ids)[None])[0].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return sum(logprobs[i - 1, ids[i]].item() for i in range(start, len(ids)))
+
+
+def test_batched_scoring_with_shared_cache_equals_scoring_each_sequence(tiny):
+    state = ContextState(tiny.model, tiny.tokenizer)
+    prefix = state.encode("What is the weather in Paris?")
+    continuations = [state.encode(" get_weather"), state.encode(" set"), state.encode(' list_alarms"}')]
+    state.sync(prefix)
+    totals, lengths = state.score_continuations(continuations)
+    assert lengths == [len(c) for c in continuations]
+    for total, cont in zip(totals, continuations):
+        assert total == pytest.approx(full_logprob(tiny.model, prefix + cont, len(prefix)), abs=1e-4)
+
+
+def test_sync_reuses_the_cached_prefix_and_stays_exact(tiny):
+    state = ContextState(tiny.model, tiny.tokenizer)
+    first = state.encode("Set an alarm at 7 for work.")
+    second = state.encode("Set an alarm at 9 for work.")
+    state.sync(first)
+    fed = state.forward_tokens
+    state.sync(second)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert state.forward_tokens - fed == len(second) - shared  # only the changed tail is recomputed
+    fresh = ContextState(tiny.model, tiny.tokenizer)
+    fresh.sync(second)
+    assert mx.allclose(state.logprobs, fresh.logprobs, atol=1e-4).item()
+
+
+def test_prompt_longer_than_context_is_refused(tiny):
+    from mlx_ttsi.errors import RequestError
+
+    state = ContextState(tiny.model, tiny.tokenizer, context_length=8)
+    with pytest.raises(RequestError, match="longer than the model's context"):
+        state.set_text("What is the weather in Paris tomorrow? Set an alarm at 7 for work.")

@@ -1,0 +1,98 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.errors import TeacherError
+from mlx_ttsi.synthesis import EndpointTeacher, ModelWriter, Synthesis, admit
+
+from conftest import TOOLS
+
+
+def test_admit_checks_every_example(tools):
+    s = Synthesis()
+    good = [{"name": "get_weather", "arguments": {"city": "Rome"}}]
+    admit(s, "Weather in Rome?", good, "Weather in Paris?", tools, "self")
+    admit(s, "weather in PARIS?!", good, "Weather in Paris?", tools, "self")  # copy of the request
+    admit(s, "Weather in Rome", good, "Weather in Paris?", tools, "self")  # duplicate example
+    admit(s, "  ", good, "Weather in Paris?", tools, "self")
+    admit(s, "Fly me to Rome", [{"name": "fly", "arguments": {}}], "Weather in Paris?", tools, "self")
+    admit(s, "Weather somewhere", [{"name": "get_weather", "arguments": {}}], "Weather in Paris?", tools, "self")
+    admit(s, "Nothing to call", [], "Weather in Paris?", tools, "self")
+    assert [e["request"] for e in s.examples] == ["Weather in Rome?"]
+    assert s.rejected == {
+        "copy of the request": 1,
+        "duplicate example": 1,
+        "empty request": 1,
+        "names unknown tool 'fly'": 1,
+        "invalid arguments": 1,
+        "no tool call": 1,
+    }
+
+
+def test_model_writer_labels_with_valid_calls(tiny, tools):
+    from mlx_ttsi.adaptation import Adapter  # noqa: F401
+
+    writer = ModelWriter(tiny)
+    s = writer.synthesize("What is the weather in Paris?", tools, k=2, seed=1)
+    assert s.attempts >= 1
+    for example in s.examples:
+        assert example["source"] == "self" and example["calls"]
+
+
+class Teacher(BaseHTTPRequestHandler):
+    reply = ""
+    seen = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Teacher.seen.append((self.path, self.headers.get("Authorization"), body))
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": Teacher.reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def teacher_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_endpoint_teacher_examples_are_parsed_and_checked(teacher_url, tools):
+    Teacher.reply = "Here you go:\n```json\n" + json.dumps(
+        [
+            {"request": "Weather in Rome?", "calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]},
+            {"request": "Alarm at six", "call": {"name": "set_alarm", "arguments": {"time": "06:00"}}},
+        ]
+    ) + "\n```"
+    teacher = EndpointTeacher(teacher_url, model="big", api_key="k")
+    s = teacher.synthesize("Weather in Paris?", tools, k=2, seed=0, max_attempts=1)
+    assert [e["request"] for e in s.examples] == ["Weather in Rome?"]
+    assert s.rejected == {"invalid arguments": 1}  # set_alarm lacks the required 'loud'
+    path, auth, body = Teacher.seen[-1]
+    assert path == "/v1/chat/completions" and auth == "Bearer k" and body["model"] == "big"
+
+
+def test_unreachable_teacher_is_a_clear_error(tools):
+    teacher = EndpointTeacher("http://127.0.0.1:9/v1", timeout=2)
+    with pytest.raises(TeacherError, match="cannot reach teacher"):
+        teacher.synthesize("Weather in Paris?", tools, k=1, seed=0)
+
+
+def test_ttd_with_a_local_teacher_model(tiny, tiny_model_dir):
+    agent = Agent(tiny, teacher=str(tiny_model_dir))
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
+    assert answer.method in ("ttd", "base")
+    assert all(e["source"] == "self" for e in answer.synthetic)  # a local teacher writes like TT-SI
+    assert agent.adapter.is_reset()
