@@ -1,28 +1,36 @@
 """Self-improvement: one LoRA on the loaded model, trained per request and reset after it.
 
-LoRA layers are added once (adding them twice would nest LoRA in LoRA). A reset draws a fresh
-`lora_a` and zeroes `lora_b`, which makes every LoRA layer's output equal its base layer's exactly.
-Training runs mlx-lm's own tuner in-process on (tokens, answer offset) pairs, so the loss covers
-the answer tokens only.
+LoRA layers are created once (creating them twice would nest LoRA in LoRA) and swapped in only
+while a request uses them, so base-model passes pay nothing for them. A reset draws a fresh
+`lora_a`, zeroes `lora_b` and swaps the plain layers back: the base model's logits, exactly.
+
+Training runs mlx-lm's tuner in-process. Given a frozen prefix (the KV cache of the shared system
+prompt with the tools, computed once by the base model) it trains on the rest of each example only,
+and projects only the answer positions through the vocabulary; the answer is then decoded on the
+same frozen prefix, so training and inference see the same thing.
 """
 
 import contextlib
 import io
+import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from .errors import TTSIError
+from .state import cache_from_arrays, split_model
 
 
 @dataclass
@@ -53,13 +61,40 @@ class _Progress:
         pass
 
 
+def prefix_loss(prefix, split):
+    """Cross-entropy on the answer tokens, given a frozen prefix KV cache.
+
+    Batches are (prompt rest, answer) pairs, so the answer length is known from shapes and the
+    compiled step projects only those positions through the vocabulary."""
+    body, head = split
+
+    def loss(model, prompt, answer):
+        inputs = mx.concatenate([prompt, answer[:, :-1]], axis=1)
+        hidden = body(inputs, cache=cache_from_arrays(prefix, prompt.shape[0]))
+        logits = head(hidden[:, -answer.shape[1] :]).astype(mx.float32)
+        return nn.losses.cross_entropy(logits, answer).mean(), mx.array(answer.size)
+
+    return loss
+
+
+def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+    """mlx-lm's iterate_batches contract for (prompt rest, answer) pairs, one example per step."""
+    while True:
+        for index in np.random.permutation(len(dataset)):
+            prompt, answer = dataset[index]
+            yield mx.array(prompt)[None], mx.array(answer)[None]
+        if not loop:
+            break
+
+
 class Adapter:
     def __init__(self, model, settings=None):
         self.model = model
         self.settings = settings or LoRASettings()
         self.settings.check()
-        if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
+        if getattr(model, "_mlx_ttsi_lora", False) or any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
             raise TTSIError("this model already has LoRA layers; load a fresh model")
+        model._mlx_ttsi_lora = True
         blocks = len(model.layers)
         count = blocks if self.settings.layers < 0 else min(self.settings.layers, blocks)
         model.freeze()
@@ -68,12 +103,26 @@ class Adapter:
             count,
             {"rank": self.settings.rank, "scale": self.settings.alpha / self.settings.rank, "dropout": 0.0},
         )
-        self.layers = [m for _, m in model.named_modules() if isinstance(m, LoRALinear)]
+        self._lora = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+        self.layers = [m for _, m in self._lora]
+        self.attached = True
         self.trained = False
         self.reset()
 
+    def attach(self):
+        """Route the model through the LoRA layers."""
+        if not self.attached:
+            self.model.update_modules(tree_unflatten(self._lora))
+            self.attached = True
+
+    def detach(self):
+        """Route the model through its plain layers again (LoRA kept aside, not recreated)."""
+        if self.attached:
+            self.model.update_modules(tree_unflatten([(name, m.linear) for name, m in self._lora]))
+            self.attached = False
+
     def reset(self, seed=None):
-        """Back to the base model's behaviour exactly: fresh lora_a, zero lora_b."""
+        """Back to the base model exactly: fresh lora_a, zero lora_b, plain layers in use."""
         key = mx.random.key(seed) if seed is not None else None
         for layer in self.layers:
             fan_in, rank = layer.lora_a.shape
@@ -84,35 +133,68 @@ class Adapter:
             else:
                 layer.lora_a = mx.random.uniform(-bound, bound, (fan_in, rank))
             layer.lora_b = mx.zeros(layer.lora_b.shape, dtype=layer.lora_b.dtype)
-        mx.eval(self.model.trainable_parameters())
+        mx.eval([(layer.lora_a, layer.lora_b) for layer in self.layers])
+        self.detach()
         self.model.eval()
         self.trained = False
 
     def is_reset(self):
-        return all(not mx.any(layer.lora_b).item() for layer in self.layers)
+        return not self.attached and all(not mx.any(layer.lora_b).item() for layer in self.layers)
 
     def weights(self):
         """The current LoRA weights {name: array}, e.g. to keep in the adapter memory."""
-        return dict(tree_flatten(self.model.trainable_parameters()))
+        return {
+            f"{name}.{leaf}": getattr(layer, leaf) for name, layer in self._lora for leaf in ("lora_a", "lora_b")
+        }
 
     def load(self, weights):
         """Install LoRA weights saved by `weights()` (same model, same LoRA settings)."""
         expected = {name: value.shape for name, value in self.weights().items()}
         if set(weights) != set(expected) or any(weights[n].shape != s for n, s in expected.items()):
             raise TTSIError("adapter weights do not match this model's LoRA layers")
-        self.model.load_weights(list(weights.items()), strict=False)
-        mx.eval(self.model.trainable_parameters())
+        for name, layer in self._lora:
+            layer.lora_a = weights[f"{name}.lora_a"]
+            layer.lora_b = weights[f"{name}.lora_b"]
+        mx.eval(list(weights.values()))
+        self.attach()
         self.model.eval()
         self.trained = True
 
-    def trainable_parameters(self):
-        return sum(v.size for _, v in tree_flatten(self.model.trainable_parameters()))
+    def save(self, directory):
+        """Write the current LoRA as an mlx-lm adapter directory (`--adapter-path` loads it)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        config = {
+            "fine_tune_type": "lora",
+            "num_layers": len(self.model.layers) if s.layers < 0 else s.layers,
+            "lora_parameters": {"rank": s.rank, "scale": s.alpha / s.rank, "dropout": 0.0},
+        }
+        staging = directory / ".adapters.safetensors.tmp.safetensors"
+        mx.save_safetensors(str(staging), self.weights())
+        os.replace(staging, directory / "adapters.safetensors")
+        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        return directory
 
-    def train(self, examples, seed=0, max_seq_length=2048, save_to=None):
-        """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats."""
+    def trainable_parameters(self):
+        return sum(layer.lora_a.size + layer.lora_b.size for layer in self.layers)
+
+    def train(self, examples, seed=0, max_seq_length=2048, prefix=None):
+        """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
+
+        `prefix` is (n, [(keys, values)] per layer): the KV cache of the examples' first n tokens,
+        computed by the base model and kept frozen."""
         s = self.settings
         if len(examples) < s.batch_size:
             raise TTSIError(f"need at least {s.batch_size} training examples, got {len(examples)}")
+        split = split_model(self.model)
+        fast = prefix is not None and split is not None and s.batch_size == 1
+        if fast:
+            n, arrays = prefix
+            dataset = [(ids[n:offset], ids[offset:]) for ids, offset in examples]
+            loss_kwargs = {"loss": prefix_loss(arrays, split), "iterate_batches": prefix_batches}
+        else:
+            dataset, loss_kwargs = list(examples), {}
         steps_per_epoch = len(examples) // s.batch_size
         iters = s.epochs * steps_per_epoch
         schedule = build_schedule(
@@ -122,10 +204,11 @@ class Adapter:
         progress = _Progress()
         np.random.seed(seed)
         mx.random.seed(seed)
+        self.attach()
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mlx-ttsi-") as scratch:
             # mlx-lm's trainer always writes an adapter file; keep it out of the user's way.
-            adapter_file = Path(save_to) if save_to else Path(scratch) / "adapters.safetensors"
+            adapter_file = Path(scratch) / "adapters.safetensors"
             args = TrainingArgs(
                 batch_size=s.batch_size,
                 iters=iters,
@@ -136,7 +219,7 @@ class Adapter:
                 adapter_file=str(adapter_file),
             )
             with contextlib.redirect_stdout(io.StringIO()):
-                train(self.model, optimizer, list(examples), args=args, training_callback=progress)
+                train(self.model, optimizer, dataset, args=args, training_callback=progress, **loss_kwargs)
         self.model.eval()
         self.trained = True
         report = progress.reports[-1] if progress.reports else {}
@@ -145,6 +228,7 @@ class Adapter:
             "examples": len(examples),
             "loss": round(float(report.get("train_loss", float("nan"))), 4),
             "trained_tokens": int(report.get("trained_tokens", 0)),
+            "frozen_prefix": prefix[0] if fast else 0,
             "seconds": round(time.perf_counter() - started, 3),
             "settings": asdict(s),
         }

@@ -34,7 +34,7 @@ class Settings:
     threshold: float = 0.95  # tau: uncertain when the relative-softmax margin is below it
     examples: int = 1  # K synthetic examples per adapted request (the paper's K=1)
     candidates: str = "name"  # candidate form for scoring: tool "name" or whole "call"
-    norm: str = "mean"  # length normalisation of candidate log-likelihoods: mean or sum
+    norm: str = "sum"  # length normalisation of candidate log-likelihoods: sum or mean (measured: sum)
     max_calls: int = 1  # most tool calls in one answer
     max_tokens: int = 256  # for text answers (no tools)
     temperature: float = 0.8  # sampling temperature when writing synthetic requests
@@ -115,12 +115,13 @@ class Agent:
         return {"name_norm": s.norm, "max_calls": s.max_calls}
 
     def ask(self, request=None, tools=None, messages=None, force=None, progress=None, adapter=None,
-            keep_adapter=False, **overrides):
+            keep_adapter=False, save_adapter=None, **overrides):
         """Answer one request (or conversation).
 
         `force` overrides the uncertainty gate: True adapts whatever the score, False adapts only
         when uncertain (for modes ttsi/ttd/ticl). `adapter` gives LoRA weights to answer with instead
-        of synthesizing and training; `keep_adapter` returns the trained weights in the answer.
+        of synthesizing and training; `keep_adapter` returns the trained weights in the answer and
+        `save_adapter` (a directory) writes them as an mlx-lm adapter; otherwise nothing is written.
         Any other keyword overrides a Settings field for this request."""
         lora = overrides.pop("lora", None)
         settings = replace(self.settings, **overrides)
@@ -136,7 +137,7 @@ class Agent:
             try:
                 if not tools:
                     return self._text_answer(messages, settings, report)
-                return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter)
+                return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter, save_adapter)
             finally:
                 if self.adapter.trained:
                     self.adapter.reset()
@@ -156,7 +157,7 @@ class Agent:
         timings = {"answering": round(seconds, 3), "total": round(seconds, 3)}
         return Answer(text.strip(), [], None, False, "base", [], {}, timings, self.name)
 
-    def _tool_answer(self, messages, tools, settings, force, report, reuse, keep_adapter):
+    def _tool_answer(self, messages, tools, settings, force, report, reuse, keep_adapter, save_adapter):
         timings = {}
         started = clock = time.perf_counter()
 
@@ -181,27 +182,35 @@ class Agent:
         adapt = method != "base" and (uncertainty.uncertain or not gated)
         reused = adapt and reuse is not None and method != "ticl"
         synthesis, training, weights = Synthesis(), None, None
+        frozen = self._frozen_prefix(state, prompt, tools) if adapt else 0
         if reused:
             self.adapter.load(reuse)
             lap("training", "reused stored adapter")
         elif adapt:
-            writer = self.teacher() if method == "ttd" else ModelWriter(
-                self.loaded, temperature=settings.temperature, decoder_options=self._decoder_options(settings)
-            )
-            synthesis = writer.synthesize(last_user_text(messages), tools, settings.examples, settings.seed)
+            if method == "ttd":
+                synthesis = self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed)
+            else:
+                writer = ModelWriter(self.loaded, temperature=settings.temperature, decoder_options=self._decoder_options(settings))
+                synthesis = writer.synthesize(last_user_text(messages), tools, settings.examples, settings.seed, state=state)
             lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
             adapt = bool(synthesis.examples)
             if adapt and method == "ticl":
                 prompt = render_prompt(tok, messages, tools, self.fmt, demonstrations=synthesis.examples)
             elif adapt:
-                self.adapter.reset(settings.seed)
                 examples = self._training_examples(synthesis.examples, tools)
-                training = self.adapter.train(examples, settings.seed, self.loaded.context_length)
+                state.sync(state.encode(prompt)[: frozen + 1])  # the synthesis moved the context on
+                self.adapter.reset(settings.seed)
+                training = self.adapter.train(
+                    examples, settings.seed, self.loaded.context_length, prefix=(frozen, state.prefix_arrays(frozen))
+                )
                 lap("training", f"{training['steps']} steps, loss {training['loss']}")
                 weights = self.adapter.weights() if keep_adapter else None
-        if adapt:  # weights or prompt changed: the scoring pass's cache no longer applies
-            state = ContextState(self.loaded.model, tok, self.loaded.context_length)
-            decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
+                if save_adapter:
+                    self.adapter.save(save_adapter)
+        if adapt:
+            # the answer is decoded on the same base-model prefix the LoRA was trained on;
+            # everything after it is recomputed with the new weights (or the new prompt)
+            state.truncate(frozen)
             name_choice = None
         decoded = decoder.decode(prompt, tools, name_choice)
         lap("answering")
@@ -238,6 +247,19 @@ class Agent:
         best = max(range(len(tools)), key=lambda i: scores[i])
         return uncertainty, replace(choice, index=best)
 
+    def _frozen_prefix(self, state, prompt, tools):
+        """Length of the prompt's template-and-tools prefix (the system turn), cached in `state`.
+
+        That prefix keeps its base-model KV cache while a LoRA is trained and used, so it is the
+        same for every request with these tools, trained or reusing a stored adapter."""
+        tok = self.loaded.tokenizer
+        probes = [state.encode(render_prompt(tok, [{"role": "user", "content": c}], tools, self.fmt)) for c in "AB"]
+        ids = state.encode(prompt)
+        n = min(_common(probes[0], probes[1]), _common(ids, probes[0]), len(ids) - 1)
+        n = max(n, 1)
+        state.sync(ids[: n + 1])
+        return n
+
     def _training_examples(self, examples, tools):
         """(token ids, answer offset) pairs: the loss covers the answer and end-of-turn only."""
         tok = self.loaded.tokenizer
@@ -248,6 +270,12 @@ class Agent:
             prompt_ids = tok.encode(prompt, add_special_tokens=False)
             pairs.append((prompt_ids + tok.encode(answer, add_special_tokens=False), len(prompt_ids)))
         return pairs
+
+
+def _common(a, b):
+    from mlx_lm.utils import common_prefix_len
+
+    return common_prefix_len(a, b)
 
 
 def _request_messages(request):

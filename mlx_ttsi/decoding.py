@@ -80,7 +80,7 @@ def normalized(logprobs, lengths, norm):
 
 
 class CallDecoder:
-    def __init__(self, state, fmt, name_norm="mean", key_norm="sum", max_calls=1):
+    def __init__(self, state, fmt, name_norm="sum", key_norm="sum", max_calls=1):
         self.state = state
         self.fmt = fmt
         self.name_norm = name_norm

@@ -1,7 +1,9 @@
 """A model's running context: the tokens fed so far, their KV cache and the next-token log-probs.
 
 It grows by text (re-tokenizing and keeping the cached common prefix), steps one token at a time,
-and scores several continuations in one batched pass that shares the prefix's KV cache.
+samples, and scores several continuations in one batched pass that shares the prefix's KV cache.
+One context serves a whole request: scoring, writing and labelling synthetic examples, and the
+answer all reuse the cached system prompt with the tools.
 """
 
 import mlx.core as mx
@@ -11,6 +13,39 @@ from mlx_lm.utils import common_prefix_len
 from .errors import RequestError
 
 PREFILL_CHUNK = 512
+# Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
+SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+
+
+def split_model(model):
+    """(body, head) with model(x) == head(body(x)), or None when the model is not known to split."""
+    if getattr(model, "model_type", None) not in SPLIT_MODEL_TYPES or not hasattr(model, "model"):
+        return None
+    body = model.model
+    if getattr(model.args, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
+        return body, lambda hidden: body.embed_tokens.as_linear(hidden)
+    return body, lambda hidden: model.lm_head(hidden)
+
+
+def last_logits(model, ids, cache):
+    """Logits of the last position only (the vocabulary projection is skipped elsewhere)."""
+    split = split_model(model)
+    if split is None:
+        return model(ids, cache=cache)[:, -1]
+    body, head = split
+    return head(body(ids, cache=cache)[:, -1:])[:, 0]
+
+
+def cache_from_arrays(layers, batch=1):
+    """Fresh KV caches holding the given [(keys, values)] per layer, repeated `batch` times."""
+    caches = []
+    for keys, values in layers:
+        cache = KVCache()
+        if batch > 1:
+            keys, values = mx.repeat(keys, batch, axis=0), mx.repeat(values, batch, axis=0)
+        cache.state = (keys, values, keys.shape[2])
+        caches.append(cache)
+    return caches
 
 
 class ContextState:
@@ -33,12 +68,22 @@ class ContextState:
     def _feed(self, ids):
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start : start + PREFILL_CHUNK]
-            logits = self.model(mx.array(chunk)[None], cache=self.cache)
+            logits = last_logits(self.model, mx.array(chunk)[None], self.cache)[0].astype(mx.float32)
             self.forward_tokens += len(chunk)
-            last = logits[0, -1].astype(mx.float32)
-            self.logprobs = last - mx.logsumexp(last)
+            self.logprobs = logits - mx.logsumexp(logits)
             mx.eval(self.logprobs, [c.state for c in self.cache])
         self.tokens.extend(ids)
+
+    def truncate(self, n):
+        """Forget everything after the first n tokens (e.g. after the weights changed)."""
+        if n < len(self.tokens):
+            if n <= 0 or not can_trim_prompt_cache(self.cache):
+                self.cache = make_prompt_cache(self.model)
+                self.tokens, self.logprobs = [], None
+                return
+            trim_prompt_cache(self.cache, len(self.tokens) - n)
+            del self.tokens[n:]
+            self.logprobs = None  # unknown until the next token is fed
 
     def sync(self, ids):
         """Make the context exactly `ids`, reusing the cached common prefix."""
@@ -49,14 +94,8 @@ class ContextState:
         if ids == self.tokens and self.logprobs is not None:
             return
         keep = min(common_prefix_len(self.tokens, ids), len(ids) - 1)
-        if keep < len(self.tokens):
-            if can_trim_prompt_cache(self.cache):
-                trim_prompt_cache(self.cache, len(self.tokens) - keep)
-                del self.tokens[keep:]
-            else:
-                self.cache = make_prompt_cache(self.model)
-                self.tokens, keep = [], 0
-        self._feed(ids[keep:])
+        self.truncate(keep)
+        self._feed(ids[len(self.tokens) :])
 
     def set_text(self, text):
         self.sync(self.encode(text))
@@ -66,15 +105,29 @@ class ContextState:
         self._check_length(len(self.tokens) + 1)
         self._feed([int(token)])
 
+    def sample(self, sampler, max_tokens, stop="\n"):
+        """Text sampled after the current context, ending at `stop` or an end-of-turn token."""
+        generated, text = [], ""
+        for _ in range(max_tokens):
+            token = int(sampler(self.logprobs[None]).item())
+            if token in self.tokenizer.eos_token_ids:
+                break
+            generated.append(token)
+            text = self.tokenizer.decode(generated)
+            if stop and stop in text.lstrip():
+                break
+            self.push(token)
+        return text
+
+    def prefix_arrays(self, n):
+        """The KV arrays of the first n tokens, per layer: a frozen prefix for training."""
+        if not all(isinstance(c, KVCache) for c in self.cache) or n > len(self.tokens):
+            return None
+        return [(c.keys[..., :n, :], c.values[..., :n, :]) for c in self.cache]
+
     def fork(self, n):
         """A batch-of-n copy of the KV cache, for scoring continuations side by side."""
-        forked = []
-        for layer in self.cache:
-            keys, values = layer.keys[..., : layer.offset, :], layer.values[..., : layer.offset, :]
-            copy = KVCache()
-            copy.state = (mx.repeat(keys, n, axis=0), mx.repeat(values, n, axis=0), layer.offset)
-            forked.append(copy)
-        return forked
+        return cache_from_arrays(self.prefix_arrays(len(self.tokens)), n)
 
     def score_continuations(self, continuations):
         """Summed log-prob and length of each token list, given the current context (one pass)."""

@@ -14,7 +14,6 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 from .decoding import CallDecoder
@@ -23,10 +22,9 @@ from .prompts import call_format, render_prompt, tool_line
 from .state import ContextState
 from .tools import check_call, parse_calls
 
-WRITER_SYSTEM = "You write realistic requests that users send to an assistant with these tools:\n{tools}"
 WRITER_USER = (
-    "A user asked:\n{request}\n\nWrite one new request from a different user that needs the same "
-    "kind of tool call, with different details. Reply with the new request only."
+    'Here is a request for these tools:\n"{request}"\n\nWrite another request like it, about a different '
+    "case (other names, numbers, places or dates). Reply with the new request only, in one line."
 )
 TEACHER_USER = (
     "Tools:\n{tools}\n\nA user asked:\n{request}\n\nWrite {k} new, different user requests that need "
@@ -57,6 +55,8 @@ def admit(synthesis, request, calls, original, tools, source):
     request = (request or "").strip()
     if not request:
         return synthesis.reject("empty request")
+    if request.startswith(("{", "[")):
+        return synthesis.reject("request is not plain text")
     if _normal(request) == _normal(original):
         return synthesis.reject("copy of the request")
     if any(_normal(request) == _normal(e["request"]) for e in synthesis.examples):
@@ -71,7 +71,10 @@ def admit(synthesis, request, calls, original, tools, source):
 
 
 class ModelWriter:
-    """A local model that writes requests (sampled) and labels them (schema-guided)."""
+    """A local model that writes requests (sampled) and labels them (schema-guided).
+
+    Both prompts start with the same system prompt (the tools) as the request's own prompt, so
+    with the request's ContextState the cached prefix is computed only once."""
 
     def __init__(self, loaded, temperature=0.8, top_p=0.95, max_request_tokens=80, decoder_options=None):
         self.loaded = loaded
@@ -80,38 +83,35 @@ class ModelWriter:
         self.top_p = top_p
         self.max_request_tokens = max_request_tokens
         self.decoder_options = decoder_options or {}
+        self._state = None
 
-    def write_request(self, original, tools):
-        tok = self.loaded.tokenizer
-        chat = [
-            {"role": "system", "content": WRITER_SYSTEM.format(tools="\n".join(tool_line(t) for t in tools))},
-            {"role": "user", "content": WRITER_USER.format(request=original)},
-        ]
-        prompt = tok.apply_chat_template(chat, add_generation_prompt=True)
-        sampler = make_sampler(temp=self.temperature, top_p=self.top_p)
-        text = ""
-        for response in stream_generate(
-            self.loaded.model, tok, prompt, max_tokens=self.max_request_tokens, sampler=sampler
-        ):
-            text += response.text
-            if "\n" in text.strip():
-                break
-        return text.strip().split("\n")[0].strip().strip('"')
+    def own_state(self):
+        if self._state is None:
+            self._state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
+        return self._state
 
-    def label(self, request, tools):
-        state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
+    def write_request(self, state, original, tools):
+        ask = [{"role": "user", "content": WRITER_USER.format(request=original)}]
+        state.set_text(render_prompt(self.loaded.tokenizer, ask, tools, self.fmt))
+        text = state.sample(make_sampler(temp=self.temperature, top_p=self.top_p), self.max_request_tokens)
+        line = text.strip().split("\n")[0]
+        return re.sub(r"^(\d+[.)]|[-*])\s+", "", line.strip()).strip().strip('"')
+
+    def label(self, state, request, tools):
         prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": request}], tools, self.fmt)
         return CallDecoder(state, self.fmt, **self.decoder_options).decode(prompt, tools).calls
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None):
+        state = state or self.own_state()
         synthesis = Synthesis()
         mx.random.seed(seed)
         for _ in range(max_attempts or 3 * k):
             if len(synthesis.examples) >= k:
                 break
             synthesis.attempts += 1
-            request = self.write_request(original, tools)
-            calls = self.label(request, tools) if request and _normal(request) != _normal(original) else []
+            request = self.write_request(state, original, tools)
+            usable = request and _normal(request) != _normal(original) and not request.startswith(("{", "["))
+            calls = self.label(state, request, tools) if usable else []
             admit(synthesis, request, calls, original, tools, "self")
         return synthesis
 
@@ -147,7 +147,7 @@ class EndpointTeacher:
         except (KeyError, IndexError, TypeError):
             raise TeacherError(f"teacher endpoint {self.url} gave no chat completion") from None
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None):
         synthesis = Synthesis()
         tools_text = "\n".join(tool_line(t) for t in tools)
         for attempt in range(max_attempts or 2):

@@ -38,7 +38,7 @@ class Uncertainty:
     uncertain: bool
     candidates: list  # [{"name", "prob", "logprob", "tokens"}], most likely first
     form: str = "name"
-    norm: str = "mean"
+    norm: str = "sum"
 
     @property
     def best(self):
@@ -48,7 +48,7 @@ class Uncertainty:
         return asdict(self)
 
 
-def estimate(names, scores, logprobs, lengths, threshold, form="name", norm="mean"):
+def estimate(names, scores, logprobs, lengths, threshold, form="name", norm="sum"):
     probs = relative_softmax(scores)
     u = margin(probs)
     candidates = [

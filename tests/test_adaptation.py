@@ -83,3 +83,58 @@ def test_needs_at_least_batch_size_examples(tiny):
     adapter = Adapter(tiny.model, LoRASettings(batch_size=2))
     with pytest.raises(TTSIError, match="at least 2"):
         adapter.train(examples(tiny))
+
+
+def test_split_model_projects_the_same_logits(tiny):
+    from mlx_ttsi.state import split_model
+
+    body, head = split_model(tiny.model)
+    ids = mx.array(tiny.tokenizer.encode("Weather in Paris?", add_special_tokens=False))[None]
+    assert mx.allclose(head(body(ids)), tiny.model(ids), atol=1e-5).item()
+
+
+def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
+    # with zero lora_b the prefix's KV is the same either way, so the two losses must agree
+    from mlx_lm.tuner.trainer import default_loss
+
+    from mlx_ttsi.adaptation import prefix_loss
+    from mlx_ttsi.state import ContextState, split_model
+
+    Adapter(tiny.model).attach()
+    ids, offset = examples(tiny)[0]
+    n = 4
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.sync(ids[: n + 1])
+    loss = prefix_loss(state.prefix_arrays(n), split_model(tiny.model))
+    fast, count = loss(tiny.model, mx.array(ids[n:offset])[None], mx.array(ids[offset:])[None])
+    full, full_count = default_loss(tiny.model, mx.array(ids)[None], mx.array([[offset, len(ids) - 1]]))
+    assert count.item() == full_count.item() == len(ids) - offset
+    assert fast.item() == pytest.approx(full.item(), rel=1e-4)
+
+
+def test_training_on_a_frozen_prefix_fits_the_answer(tiny):
+    from mlx_ttsi.state import ContextState
+
+    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3))
+    ids, offset = examples(tiny)[0]
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.sync(ids[:5])
+    stats = adapter.train(examples(tiny), prefix=(4, state.prefix_arrays(4)))
+    assert stats["frozen_prefix"] == 4 and stats["trained_tokens"] > 0
+    # decode the answer on the same frozen prefix: the trained answer is now the likeliest
+    state.truncate(4)
+    state.sync(ids[:offset])
+    assert int(mx.argmax(state.logprobs).item()) == ids[offset]
+
+
+def test_saved_adapter_loads_with_mlx_lm(tiny, tiny_model_dir, tmp_path):
+    from mlx_lm import load
+
+    adapter = Adapter(tiny.model, LoRASettings(epochs=2, learning_rate=1e-2))
+    adapter.train(examples(tiny))
+    ours = logits(tiny)
+    adapter.save(tmp_path / "adapter")
+    model, tokenizer = load(str(tiny_model_dir), adapter_path=str(tmp_path / "adapter"))
+    ids = tiny.tokenizer.encode("Set an alarm at 7 for work.", add_special_tokens=False)
+    assert mx.allclose(model(mx.array(ids)[None]), ours, atol=1e-4).item()
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapters.safetensors"]
