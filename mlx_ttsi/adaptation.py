@@ -4,20 +4,21 @@ LoRA layers are created once (creating them twice would nest LoRA in LoRA) and s
 while a request uses them, so base-model passes pay nothing for them. A reset draws a fresh
 `lora_a`, zeroes `lora_b` and swaps the plain layers back: the base model's logits, exactly.
 
-Training runs mlx-lm's tuner in-process. Given a frozen prefix (the KV cache of the shared system
-prompt with the tools, computed once by the base model) it trains on the rest of each example only,
+Training uses mlx-lm's tuner pieces (its LoRA layers, schedules, loss and batching) in a small
+compiled loop of our own: mlx-lm's `train()` averages gradients over MLX's global process group,
+which breaks under `mlx.launch` where every rank adapts to its own request, and it always writes an
+adapter file and prints a progress display. Given a frozen prefix (the KV cache of the shared system
+prompt with the tools, computed once by the base model) it trains on the rest of each example only
 and projects only the answer positions through the vocabulary; the answer is then decoded on the
 same frozen prefix, so training and inference see the same thing.
 """
 
-import contextlib
-import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -26,7 +27,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
-from mlx_lm.tuner.trainer import TrainingArgs, train
+from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from .errors import TTSIError
@@ -46,19 +47,6 @@ class LoRASettings:
     def check(self):
         if self.rank < 1 or self.epochs < 1 or self.learning_rate <= 0 or self.batch_size < 1:
             raise TTSIError("LoRA rank, epochs, batch size and learning rate must be positive")
-
-
-class _Progress:
-    """Collects mlx-lm's training reports instead of letting it print them."""
-
-    def __init__(self):
-        self.reports = []
-
-    def on_train_loss_report(self, info):
-        self.reports.append(info)
-
-    def on_val_loss_report(self, info):
-        pass
 
 
 def prefix_loss(prefix, split):
@@ -85,6 +73,30 @@ def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, c
             yield mx.array(prompt)[None], mx.array(answer)[None]
         if not loop:
             break
+
+
+def fit(model, optimizer, batches, loss, iters):
+    """`iters` compiled optimizer steps; returns (mean loss, loss tokens)."""
+    loss_and_grad = nn.value_and_grad(model, loss)
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(*batch):
+        (value, tokens), grad = loss_and_grad(model, *batch)
+        optimizer.update(model, grad)
+        return value, tokens
+
+    model.train()
+    total, tokens = 0.0, 0
+    try:
+        for _, batch in zip(range(iters), batches):
+            value, count = step(*batch)
+            mx.eval(state, value, count)
+            total += value.item()
+            tokens += count.item()
+    finally:
+        model.eval()
+    return total / max(iters, 1), tokens
 
 
 class Adapter:
@@ -188,47 +200,29 @@ class Adapter:
         if len(examples) < s.batch_size:
             raise TTSIError(f"need at least {s.batch_size} training examples, got {len(examples)}")
         split = split_model(self.model)
-        fast = prefix is not None and split is not None and s.batch_size == 1
-        if fast:
+        np.random.seed(seed)
+        mx.random.seed(seed)
+        iters = s.epochs * (len(examples) // s.batch_size)
+        if prefix is not None and split is not None and s.batch_size == 1:
             n, arrays = prefix
             dataset = [(ids[n:offset], ids[offset:]) for ids, offset in examples]
-            loss_kwargs = {"loss": prefix_loss(arrays, split), "iterate_batches": prefix_batches}
-        else:
-            dataset, loss_kwargs = list(examples), {}
-        steps_per_epoch = len(examples) // s.batch_size
-        iters = s.epochs * steps_per_epoch
+            batches = prefix_batches(dataset, 1, max_seq_length, loop=True)
+            loss = prefix_loss(arrays, split)
+        else:  # whole sequences, loss masked to the answer: mlx-lm's own batching and loss
+            n, batches, loss = 0, iterate_batches(list(examples), s.batch_size, max_seq_length, loop=True), default_loss
         schedule = build_schedule(
             {"name": "cosine_decay", "arguments": [s.learning_rate, iters], "warmup": int(s.warmup * iters)}
         )
-        optimizer = optim.Adam(learning_rate=schedule)
-        progress = _Progress()
-        np.random.seed(seed)
-        mx.random.seed(seed)
         self.attach()
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="mlx-ttsi-") as scratch:
-            # mlx-lm's trainer always writes an adapter file; keep it out of the user's way.
-            adapter_file = Path(scratch) / "adapters.safetensors"
-            args = TrainingArgs(
-                batch_size=s.batch_size,
-                iters=iters,
-                steps_per_report=iters,
-                steps_per_eval=iters + 1,
-                steps_per_save=iters + 1,
-                max_seq_length=max_seq_length,
-                adapter_file=str(adapter_file),
-            )
-            with contextlib.redirect_stdout(io.StringIO()):
-                train(self.model, optimizer, dataset, args=args, training_callback=progress, **loss_kwargs)
-        self.model.eval()
+        mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters)
         self.trained = True
-        report = progress.reports[-1] if progress.reports else {}
         return {
             "steps": iters,
             "examples": len(examples),
-            "loss": round(float(report.get("train_loss", float("nan"))), 4),
-            "trained_tokens": int(report.get("trained_tokens", 0)),
-            "frozen_prefix": prefix[0] if fast else 0,
+            "loss": round(mean_loss, 4),
+            "trained_tokens": int(tokens),
+            "frozen_prefix": n,
             "seconds": round(time.perf_counter() - started, 3),
             "settings": asdict(s),
         }

@@ -199,6 +199,11 @@ class CallDecoder:
         return self.write_json([] if kind == "array" else {} if kind == "object" else None)
 
     def write_arguments(self, tool):
+        """The arguments object, one key at a time.
+
+        Before the first key, whether to write any argument is one choice (the probability of
+        closing against that of opening a key); after it, closing competes with each next key
+        (measured on SealTool: writing further optional arguments is mostly wrong)."""
         self.emit("{")
         arguments = {}
         properties = tool.properties
@@ -206,12 +211,18 @@ class CallDecoder:
         required = set(tool.required)
         while remaining:
             lead = ", " if arguments else ""
-            options = [f'{lead}"{key}": ' for key in remaining]
             can_close = required.issubset(arguments)
-            if can_close:
-                options.append("}")
+            if not arguments and can_close:
+                if self.choose(["}", '"'], "sum").index == 0:
+                    return arguments
+                options = [f'{key}": ' for key in remaining]
+            elif not arguments:
+                self.emit('"')
+                options = [f'{key}": ' for key in remaining]
+            else:
+                options = [f'{lead}"{key}": ' for key in remaining] + (["}"] if can_close else [])
             choice = self.choose(options, self.key_norm)
-            if can_close and choice.index == len(options) - 1:
+            if choice.chosen == "}":
                 return arguments
             key = remaining.pop(choice.index)
             arguments[key] = self.write_value(properties[key])

@@ -65,9 +65,8 @@ def normalize_messages(messages):
             content = json.dumps(content, ensure_ascii=False)
         calls = [_plain_call(call, index) for call in message.get("tool_calls") or []]
         clean.append({"role": message["role"], "content": content or "", "tool_calls": calls})
-    last = clean[-1]
-    if last["role"] not in ("user", "tool") or not last["content"].strip():
-        raise RequestError("the conversation must end with a non-empty user (or tool) message")
+    if clean[-1]["role"] == "system" or not any(m["role"] == "user" and m["content"].strip() for m in clean):
+        raise RequestError("the conversation needs a non-empty user message and must not end with a system message")
     return clean
 
 

@@ -13,6 +13,9 @@ from mlx_lm.utils import common_prefix_len
 from .errors import RequestError
 
 PREFILL_CHUNK = 512
+# Above this many cached tokens x continuations, continuations are scored one after another
+# through the shared cache instead of side by side on copies of it (copies cost memory and time).
+FORK_BUDGET = 8192
 # Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
 SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 
@@ -136,7 +139,8 @@ class ContextState:
         first = mx.array([c[0] for c in continuations])
         totals = self.logprobs[first]
         longest = max(len(c) for c in continuations)
-        if longest > 1 and all(isinstance(c, KVCache) for c in self.cache):
+        copies = len(continuations) * len(self.tokens)
+        if longest > 1 and copies <= FORK_BUDGET and all(isinstance(c, KVCache) for c in self.cache):
             pad = self.tokenizer.eos_token_id or 0
             batch = mx.array([c[:-1] + [pad] * (longest - len(c)) for c in continuations])
             logits = self.model(batch, cache=self.fork(len(continuations))).astype(mx.float32)
@@ -146,16 +150,25 @@ class ContextState:
             picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
             mask = mx.arange(longest - 1)[None] < (mx.array([len(c) for c in continuations])[:, None] - 1)
             totals = totals + (picked * mask).sum(axis=1)
-        elif longest > 1:  # caches we cannot fork (sliding windows, state-space layers): one by one
+        elif longest > 1:  # long contexts (copying the cache costs more) or unforkable caches
             totals = mx.array([self._score_alone(c) for c in continuations])
         mx.eval(totals)
         return totals.tolist(), [len(c) for c in continuations]
 
     def _score_alone(self, continuation):
-        base = list(self.tokens)
-        total = self.logprobs[continuation[0]].item()
-        for previous, token in zip(continuation, continuation[1:]):
-            self.push(previous)
-            total += self.logprobs[token].item()
-        self.sync(base)
-        return total
+        """One continuation through the shared cache, which is then trimmed back."""
+        total = self.logprobs[continuation[0]]
+        if len(continuation) > 1:
+            base, logprobs = list(self.tokens), self.logprobs
+            logits = self.model(mx.array(continuation[:-1])[None], cache=self.cache)[0].astype(mx.float32)
+            self.forward_tokens += len(continuation) - 1
+            steps = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            total = total + mx.take_along_axis(steps, mx.array(continuation[1:])[:, None], axis=-1).sum()
+            mx.eval(total)
+            if can_trim_prompt_cache(self.cache):
+                trim_prompt_cache(self.cache, len(continuation) - 1)
+                self.logprobs = logprobs
+            else:
+                self.cache, self.tokens = make_prompt_cache(self.model), []
+                self.sync(base)
+        return total.item()

@@ -42,3 +42,20 @@ def test_prompt_longer_than_context_is_refused(tiny):
     state = ContextState(tiny.model, tiny.tokenizer, context_length=8)
     with pytest.raises(RequestError, match="longer than the model's context"):
         state.set_text("What is the weather in Paris tomorrow? Set an alarm at 7 for work.")
+
+
+def test_long_contexts_score_one_by_one_with_the_same_results(tiny, monkeypatch):
+    import mlx_ttsi.state as state_module
+
+    state = ContextState(tiny.model, tiny.tokenizer)
+    prefix = state.encode("What is the weather in Paris?")
+    continuations = [state.encode(" get_weather"), state.encode(' list_alarms"}'), state.encode(" set")]
+    state.sync(prefix)
+    batched, _ = state.score_continuations(continuations)
+    monkeypatch.setattr(state_module, "FORK_BUDGET", 0)
+    one_by_one, _ = state.score_continuations(continuations)
+    assert one_by_one == pytest.approx(batched, abs=1e-4)
+    assert state.tokens == prefix  # the shared cache was trimmed back
+    fresh = ContextState(tiny.model, tiny.tokenizer)
+    fresh.sync(prefix)
+    assert mx.allclose(state.logprobs, fresh.logprobs, atol=1e-4).item()
