@@ -25,3 +25,7 @@ class TeacherError(TTSIError):
     """The TT-D teacher could not be reached or gave nothing usable."""
 
     status = 502
+
+
+class DataError(TTSIError):
+    """A benchmark file or an evaluation out dir is missing, malformed or from other settings."""

@@ -1,0 +1,377 @@
+"""The eval machinery: rows, resume, summary, threshold sweep, merging of ranks, the CLI and mlx.launch.
+
+Most tests answer with a scripted agent (known scores and answers, so every number can be worked out
+by hand); the CLI and the 2-rank run use the tiny random model.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_ttsi import evaluation
+from mlx_ttsi.cli import cli
+from mlx_ttsi.errors import DataError
+from mlx_ttsi.evaluation import Plan, evaluate, finish, load_rows, read_records, row_input, select
+from mlx_ttsi.ranks import Ranks
+
+from conftest import TOOLS
+
+THRESHOLD = 0.6
+
+
+def call(name, **arguments):
+    return {"name": name, "arguments": arguments}
+
+
+RIGHT = [call("get_weather", city="Paris")]
+WRONG = [call("list_alarms")]
+# per row: (score u, base answer, adapted answer); base right on r0 r1, adapted right on r1 r2
+SCRIPT = {"r0": (0.1, RIGHT, WRONG), "r1": (0.5, RIGHT, RIGHT), "r2": (0.7, WRONG, RIGHT), "r3": (0.9, WRONG, WRONG)}
+
+
+def make_row(ident, benchmark="tinybench", **extra):
+    return {"id": ident, "benchmark": benchmark, "tools": TOOLS, "query": f"request {ident}",
+            "messages": [{"role": "user", "content": f"request {ident}"}], "answer": RIGHT, "meta": {}, **extra}
+
+
+ROWS = [make_row(ident) for ident in SCRIPT]
+
+
+class ScriptedAgent:
+    """Answers like Agent.ask from SCRIPT: adapts when u < THRESHOLD (gated) or when forced."""
+
+    def __init__(self, script=SCRIPT, stop_after=None, seed_matters=False):
+        self.script, self.stop_after, self.seed_matters, self.asked = script, stop_after, seed_matters, []
+
+    def ask(self, request, tools=None, messages=None, mode="auto", force=None, seed=0, max_calls=1):
+        if self.stop_after is not None and len(self.asked) == self.stop_after:
+            raise KeyboardInterrupt
+        ident = request.split()[-1]
+        self.asked.append((ident, mode, force, seed))
+        score, base, adapted = self.script[ident]
+        uncertain = score < THRESHOLD
+        adapt = mode != "base" and (uncertain or bool(force))
+        answer = adapted if adapt else base
+        if adapt and self.seed_matters and seed % 2:
+            answer = WRONG
+        return SimpleNamespace(tool_calls=answer, adapted=adapt, synthetic=[{}] if adapt else [], rejected={},
+                               uncertainty=SimpleNamespace(score=score, uncertain=uncertain, threshold=THRESHOLD),
+                               training={"loss": 1.0} if adapt else None, timings={"total": 2.0 if adapt else 1.0})
+
+
+def plan(methods=("base", "ttsi", "ttsi-all"), rows=ROWS, **options):
+    return Plan(list(rows), list(methods), settings={"threshold": THRESHOLD}, **options)
+
+
+def cell(summary, method, benchmark="tinybench"):
+    return next(c for c in summary["table"] if c["method"] == method and c["benchmark"] == benchmark)
+
+
+def lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ---- summary and sweep ----
+
+def test_summary_table_is_worked_out_from_the_results(tmp_path):
+    summary = evaluate(plan(), tmp_path, agent=ScriptedAgent(), progress=False)
+    base, ttsi, every = cell(summary, "base"), cell(summary, "ttsi"), cell(summary, "ttsi-all")
+    assert (base["accuracy"], ttsi["accuracy"], every["accuracy"]) == (50.0, 25.0, 50.0)
+    assert (base["adapted"], ttsi["adapted"], every["adapted"]) == (0.0, 0.5, 1.0)
+    assert (ttsi["synthetic"], every["synthetic"], base["rows"], base["of"]) == (2, 4, 4, 4)
+    assert ttsi["seconds_per_row"] == 1.5
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    table = (tmp_path / "summary.md").read_text()
+    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 1.50 |" in table
+    record = lines(tmp_path / "results.jsonl")[0]
+    assert {"prediction", "correct", "uncertainty", "adapted", "synthetic", "timings", "method", "seed"} <= set(record)
+
+
+def test_threshold_sweep_reuses_base_and_ttsi_all_answers(tmp_path):
+    taus = (0.0, 0.3, 0.6, 1.0)
+    agent = ScriptedAgent()
+    summary = evaluate(plan(("base", "ttsi-all"), taus=taus), tmp_path, agent=agent, progress=False)
+    (sweep,) = summary["sweep"]
+    assert sweep["method"] == "ttsi" and len(agent.asked) == 8  # each row once per method, never per tau
+    assert [p["flagged"] for p in sweep["points"]] == [0.0, 25.0, 50.0, 100.0]
+    # tau 0: all base (r0 r1 right); 0.3: r0 adapted (wrong); 0.6: r0 r1 adapted; 1: all adapted (r1 r2)
+    assert [p["accuracy"] for p in sweep["points"]] == [50.0, 25.0, 25.0, 50.0]
+
+
+def test_sweep_from_a_gated_run_stops_at_its_threshold(tmp_path):
+    summary = evaluate(plan(("base", "ttsi"), taus=(0.0, 0.6, 1.0)), tmp_path, agent=ScriptedAgent(), progress=False)
+    points = summary["sweep"][0]["points"]
+    assert [p["accuracy"] for p in points] == [50.0, 25.0, None]  # above 0.6 r2's adapted answer was never made
+    assert points[-1]["flagged"] == 100.0
+    assert "| 1 | 100.0 | n/a |" in (tmp_path / "summary.md").read_text()
+
+
+def test_several_seeds_give_mean_and_spread(tmp_path):
+    summary = evaluate(plan(("ttsi-all",), seeds=[0, 1]), tmp_path, agent=ScriptedAgent(seed_matters=True),
+                       progress=False)
+    every = cell(summary, "ttsi-all")
+    assert every["seeds"] == 2 and every["accuracy"] == 25.0  # seed 0: 50, seed 1: 0
+    assert every["accuracy_std"] == pytest.approx(35.36, abs=0.01)
+    assert "25.00 ± 35.36" in (tmp_path / "summary.md").read_text()
+
+
+def test_average_over_benchmarks_is_taken_per_seed(tmp_path):
+    rows = ROWS + [make_row(r["id"], benchmark="other") for r in ROWS[:2]]
+    summary = evaluate(plan(("ttsi-all",), rows=rows, seeds=[0, 1]), tmp_path,
+                       agent=ScriptedAgent(seed_matters=True), progress=False)
+    assert cell(summary, "ttsi-all", "other")["per_seed"] == {"0": 50.0, "1": 0.0}
+    average = cell(summary, "ttsi-all", "average")  # seed 0: (50 + 50) / 2, seed 1: 0
+    assert average["per_seed"] == {"0": 50.0, "1": 0.0} and average["accuracy"] == 25.0
+    assert average["rows"] == 6 and average["of"] == 6
+
+
+def test_a_row_that_cannot_be_asked_is_recorded_wrong_and_the_run_goes_on(tmp_path):
+    from mlx_ttsi.errors import RequestError
+
+    class TooLong(ScriptedAgent):
+        def ask(self, request, **options):
+            if request.endswith("r1"):
+                raise RequestError("the prompt is 9000 tokens, longer than the model's context of 8192")
+            return super().ask(request, **options)
+
+    summary = evaluate(plan(("base",)), tmp_path, agent=TooLong(), progress=False)
+    assert cell(summary, "base")["accuracy"] == 25.0 and cell(summary, "base")["errors"] == 1
+    failed = next(r for r in lines(tmp_path / "results.jsonl") if r["id"] == "r1")
+    assert failed["correct"] is False and "longer than the model's context" in failed["error"]
+    assert "4 (1 not asked)" in (tmp_path / "summary.md").read_text()
+
+
+def test_plots_are_written(tmp_path):
+    evaluate(plan(("base", "ttsi-all"), taus=(0.0, 0.5, 1.0)), tmp_path, agent=ScriptedAgent(), progress=False)
+    for name in ("accuracy.png", "sweep.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- resume ----
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(plan(), tmp_path, agent=ScriptedAgent(stop_after=5), progress=False)
+    assert len(lines(tmp_path / "results.jsonl")) == 5
+    with open(tmp_path / "results.jsonl", "a") as file:
+        file.write('{"benchmark": "tinybench", "id": "r1", "meth')  # a crash in the middle of a line
+    agent = ScriptedAgent()
+    summary = evaluate(plan(), tmp_path, agent=agent, progress=False)
+    assert len(agent.asked) == 12 - 5  # only what was missing
+    records = lines(tmp_path / "results.jsonl")  # every line whole again
+    assert len(records) == 12 and len({(r["id"], r["method"], r["seed"]) for r in records}) == 12
+    assert cell(summary, "ttsi")["accuracy"] == 25.0
+
+
+def test_finished_run_is_resummarised_without_a_model(tmp_path):
+    first = evaluate(plan(), tmp_path, agent=ScriptedAgent(), progress=False)
+    again = evaluate(plan(taus=(0.0, 1.0)), tmp_path, load_agent=lambda: pytest.fail("loaded a model"),
+                     progress=False)
+    assert again["table"] == first["table"] and len(again["sweep"][0]["points"]) == 2
+
+
+def test_truncated_last_line_is_dropped_and_damage_elsewhere_is_an_error(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps({"benchmark": "b", "id": "1", "method": "base", "seed": 0})
+    path.write_text(good + "\n" + good[:10])
+    assert len(read_records(path)) == 1 and path.read_text().endswith(good[:10])  # reading changes nothing
+    assert len(read_records(path, repair=True)) == 1 and path.read_text() == good + "\n"
+    path.write_text(good + "\n{oops\n" + good + "\n")
+    with pytest.raises(DataError, match="damaged at line 2"):
+        read_records(path)
+
+
+def test_results_are_not_reused_under_other_settings(tmp_path):
+    evaluate(plan(("base",)), tmp_path, agent=ScriptedAgent(), progress=False)
+    other = plan(("base",))
+    other.settings = {"threshold": 0.9}
+    with pytest.raises(DataError, match="other settings .*threshold 0.6 -> 0.9"):
+        evaluate(other, tmp_path, agent=ScriptedAgent(), progress=False)
+
+
+# ---- ranks ----
+
+def test_ranks_split_rows_and_merge_into_the_single_process_summary(tmp_path):
+    single = evaluate(plan(taus=(0.0, 0.5, 1.0)), tmp_path / "one", agent=ScriptedAgent(), progress=False)
+    shared = tmp_path / "shared"  # an out dir every rank can see
+    agents = [ScriptedAgent(), ScriptedAgent()]
+    assert evaluate(plan(taus=(0.0, 0.5, 1.0)), shared, agent=agents[1], ranks=Ranks(1, 2), progress=False) is None
+    merged = evaluate(plan(taus=(0.0, 0.5, 1.0)), shared, agent=agents[0], ranks=Ranks(0, 2), progress=False)
+    assert {a[0] for a in agents[0].asked} == {"r0", "r2"} and {a[0] for a in agents[1].asked} == {"r1", "r3"}
+    assert merged == single
+    assert not list(shared.glob("results.rank*")) and len(lines(shared / "results.jsonl")) == 12
+    # without a shared dir rank 0 gets the other ranks' lines from the gather
+    apart = tmp_path / "apart"
+    evaluate(plan(taus=(0.0, 0.5, 1.0)), apart / "1", agent=ScriptedAgent(), ranks=Ranks(1, 2), progress=False)
+    evaluate(plan(taus=(0.0, 0.5, 1.0)), apart / "0", agent=ScriptedAgent(), ranks=Ranks(0, 2), progress=False)
+    gathered = [read_records(apart / "1" / "results.rank1.jsonl")]
+    assert finish(plan(taus=(0.0, 0.5, 1.0)), apart / "0", gathered) == single
+
+
+# ---- rows ----
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rows_are_selected_per_file(tmp_path):
+    one = write_jsonl(tmp_path / "one.jsonl", [make_row(f"a{i}", benchmark="one") for i in range(10)])
+    two = write_jsonl(tmp_path / "two.jsonl", [make_row(f"b{i}", benchmark="two") for i in range(10)])
+    files = load_rows([one, two])
+    assert [r["id"] for r in select(files, limit=2)] == ["a0", "a1", "b0", "b1"]
+    sample = [r["id"] for r in select(files, sample=3, seed=7)]
+    assert len(sample) == 6 and sample == [r["id"] for r in select(files, sample=3, seed=7)]
+    assert sample != [r["id"] for r in select(files, sample=3, seed=8)]
+    with pytest.raises(DataError, match="either --limit or --sample"):
+        select(files, limit=2, sample=3)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "data file not found"),
+        ('{"id": 1}\n{not json\n', "line 1: the row has no tools list"),
+        (json.dumps(make_row("x")) + "\n{not json\n", "line 2 is not valid JSON"),
+        (json.dumps(make_row("x")) + "\n" + json.dumps(make_row("x")) + "\n", "appears twice"),
+        ("\n", "has no rows"),
+    ],
+)
+def test_bad_data_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_rows([path])
+
+
+def test_apibank_conversation_is_asked_whole():
+    messages = [{"role": "user", "content": "Add a meeting"}, {"role": "assistant", "content": "Sure."},
+                {"role": "assistant", "content": "", "tool_calls": [call("ToolSearcher", keywords="meeting")]},
+                {"role": "tool", "content": "AddMeeting"}, {"role": "assistant", "content": "Got it."}]
+    request, asked = row_input({"query": None, "messages": messages})
+    assert request is None and asked == messages  # the agent answers in a new turn after the filler
+    assert row_input({"query": "hi", "messages": messages}) == ("hi", None)
+
+
+def test_multi_call_benchmarks_get_a_fixed_max_calls(tmp_path):
+    class Recorder(ScriptedAgent):
+        def ask(self, request, max_calls=1, **options):
+            self.limits = getattr(self, "limits", []) + [max_calls]
+            return super().ask(request, max_calls=max_calls, **options)
+
+    rows = [make_row("r0", benchmark="toolalpaca_real"), make_row("r1", benchmark="sealtool")]
+    for max_calls, expected in ((None, [5, 1]), (2, [2, 2])):
+        agent = Recorder()
+        evaluate(plan(("base",), rows=rows, max_calls=max_calls), tmp_path / str(max_calls), agent=agent,
+                 progress=False)
+        assert agent.limits == expected  # never taken from the gold answer
+
+
+# ---- the CLI and mlx.launch, on the tiny model ----
+
+TINY_ROWS = [
+    make_row("w", query="What is the weather in Paris?", answer=[call("get_weather", city="Paris")]),
+    make_row("a", query="Set an alarm at 7", answer=[call("set_alarm", time="07:00", loud=True)]),
+    make_row("l", query=None, messages=[{"role": "user", "content": "List my alarms"},
+                                        {"role": "assistant", "content": "Sure."}], answer=[call("list_alarms")]),
+]
+TINY_ARGS = ["--methods", "base,ttsi-all", "--epochs", "2", "--lr", "0.05", "--threshold-sweep", "0.5,1"]
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    return write_jsonl(tmp_path / "tiny.jsonl", TINY_ROWS)
+
+
+def run_eval(model, data, out, *args):
+    return CliRunner().invoke(cli, ["eval", "--model", str(model), "--data", str(data), "--out", str(out), *args])
+
+
+def test_eval_command_writes_results_summary_and_plots(tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_eval(tiny_model_dir, tiny_data, out, *TINY_ARGS)
+    assert result.exit_code == 0, result.stderr
+    assert "| benchmark | method | accuracy (%)" in result.stdout and "| tinybench | ttsi-all |" in result.stdout
+    assert "ETA" in result.stderr and "loading" in result.stderr
+    for name in ("results.jsonl", "summary.json", "summary.md", "accuracy.png", "sweep.png", "config.json"):
+        assert (out / name).exists(), name
+    records = lines(out / "results.jsonl")
+    assert len(records) == 6 and all(r["adapted"] for r in records if r["method"] == "ttsi-all")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["tau"] for p in summary["sweep"][0]["points"]] == [0.5, 1.0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_calls"] == "per benchmark" and config["lr"] == 0.05 and config["model"] == str(tiny_model_dir)
+    again = run_eval(tiny_model_dir, tiny_data, out, *TINY_ARGS)  # finished: nothing runs, nothing loads
+    assert again.exit_code == 0 and "loading" not in again.stderr and len(lines(out / "results.jsonl")) == 6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "missing.jsonl"], "data file not found: missing.jsonl"),
+        (["--data", "BAD"], "line 1 is not valid JSON"),
+        (["--data", "DATA", "--methods", "base,magic"], "unknown method 'magic'"),
+        (["--data", "DATA", "--methods", "ttd"], "ttd needs --teacher"),
+        (["--data", "DATA", "--seed", "x"], "seeds must be integers"),
+        (["--data", "DATA", "--threshold-sweep", "0.5,2"], "between 0 and 1"),
+    ],
+)
+def test_eval_bad_input_is_one_line(tiny_model_dir, tiny_data, tmp_path, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    args = [{"DATA": str(tiny_data), "BAD": str(bad)}.get(a, a) for a in args]
+    result = CliRunner().invoke(cli, ["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data, tmp_path):
+    launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
+    if launcher is None:
+        pytest.skip("mlx.launch is not installed")
+    single = run_eval(tiny_model_dir, tiny_data, tmp_path / "one", *TINY_ARGS, "-q")
+    assert single.exit_code == 0, single.stderr
+    command = [launcher, "-n", "2", "-p", str(free_port()), "--", sys.executable, "-m", "mlx_ttsi", "eval",
+               "--model", str(tiny_model_dir), "--data", str(tiny_data), "--out", str(tmp_path / "two"), *TINY_ARGS]
+    launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own process group: a hang is cleaned up whole
+    try:
+        stdout, stderr = launch.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)
+        launch.communicate()
+        pytest.fail("the 2-rank run hung (did the ranks' LoRA training join one process group?)")
+    done = SimpleNamespace(returncode=launch.returncode, stdout=stdout, stderr=stderr)
+    assert done.returncode == 0, done.stderr
+    assert "rank 0/2" in done.stderr and "rank 1/2" in done.stderr  # both ranks had rows
+    assert done.stdout.count("| tinybench | base |") == 1  # rank 0 alone reports
+
+    def without_timings(data):
+        if isinstance(data, dict):
+            return {k: without_timings(v) for k, v in data.items() if k not in ("timings", "seconds_per_row")}
+        return [without_timings(v) for v in data] if isinstance(data, list) else data
+
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
+    assert without_timings(summaries[0]) == without_timings(summaries[1])
+    results = [{(r["id"], r["method"]): without_timings(r) for r in lines(tmp_path / d / "results.jsonl")}
+               for d in ("one", "two")]
+    assert results[0] == results[1] and len(results[1]) == 6  # same answers and losses: each rank trained alone
+    assert not list((tmp_path / "two").glob("results.rank*"))
