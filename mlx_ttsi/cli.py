@@ -38,7 +38,7 @@ def adaptation_options(f):
                      help="Model name sent to a teacher URL."),
         click.option("--candidates", type=click.Choice(["name", "call"]), default="name", show_default=True,
                      help="Candidate actions scored for uncertainty: tool names or whole calls."),
-        click.option("--norm", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+        click.option("--norm", type=click.Choice(["mean", "sum"]), default="sum", show_default=True,
                      help="Length normalisation of candidate log-likelihoods."),
         click.option("--max-calls", type=click.IntRange(1, 16), default=1, show_default=True,
                      help="Most tool calls in one answer."),
@@ -118,10 +118,12 @@ def cli():
               help="auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never.")
 @adaptation_options
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-adapter", type=click.Path(file_okay=False),
+              help="Keep the trained LoRA here as an mlx-lm adapter (nothing is written otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the full result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def ask(request, tools_file, messages_file, model, mode, precision, teacher, teacher_model, seed, as_json, quiet,
-        **settings):
+def ask(request, tools_file, messages_file, model, mode, precision, teacher, teacher_model, seed, save_adapter,
+        as_json, quiet, **settings):
     """Answer REQUEST, self-improving first when the model is unsure."""
     from .tools import load_tools, parse_tools
 
@@ -143,7 +145,7 @@ def ask(request, tools_file, messages_file, model, mode, precision, teacher, tea
     started = time.perf_counter()
     agent = build_agent(model, precision, teacher, teacher_model, mode=mode, seed=seed, **settings)
     report("loading", time.perf_counter() - started, agent.name)
-    answer = agent.ask(request, tools=tools, messages=messages, progress=report)
+    answer = agent.ask(request, tools=tools, messages=messages, progress=report, save_adapter=save_adapter)
     if as_json:
         click.echo(json.dumps(answer.as_dict(), ensure_ascii=False))
     elif answer.tool_calls:
@@ -151,6 +153,115 @@ def ask(request, tools_file, messages_file, model, mode, precision, teacher, tea
             click.echo(json.dumps(call, ensure_ascii=False))
     else:
         click.echo(answer.answer)
+
+
+@cli.command("eval")
+@click.option("--data", "-d", multiple=True, required=True, metavar="FILE",
+              help="Benchmark JSONL file; repeat for several (e.g. ../shared/benchmarks/sealtool.jsonl).")
+@click.option("--methods", default="base,ttsi", show_default=True,
+              help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N rows of each data file.")
+@click.option("--sample", type=click.IntRange(1), help="N random rows of each data file, drawn with the first seed.")
+@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True,
+              help="Run seed; repeat or comma-separate (0,1,2) for mean and spread.")
+@click.option("--threshold-sweep", "sweep", metavar="TAUS",
+              help="Taus for the sweep, e.g. 0.1,0.3,0.5 [default: 0,0.1,...,0.9,0.95,1].")
+@model_option
+@adaptation_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
+@click.pass_context
+def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, precision, teacher, teacher_model,
+                 quiet, **settings):
+    """Score methods on benchmark files: results are kept as they come, so a rerun resumes.
+
+    Under `mlx.launch -n N -- mlx-ttsi eval ...` each rank takes every N-th row."""
+    from . import evaluation
+
+    methods = evaluation.parse_methods(methods)
+    if "ttd" in methods and not teacher:
+        raise TTSIError("method ttd needs --teacher (a model or an OpenAI-compatible URL)")
+    seeds = evaluation.parse_seeds(seeds)
+    # --max-calls given (flag or config file) applies everywhere; else a per-benchmark default
+    explicit = ctx.get_parameter_source("max_calls") is not click.core.ParameterSource.DEFAULT
+    max_calls = settings["max_calls"] if explicit else None
+    recorded = {**settings, "model": model, "precision": precision, "teacher": teacher,
+                "teacher_model": teacher_model if teacher else None, "max_calls": max_calls or "per benchmark"}
+    plan = evaluation.Plan(
+        evaluation.select(evaluation.load_rows(data), limit, sample, seeds[0]), methods, seeds,
+        taus=evaluation.parse_taus(sweep) if sweep else evaluation.DEFAULT_SWEEP,
+        max_calls=max_calls, settings=recorded,
+    )
+
+    def load():  # only when rows are left to run
+        started = time.perf_counter()
+        agent = build_agent(model, precision, teacher, teacher_model, seed=seeds[0], **settings)
+        progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
+        return agent
+
+    summary = evaluation.evaluate(plan, out, load_agent=load, progress=not quiet)
+    if summary is not None:  # rank 0
+        click.echo(evaluation.markdown(summary, sweep=False), nl=False)
+        if not quiet:
+            click.echo(f"wrote {Path(out) / 'summary.md'} (threshold sweep included) and plots", err=True)
+
+
+@cli.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MLX_TTSI_HOST",
+              help="Address to listen on; loopback only unless you change it.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="MLX_TTSI_PORT",
+              help="Port to listen on (0: any free port).")
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True, envvar="MLX_TTSI_MODE",
+              help="Default for requests without a `ttsi` field (see ask --mode).")
+@click.option("--api-key", envvar="MLX_TTSI_API_KEY",
+              help="Require `Authorization: Bearer KEY` on every /v1 request.")
+@click.option("--memory", is_flag=True, help="Keep the adapters trained for uncertain requests and reuse them.")
+@click.option("--memory-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Most adapters kept (least recently used dropped).")
+@click.option("--memory-similarity", type=click.FloatRange(-1, 1), default=0.95, show_default=True,
+              help="Reuse an adapter when the request's embedding is at least this close (cosine).")
+@adaptation_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No request log on stderr.")
+def serve(model, host, port, mode, api_key, memory, memory_size, memory_similarity, precision, teacher,
+          teacher_model, seed, quiet, **settings):
+    """Serve the model behind an OpenAI-compatible API (POST /v1/chat/completions)."""
+    import ipaddress
+    import signal
+
+    from .memory import AdapterMemory
+    from .server import make_server
+
+    if mode == "ttd" and not teacher:
+        raise TTSIError("--mode ttd needs --teacher (a model or an OpenAI-compatible URL)")
+    started = time.perf_counter()
+    agent = build_agent(model, precision, teacher, teacher_model, mode=mode, seed=seed, **settings)
+    progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
+    store = AdapterMemory.for_agent(agent, memory_size, memory_similarity) if memory else None
+    try:
+        server = make_server(agent, host, port, api_key=api_key, memory=store, names=[model], quiet=quiet)
+    except OSError as error:
+        raise TTSIError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    try:
+        loopback = ipaddress.ip_address(server.server_address[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not api_key:
+        click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use it", err=True)
+    click.echo(f"serving {agent.name} at {server.url}" + (f" (adapter memory: {store.directory})" if store else ""),
+               err=True)
+    def stop(signum, frame):  # SIGTERM (docker stop, systemd) shuts down like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopping: finishing the request being answered", err=True)
+    finally:
+        server.server_close()
 
 
 @cli.command("config-path")
