@@ -1,0 +1,51 @@
+"""Shared helpers for the benchmark scripts: loading, benchmark rows, percentiles."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlx_ttsi  # noqa: E402,F401  (loads OpenBLAS before mlx)
+
+ROOT = Path(__file__).resolve().parents[1]
+SEALTOOL = Path(os.environ.get("MLX_TTSI_BENCHMARKS", ROOT.parent / "shared" / "benchmarks")) / "sealtool.jsonl"
+
+
+def sealtool_rows():
+    if not SEALTOOL.exists():
+        sys.exit(f"benchmark file not found: {SEALTOOL} (set MLX_TTSI_BENCHMARKS)")
+    with open(SEALTOOL) as f:
+        return [json.loads(line) for line in f]
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = (len(ordered) - 1) * q / 100
+    low, high = int(index), min(int(index) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
+
+
+def uncertain_rows(agent, count, start=0, threshold=None):
+    """The first `count` SealTool rows (from `start`) the model is uncertain about, with their base answers."""
+    chosen = []
+    for row in sealtool_rows()[start:]:
+        base = agent.ask(row["query"], tools=row["tools"], mode="base", **({"threshold": threshold} if threshold else {}))
+        if base.uncertainty.uncertain:
+            chosen.append((row, base))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def machine():
+    import platform
+
+    import mlx.core as mx
+
+    from mlx_ttsi import _blas
+
+    device = "gpu" if mx.metal.is_available() else "cpu"
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, mlx {mx.__version__} ({device}), BLAS: {_blas.loaded_path or 'bundled'}"

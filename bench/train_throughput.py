@@ -1,0 +1,95 @@
+"""Benchmark 4: LoRA training throughput against this machine's float32 GEMM limit.
+
+    python bench/train_throughput.py [--steps 40]
+
+Measures float32 matmul FLOP/s here, then trains the per-request LoRA (frozen tools prefix, as
+`ask` does) on one synthetic example for many steps and counts the FLOPs each step needs:
+forward and input-gradient passes through every LoRA'd layer's frozen weights (2 + 2 FLOPs per
+weight per token), the LoRA matrices (forward and both gradients), attention over the cached
+prefix, and the vocabulary projection of the answer tokens (forward and backward).
+"""
+
+import argparse
+import time
+
+from _common import machine, uncertain_rows
+
+import mlx.core as mx
+
+from mlx_ttsi.adaptation import LoRASettings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.prompts import render_prompt
+from mlx_ttsi.state import ContextState
+from mlx_ttsi.synthesis import ModelWriter
+from mlx_ttsi.tools import parse_tools
+
+
+def gemm_flops(n=2048, repeats=10):
+    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    mx.eval(a @ b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        mx.eval(a @ b)
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def flops_per_step(model, config, suffix, answer, prefix, rank):
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    head_dim = hidden // heads
+    inter = config["intermediate_size"]
+    dense = hidden * (hidden + 2 * kv_heads * head_dim + hidden) + 3 * hidden * inter  # per layer
+    lora = rank * sum(i + o for i, o in [(hidden, hidden), (hidden, kv_heads * head_dim), (hidden, kv_heads * head_dim),
+                                         (hidden, hidden), (hidden, inter), (hidden, inter), (inter, hidden)])
+    tokens = suffix + answer - 1
+    context = prefix + tokens / 2  # average attended positions per token (causal)
+    attention = 2 * 2 * context * heads * head_dim  # QK^T and AV, per token per layer
+    per_token = layers * (4 * dense + 6 * lora + 3 * attention)  # forward, then backward (x2 for attention)
+    vocab = config["vocab_size"] * hidden * 2 * 2 * answer  # answer positions only: forward + input gradient
+    return tokens * per_token + vocab
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args()
+    limit = gemm_flops()
+    agent = Agent.load(args.model)
+    lm = agent.loaded
+    (row, _), = uncertain_rows(agent, 1)
+    tools = parse_tools(row["tools"])
+    prompt = render_prompt(lm.tokenizer, [{"role": "user", "content": row["query"]}], tools, agent.fmt)
+    state = ContextState(lm.model, lm.tokenizer)
+    state.set_text(prompt)
+    synthesis = ModelWriter(lm).synthesize(row["query"], tools, 1, seed=0, state=state)
+    examples = agent._training_examples(synthesis.examples, tools)
+    frozen = agent._frozen_prefix(state, prompt, tools)
+    (ids, offset), = examples
+    suffix, answer = offset - frozen, len(ids) - offset
+
+    import json
+
+    config = json.loads((lm.path / "config.json").read_text())
+    agent.adapter.settings = LoRASettings(epochs=args.steps)
+    agent.adapter.reset(0)
+    stats = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
+    agent.adapter.reset(0)
+    agent.adapter.settings = LoRASettings(epochs=1)
+    one = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
+    agent.adapter.reset(0)
+    steady = (stats["seconds"] - one["seconds"]) / (args.steps - 1)  # per step, compile excluded
+    step_flops = flops_per_step(lm.model, config, suffix, answer, frozen, agent.adapter.settings.rank)
+
+    print(f"machine: {machine()}")
+    print(f"float32 GEMM (2048^3): {limit / 1e9:.1f} GFLOP/s")
+    print(f"example: frozen prefix {frozen} tokens, trained suffix {suffix} + answer {answer} tokens")
+    print(f"training: {args.steps} steps in {stats['seconds']:.2f}s; 1 step (with compile) {one['seconds']:.2f}s; "
+          f"steady step {steady * 1000:.0f} ms")
+    achieved = step_flops / steady
+    print(f"model FLOPs per step: {step_flops / 1e9:.2f} GFLOP -> {achieved / 1e9:.1f} GFLOP/s")
+    print(f"processed tokens/s: {(suffix + answer - 1) / steady:.0f}; fraction of the GEMM limit: {achieved / limit:.2f}")
+
+
+if __name__ == "__main__":
+    main()
