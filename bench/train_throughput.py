@@ -64,7 +64,8 @@ def main():
     state.set_text(prompt)
     synthesis = ModelWriter(lm).synthesize(row["query"], tools, 1, seed=0, state=state)
     examples = agent._training_examples(synthesis.examples, tools)
-    frozen = agent._frozen_prefix(state, prompt, tools)
+    state.set_text(prompt)
+    frozen = agent._system_prefix(state, prompt, tools)
     (ids, offset), = examples
     suffix, answer = offset - frozen, len(ids) - offset
 

@@ -75,7 +75,8 @@ def main():
                 continue
             # ours: train on the frozen prefix and answer, in-process
             started = time.perf_counter()
-            frozen = agent._frozen_prefix(state, prompt, tools)
+            state.set_text(prompt)
+            frozen = agent._system_prefix(state, prompt, tools)
             examples = agent._training_examples(synthesis.examples, tools)
             agent.adapter.reset(0)
             agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))

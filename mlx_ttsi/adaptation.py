@@ -27,6 +27,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.models.base import create_attention_mask
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
@@ -49,20 +50,50 @@ class LoRASettings:
             raise TTSIError("LoRA rank, epochs, batch size and learning rate must be positive")
 
 
-def prefix_loss(prefix, split):
+def prefix_loss(prefix, split, lower=0):
     """Cross-entropy on the answer tokens, given a frozen prefix KV cache.
 
     Batches are (prompt rest, answer) pairs, so the answer length is known from shapes and the
-    compiled step projects only those positions through the vocabulary."""
+    compiled step projects only those positions through the vocabulary. With `lower` > 0 the
+    batch's first item is instead the hidden state after the first `lower` (LoRA-free) layers,
+    computed once by `lower_hidden`, and only the layers above run each step."""
     body, head = split
 
     def loss(model, prompt, answer):
-        inputs = mx.concatenate([prompt, answer[:, :-1]], axis=1)
-        hidden = body(inputs, cache=cache_from_arrays(prefix, prompt.shape[0]))
+        if lower:
+            caches = cache_from_arrays(prefix[lower:], prompt.shape[0])
+            hidden = prompt
+            mask = create_attention_mask(hidden, caches[0])
+            for layer, cache in zip(body.layers[lower:], caches):
+                hidden = layer(hidden, mask, cache=cache)
+            hidden = body.norm(hidden)
+        else:
+            inputs = mx.concatenate([prompt, answer[:, :-1]], axis=1)
+            hidden = body(inputs, cache=cache_from_arrays(prefix, prompt.shape[0]))
         logits = head(hidden[:, -answer.shape[1] :]).astype(mx.float32)
         return nn.losses.cross_entropy(logits, answer).mean(), mx.array(answer.size)
 
     return loss
+
+
+def lower_hidden(body, prefix, lower, prompt, answer):
+    """Hidden states of prompt + answer[:-1] after the first `lower` layers (no gradient needed)."""
+    inputs = mx.array(prompt + answer[:-1])[None]
+    caches = cache_from_arrays(prefix[:lower])
+    hidden = body.embed_tokens(inputs)
+    mask = create_attention_mask(hidden, caches[0])
+    for layer, cache in zip(body.layers[:lower], caches):
+        hidden = layer(hidden, mask, cache=cache)
+    mx.eval(hidden)
+    return hidden[0]
+
+
+def frozen_layers(model, settings):
+    """How many bottom blocks have no LoRA and can be run once per example (0 if unsure)."""
+    body = getattr(model, "model", None)
+    plain = body is not None and getattr(body, "swa_idx", None) is None and hasattr(body, "norm")
+    blocks = len(model.layers)
+    return blocks - settings.layers if plain and 0 < settings.layers < blocks else 0
 
 
 def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
@@ -70,7 +101,7 @@ def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, c
     while True:
         for index in np.random.permutation(len(dataset)):
             prompt, answer = dataset[index]
-            yield mx.array(prompt)[None], mx.array(answer)[None]
+            yield mx.array(prompt)[None], mx.array(answer)[None]  # prompt: token ids or hidden states
         if not loop:
             break
 
@@ -191,12 +222,16 @@ class Adapter:
     def trainable_parameters(self):
         return sum(layer.lora_a.size + layer.lora_b.size for layer in self.layers)
 
-    def train(self, examples, seed=0, max_seq_length=2048, prefix=None):
+    def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None):
         """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
 
         `prefix` is (n, [(keys, values)] per layer): the KV cache of the examples' first n tokens,
-        computed by the base model and kept frozen."""
-        s = self.settings
+        computed by the base model and kept frozen. `settings` may change the schedule (epochs,
+        learning rate, warmup) for this call; the LoRA's shape is fixed when it is created."""
+        s = settings or self.settings
+        s.check()
+        if (s.rank, s.alpha, s.layers) != (self.settings.rank, self.settings.alpha, self.settings.layers):
+            raise TTSIError("LoRA rank, alpha and layers are fixed when the model is loaded")
         if len(examples) < s.batch_size:
             raise TTSIError(f"need at least {s.batch_size} training examples, got {len(examples)}")
         split = split_model(self.model)
@@ -206,8 +241,12 @@ class Adapter:
         if prefix is not None and split is not None and s.batch_size == 1:
             n, arrays = prefix
             dataset = [(ids[n:offset], ids[offset:]) for ids, offset in examples]
+            lower = frozen_layers(self.model, s)
+            if lower:
+                self.detach()  # the bottom layers have no LoRA anyway
+                dataset = [(lower_hidden(split[0], arrays, lower, p, a), a) for p, a in dataset]
             batches = prefix_batches(dataset, 1, max_seq_length, loop=True)
-            loss = prefix_loss(arrays, split)
+            loss = prefix_loss(arrays, split, lower)
         else:  # whole sequences, loss masked to the answer: mlx-lm's own batching and loss
             n, batches, loss = 0, iterate_batches(list(examples), s.batch_size, max_seq_length, loop=True), default_loss
         schedule = build_schedule(

@@ -7,6 +7,7 @@
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 
 import mlx.core as mx
@@ -38,6 +39,7 @@ class Settings:
     max_calls: int = 1  # most tool calls in one answer
     max_tokens: int = 256  # for text answers (no tools)
     temperature: float = 0.8  # sampling temperature when writing synthetic requests
+    same_tool: bool = True  # TT-SI keeps only examples calling the tool the model picks for the request
     seed: int = 0
     lora: LoRASettings = field(default_factory=LoRASettings)
 
@@ -90,6 +92,7 @@ class Agent:
         self.api_key = api_key
         self._teacher = None
         self.lock = threading.Lock()  # one request at a time owns the weights
+        self.prefixes = PrefixCache()
 
     @classmethod
     def load(cls, model=models.EMBEDDED_NAME, precision="auto", **options):
@@ -171,8 +174,11 @@ class Agent:
         tok = self.loaded.tokenizer
         prompt = render_prompt(tok, messages, tools, self.fmt)
         state = ContextState(self.loaded.model, tok, self.loaded.context_length)
+        frozen = self._system_prefix(state, prompt, tools)
+        self.prefixes.seed(state, state.encode(prompt)[:frozen])
         decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
         uncertainty, name_choice = self._score(decoder, prompt, tools, settings)
+        self.prefixes.keep(state, frozen)
         lap("scoring", f"margin {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})")
 
         method = settings.mode
@@ -182,26 +188,28 @@ class Agent:
         adapt = method != "base" and (uncertainty.uncertain or not gated)
         reused = adapt and reuse is not None and method != "ticl"
         synthesis, training, weights = Synthesis(), None, None
-        frozen = self._frozen_prefix(state, prompt, tools) if adapt else 0
         if reused:
             self.adapter.load(reuse)
-            lap("training", "reused stored adapter")
+            lap("adapter_load", "reused stored adapter")
         elif adapt:
-            if method == "ttd":
+            if method == "ttd":  # a teacher may well know better than our own first choice
                 synthesis = self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed)
             else:
                 writer = ModelWriter(self.loaded, temperature=settings.temperature, decoder_options=self._decoder_options(settings))
-                synthesis = writer.synthesize(last_user_text(messages), tools, settings.examples, settings.seed, state=state)
+                same_tool = uncertainty.best if settings.same_tool else None
+                synthesis = writer.synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
+                                              state=state, same_tool=same_tool)
             lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
             adapt = bool(synthesis.examples)
             if adapt and method == "ticl":
                 prompt = render_prompt(tok, messages, tools, self.fmt, demonstrations=synthesis.examples)
             elif adapt:
                 examples = self._training_examples(synthesis.examples, tools)
-                state.sync(state.encode(prompt)[: frozen + 1])  # the synthesis moved the context on
+                state.sync(state.encode(prompt)[: frozen + 1])  # back from the synthesis prompts
                 self.adapter.reset(settings.seed)
                 training = self.adapter.train(
-                    examples, settings.seed, self.loaded.context_length, prefix=(frozen, state.prefix_arrays(frozen))
+                    examples, settings.seed, self.loaded.context_length,
+                    prefix=(frozen, state.prefix_arrays(frozen)), settings=settings.lora,
                 )
                 lap("training", f"{training['steps']} steps, loss {training['loss']}")
                 weights = self.adapter.weights() if keep_adapter else None
@@ -247,18 +255,15 @@ class Agent:
         best = max(range(len(tools)), key=lambda i: scores[i])
         return uncertainty, replace(choice, index=best)
 
-    def _frozen_prefix(self, state, prompt, tools):
-        """Length of the prompt's template-and-tools prefix (the system turn), cached in `state`.
+    def _system_prefix(self, state, prompt, tools):
+        """Length of the prompt's template-and-tools prefix (the system turn).
 
-        That prefix keeps its base-model KV cache while a LoRA is trained and used, so it is the
-        same for every request with these tools, trained or reusing a stored adapter."""
+        It is the same for every request with these tools: its base-model KV cache is shared
+        across requests and stays frozen while a LoRA is trained and used."""
         tok = self.loaded.tokenizer
         probes = [state.encode(render_prompt(tok, [{"role": "user", "content": c}], tools, self.fmt)) for c in "AB"]
         ids = state.encode(prompt)
-        n = min(_common(probes[0], probes[1]), _common(ids, probes[0]), len(ids) - 1)
-        n = max(n, 1)
-        state.sync(ids[: n + 1])
-        return n
+        return max(1, min(_common(probes[0], probes[1]), _common(ids, probes[0]), len(ids) - 1))
 
     def _training_examples(self, examples, tools):
         """(token ids, answer offset) pairs: the loss covers the answer and end-of-turn only."""
@@ -270,6 +275,31 @@ class Agent:
             prompt_ids = tok.encode(prompt, add_special_tokens=False)
             pairs.append((prompt_ids + tok.encode(answer, add_special_tokens=False), len(prompt_ids)))
         return pairs
+
+
+class PrefixCache:
+    """Base-model KV caches of recent system prompts (tools), reused by requests with the same tools."""
+
+    def __init__(self, max_tokens=8192):
+        self.max_tokens = max_tokens
+        self.entries = OrderedDict()  # token ids -> [(keys, values)] per layer
+
+    def seed(self, state, ids):
+        arrays = self.entries.get(tuple(ids))
+        if arrays is not None:
+            self.entries.move_to_end(tuple(ids))
+            state.seed(ids, arrays)
+
+    def keep(self, state, n):
+        ids = tuple(state.tokens[:n])
+        if ids in self.entries or n > self.max_tokens:
+            return
+        arrays = state.prefix_arrays(n, copy=True)
+        if arrays is None:
+            return
+        self.entries[ids] = arrays
+        while sum(len(k) for k in self.entries) > self.max_tokens:
+            self.entries.popitem(last=False)
 
 
 def _common(a, b):

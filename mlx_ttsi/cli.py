@@ -42,6 +42,8 @@ def adaptation_options(f):
                      help="Length normalisation of candidate log-likelihoods."),
         click.option("--max-calls", type=click.IntRange(1, 16), default=1, show_default=True,
                      help="Most tool calls in one answer."),
+        click.option("--same-tool/--any-tool", default=True, show_default=True,
+                     help="TT-SI keeps only synthetic examples that call the tool the model picks for the request."),
         click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True, help="LoRA epochs."),
         click.option("--lr", type=float, default=1e-4, show_default=True, help="LoRA learning rate."),
         click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True, help="LoRA rank."),

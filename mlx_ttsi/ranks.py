@@ -8,8 +8,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from .errors import DataError
@@ -33,49 +31,22 @@ class Ranks:
 
 
 class LaunchedRanks(Ranks):
-    """This process's place under mlx.launch, and the exchange of results at the end.
+    """This process's place in MLX's process group under mlx.launch.
 
-    mlx-lm's LoRA trainer averages gradients over mx.distributed.init()'s group, so a rank that
-    joined the group would mix its adapters with other ranks' rows. MLX's group therefore lives in a
-    helper process, started (like the group needs) while every rank starts; this process forgets
-    the launcher's variables and trains alone. The helper gathers the results when the rows are done."""
+    Only the final gather talks to the other ranks: each rank adapts to its own rows alone (the
+    LoRA training loop never reduces over the group)."""
 
     def __init__(self):
-        self.helper = subprocess.Popen(
-            [sys.executable, "-c", "from mlx_ttsi.ranks import group_helper; group_helper()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ), text=True,
-        )
-        self.saved = {name: os.environ.pop(name) for name in LAUNCH_VARIABLES if name in os.environ}
-        reply = self._receive()
-        super().__init__(reply["rank"], reply["size"])
+        import mlx.core as mx
 
-    def _receive(self):
-        line = self.helper.stdout.readline()
-        if not line:
-            raise DataError("mlx.launch: could not join the process group (see the error above)")
-        return json.loads(line)
+        try:
+            self.group = mx.distributed.init(strict=True)
+        except RuntimeError as error:
+            raise DataError(f"mlx.launch: could not join the process group: {error}") from None
+        super().__init__(self.group.rank(), self.group.size())
 
     def gather(self, records):
-        self.helper.stdin.write(json.dumps(records) + "\n")
-        self.helper.stdin.flush()
-        return self._receive()
-
-    def close(self):
-        self.helper.stdin.close()
-        self.helper.wait()
-        os.environ.update(self.saved)
-
-
-def group_helper():
-    """The helper process: join MLX's group, report rank and size, gather one list of records."""
-    import mlx.core as mx
-
-    reply, sys.stdout = sys.stdout, sys.stderr  # the pipe carries replies only
-    group = mx.distributed.init(strict=True)
-    print(json.dumps({"rank": group.rank(), "size": group.size()}), file=reply, flush=True)
-    line = sys.stdin.readline()
-    if line:
-        print(json.dumps(gather(json.loads(line), group)), file=reply, flush=True)
+        return gather(records, self.group)
 
 
 def gather(records, group):

@@ -12,7 +12,7 @@ from mlx_lm.utils import common_prefix_len
 
 from .errors import RequestError
 
-PREFILL_CHUNK = 512
+PREFILL_CHUNK = 128  # measured on 822 tokens here: 2.76 s at 128, 3.00 s at 512 (causal attention work)
 # Above this many cached tokens x continuations, continuations are scored one after another
 # through the shared cache instead of side by side on copies of it (copies cost memory and time).
 FORK_BUDGET = 8192
@@ -77,6 +77,11 @@ class ContextState:
             mx.eval(self.logprobs, [c.state for c in self.cache])
         self.tokens.extend(ids)
 
+    def seed(self, ids, arrays):
+        """Start from a known prefix: its tokens and their KV arrays (see `prefix_arrays`)."""
+        self.cache = cache_from_arrays(arrays)
+        self.tokens, self.logprobs = list(ids), None
+
     def truncate(self, n):
         """Forget everything after the first n tokens (e.g. after the weights changed)."""
         if n < len(self.tokens):
@@ -122,11 +127,16 @@ class ContextState:
             self.push(token)
         return text
 
-    def prefix_arrays(self, n):
-        """The KV arrays of the first n tokens, per layer: a frozen prefix for training."""
+    def prefix_arrays(self, n, copy=False):
+        """The KV arrays of the first n tokens, per layer (a frozen prefix for training, or, as a
+        copy that later updates of this cache cannot touch, for reuse by other requests)."""
         if not all(isinstance(c, KVCache) for c in self.cache) or n > len(self.tokens):
             return None
-        return [(c.keys[..., :n, :], c.values[..., :n, :]) for c in self.cache]
+        arrays = [(c.keys[..., :n, :], c.values[..., :n, :]) for c in self.cache]
+        if copy:
+            arrays = [(mx.contiguous(k), mx.contiguous(v)) for k, v in arrays]
+            mx.eval(arrays)
+        return arrays
 
     def fork(self, n):
         """A batch-of-n copy of the KV cache, for scoring continuations side by side."""

@@ -50,15 +50,33 @@ def _normal(text):
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
-def admit(synthesis, request, calls, original, tools, source):
-    """Add one candidate example if it passes every check; otherwise count why not."""
-    request = (request or "").strip()
+_REPEATS = re.compile(r"(.{2,}?)\1{3,}")  # a piece written four or more times in a row
+
+
+def request_problem(request, original):
+    """Why a synthetic request is unusable, or None."""
     if not request:
-        return synthesis.reject("empty request")
+        return "empty request"
     if request.startswith(("{", "[")):
-        return synthesis.reject("request is not plain text")
+        return "request is not plain text"
+    if request.endswith(":") or len(request.split()) < 3:
+        return "request is incomplete"
+    if _REPEATS.search(request):
+        return "request repeats itself"
     if _normal(request) == _normal(original):
-        return synthesis.reject("copy of the request")
+        return "copy of the request"
+    return None
+
+
+def admit(synthesis, request, calls, original, tools, source, same_tool=None):
+    """Add one candidate example if it passes every check; otherwise count why not.
+
+    `same_tool`, when given, is the tool the model itself picks for the original request: an
+    example calling another tool is refused (TT-SI's self-consistency check)."""
+    request = (request or "").strip()
+    problem = request_problem(request, original)
+    if problem:
+        return synthesis.reject(problem)
     if any(_normal(request) == _normal(e["request"]) for e in synthesis.examples):
         return synthesis.reject("duplicate example")
     if not calls:
@@ -67,6 +85,10 @@ def admit(synthesis, request, calls, original, tools, source):
         problem = check_call(call, tools)
         if problem:
             return synthesis.reject(problem.split(":")[0])
+        if any(isinstance(v, str) and _REPEATS.search(v) for v in call["arguments"].values()):
+            return synthesis.reject("argument repeats itself")
+    if same_tool is not None and calls[0]["name"] != same_tool:
+        return synthesis.reject("another tool than the model's own choice")
     synthesis.examples.append({"request": request, "calls": calls, "source": source})
 
 
@@ -76,7 +98,7 @@ class ModelWriter:
     Both prompts start with the same system prompt (the tools) as the request's own prompt, so
     with the request's ContextState the cached prefix is computed only once."""
 
-    def __init__(self, loaded, temperature=0.8, top_p=0.95, max_request_tokens=80, decoder_options=None):
+    def __init__(self, loaded, temperature=0.8, top_p=0.95, max_request_tokens=48, decoder_options=None):
         self.loaded = loaded
         self.fmt = call_format(loaded.tokenizer)
         self.temperature = temperature
@@ -101,7 +123,7 @@ class ModelWriter:
         prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": request}], tools, self.fmt)
         return CallDecoder(state, self.fmt, **self.decoder_options).decode(prompt, tools).calls
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None):
         state = state or self.own_state()
         synthesis = Synthesis()
         mx.random.seed(seed)
@@ -110,9 +132,8 @@ class ModelWriter:
                 break
             synthesis.attempts += 1
             request = self.write_request(state, original, tools)
-            usable = request and _normal(request) != _normal(original) and not request.startswith(("{", "["))
-            calls = self.label(state, request, tools) if usable else []
-            admit(synthesis, request, calls, original, tools, "self")
+            calls = self.label(state, request, tools) if request_problem(request, original) is None else []
+            admit(synthesis, request, calls, original, tools, "self", same_tool)
         return synthesis
 
 
@@ -147,7 +168,7 @@ class EndpointTeacher:
         except (KeyError, IndexError, TypeError):
             raise TeacherError(f"teacher endpoint {self.url} gave no chat completion") from None
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None):
         synthesis = Synthesis()
         tools_text = "\n".join(tool_line(t) for t in tools)
         for attempt in range(max_attempts or 2):
@@ -157,7 +178,8 @@ class EndpointTeacher:
             reply = self.ask(TEACHER_USER.format(tools=tools_text, request=original, k=k), seed + attempt)
             for item in _json_items(reply)[: k - len(synthesis.examples)]:
                 calls = item.get("calls") or ([item["call"]] if isinstance(item.get("call"), dict) else [])
-                admit(synthesis, item.get("request"), parse_calls(json.dumps(calls)), original, tools, "teacher")
+                admit(synthesis, item.get("request"), parse_calls(json.dumps(calls)), original, tools, "teacher",
+                      same_tool)
         return synthesis
 
 

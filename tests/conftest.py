@@ -121,6 +121,32 @@ def tiny_model_dir(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+PLAUSIBLE_REQUESTS = [
+    "Please set an alarm at nine for the gym",
+    "What will the weather be in Madrid on Friday?",
+    "List every alarm I have set this week",
+]
+
+
+@pytest.fixture(autouse=True)
+def plausible_requests(monkeypatch):
+    """The tiny random model writes gibberish that the synthesis checks rightly refuse, so tests of
+    the pipeline get plausible synthetic requests instead; labelling, training and answering stay
+    real. The embedded model keeps writing its own."""
+    from mlx_ttsi.models import EMBEDDED_NAME
+    from mlx_ttsi.synthesis import ModelWriter
+
+    original = ModelWriter.write_request
+    counter = iter(range(10**9))
+
+    def write_request(self, state, request, tools):
+        if self.loaded.name == EMBEDDED_NAME:
+            return original(self, state, request, tools)
+        return PLAUSIBLE_REQUESTS[next(counter) % len(PLAUSIBLE_REQUESTS)]
+
+    monkeypatch.setattr(ModelWriter, "write_request", write_request)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache and config locations."""

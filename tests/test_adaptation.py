@@ -138,3 +138,23 @@ def test_saved_adapter_loads_with_mlx_lm(tiny, tiny_model_dir, tmp_path):
     ids = tiny.tokenizer.encode("Set an alarm at 7 for work.", add_special_tokens=False)
     assert mx.allclose(model(mx.array(ids)[None]), ours, atol=1e-4).item()
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapters.safetensors"]
+
+
+def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
+    # with LoRA on the top block only, the bottom block runs once per example: same loss
+    from mlx_ttsi.adaptation import frozen_layers, lower_hidden, prefix_loss
+    from mlx_ttsi.state import ContextState, split_model
+
+    adapter = Adapter(tiny.model, LoRASettings(layers=1, epochs=3, learning_rate=1e-2))
+    assert frozen_layers(tiny.model, adapter.settings) == 1
+    ids, offset = examples(tiny)[0]
+    n = 4
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.sync(ids[: n + 1])
+    prefix, split = state.prefix_arrays(n), split_model(tiny.model)
+    adapter.train(examples(tiny), prefix=(n, prefix))  # trained, so the top block's LoRA is non-zero
+    prompt, answer = ids[n:offset], ids[offset:]
+    full, _ = prefix_loss(prefix, split)(tiny.model, mx.array(prompt)[None], mx.array(answer)[None])
+    hidden = lower_hidden(split[0], prefix, 1, prompt, answer)
+    reused, _ = prefix_loss(prefix, split, lower=1)(tiny.model, hidden[None], mx.array(answer)[None])
+    assert reused.item() == pytest.approx(full.item(), rel=1e-5)

@@ -20,7 +20,8 @@ def base_logits(agent):
 
 @pytest.fixture
 def agent(tiny):
-    return Agent(tiny, Settings(lora=LoRASettings(epochs=2, learning_rate=1e-2)))
+    # the tiny model's labels are random: keep examples whatever tool they call
+    return Agent(tiny, Settings(same_tool=False, lora=LoRASettings(epochs=2, learning_rate=1e-2)))
 
 
 def test_ttsi_adapts_answers_and_resets(agent, tools):
@@ -136,3 +137,37 @@ def test_request_longer_than_context_fails_clearly(tiny):
 def test_ttd_without_teacher_fails_clearly(agent):
     with pytest.raises(TTSIError, match="needs a teacher"):
         agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttd")
+
+
+def test_per_request_schedule_overrides_apply_and_shape_is_fixed(agent):
+    from dataclasses import replace
+
+    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=replace(agent.settings.lora, epochs=3))
+    assert answer.training["steps"] == 3
+    with pytest.raises(TTSIError, match="fixed when the model is loaded"):
+        agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=replace(agent.settings.lora, rank=4))
+
+
+def test_requests_with_the_same_tools_reuse_the_system_prompt_cache(agent):
+    first = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert len(agent.prefixes.entries) == 1
+    cached = next(iter(agent.prefixes.entries))
+    again = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert list(agent.prefixes.entries) == [cached]
+    probs = lambda answer: [c["prob"] for c in answer.uncertainty.candidates]  # noqa: E731
+    assert again.tool_calls == first.tool_calls
+    assert probs(again) == pytest.approx(probs(first), abs=1e-5)
+    adapted = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi")  # a LoRA never touches the cached base KV
+    base_after = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert adapted.adapted and base_after.tool_calls == first.tool_calls
+    assert probs(base_after) == pytest.approx(probs(first), abs=1e-5)
+
+
+def test_same_tool_check_refuses_examples_for_another_tool(tiny, monkeypatch):
+    from mlx_ttsi.synthesis import ModelWriter
+
+    monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools: [{"name": "list_alarms", "arguments": {}}])
+    strict = Agent(tiny, Settings(same_tool=True))
+    answer = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi")
+    if answer.uncertainty.best != "list_alarms":
+        assert not answer.adapted and answer.rejected == {"another tool than the model's own choice": 3}

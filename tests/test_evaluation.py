@@ -286,7 +286,7 @@ TINY_ROWS = [
     make_row("l", query=None, messages=[{"role": "user", "content": "List my alarms"},
                                         {"role": "assistant", "content": "Sure."}], answer=[call("list_alarms")]),
 ]
-TINY_ARGS = ["--methods", "base,ttsi-all", "--epochs", "2", "--lr", "0.05", "--threshold-sweep", "0.5,1"]
+TINY_ARGS = ["--methods", "base,ttsi-all", "--epochs", "2", "--lr", "0.05", "--threshold-sweep", "0.5,1", "--any-tool"]
 
 
 @pytest.fixture
@@ -347,10 +347,13 @@ def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data,
     launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
     if launcher is None:
         pytest.skip("mlx.launch is not installed")
-    single = run_eval(tiny_model_dir, tiny_data, tmp_path / "one", *TINY_ARGS, "-q")
-    assert single.exit_code == 0, single.stderr
-    command = [launcher, "-n", "2", "-p", str(free_port()), "--", sys.executable, "-m", "mlx_ttsi", "eval",
-               "--model", str(tiny_model_dir), "--data", str(tiny_data), "--out", str(tmp_path / "two"), *TINY_ARGS]
+    # both runs are child processes, so both use the tiny model's own synthetic requests
+    evaluate = [sys.executable, "-m", "mlx_ttsi", "eval", "--model", str(tiny_model_dir), "--data", str(tiny_data),
+                *TINY_ARGS]
+    single = subprocess.run([*evaluate, "--out", str(tmp_path / "one"), "-q"], capture_output=True, text=True,
+                            timeout=120)
+    assert single.returncode == 0, single.stderr
+    command = [launcher, "-n", "2", "-p", str(free_port()), "--", *evaluate, "--out", str(tmp_path / "two")]
     launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)  # its own process group: a hang is cleaned up whole
     try:

@@ -14,21 +14,34 @@ from conftest import TOOLS
 def test_admit_checks_every_example(tools):
     s = Synthesis()
     good = [{"name": "get_weather", "arguments": {"city": "Rome"}}]
-    admit(s, "Weather in Rome?", good, "Weather in Paris?", tools, "self")
-    admit(s, "weather in PARIS?!", good, "Weather in Paris?", tools, "self")  # copy of the request
-    admit(s, "Weather in Rome", good, "Weather in Paris?", tools, "self")  # duplicate example
-    admit(s, "  ", good, "Weather in Paris?", tools, "self")
-    admit(s, "Fly me to Rome", [{"name": "fly", "arguments": {}}], "Weather in Paris?", tools, "self")
-    admit(s, "Weather somewhere", [{"name": "get_weather", "arguments": {}}], "Weather in Paris?", tools, "self")
-    admit(s, "Nothing to call", [], "Weather in Paris?", tools, "self")
-    assert [e["request"] for e in s.examples] == ["Weather in Rome?"]
+    original = "Weather in Paris?"
+    admit(s, "Weather in Rome today?", good, original, tools, "self")
+    admit(s, "weather in PARIS?!", good, original, tools, "self")  # copy of the request
+    admit(s, "Weather in Rome today", good, original, tools, "self")  # duplicate example
+    admit(s, "  ", good, original, tools, "self")
+    admit(s, "Here is a request:", good, original, tools, "self")
+    admit(s, "Weather weather weather weather weather in Rome", good, original, tools, "self")
+    admit(s, '{"name": "get_weather"}', good, original, tools, "self")
+    admit(s, "Fly me to Rome", [{"name": "fly", "arguments": {}}], original, tools, "self")
+    admit(s, "Weather somewhere nice", [{"name": "get_weather", "arguments": {}}], original, tools, "self")
+    admit(s, "Weather in Oslo please", [{"name": "get_weather", "arguments": {"city": "Oslo Oslo Oslo Oslo Oslo"}}],
+          original, tools, "self")
+    admit(s, "Nothing to call here", [], original, tools, "self")
+    admit(s, "Set an alarm at six", [{"name": "set_alarm", "arguments": {"time": "6", "loud": True}}], original,
+          tools, "self", same_tool="get_weather")
+    assert [e["request"] for e in s.examples] == ["Weather in Rome today?"]
     assert s.rejected == {
         "copy of the request": 1,
         "duplicate example": 1,
         "empty request": 1,
+        "request is incomplete": 1,
+        "request repeats itself": 1,
+        "request is not plain text": 1,
         "names unknown tool 'fly'": 1,
         "invalid arguments": 1,
+        "argument repeats itself": 1,
         "no tool call": 1,
+        "another tool than the model's own choice": 1,
     }
 
 
