@@ -3,10 +3,10 @@
     python bench/train_throughput.py [--steps 40]
 
 Measures float32 matmul FLOP/s here, then trains the per-request LoRA (frozen tools prefix, as
-`ask` does) on one synthetic example for many steps and counts the FLOPs each step needs:
-forward and input-gradient passes through every LoRA'd layer's frozen weights (2 + 2 FLOPs per
-weight per token), the LoRA matrices (forward and both gradients), attention over the cached
-prefix, and the vocabulary projection of the answer tokens (forward and backward).
+`ask` does) on one synthetic example for many steps and counts the FLOPs each step needs in the
+blocks it runs (those with LoRA): forward and input-gradient passes through their frozen weights
+(2 + 2 FLOPs per weight per token), the LoRA matrices (forward and both gradients), attention
+over the cached prefix, and the vocabulary projection of the answer tokens (forward and backward).
 """
 
 import argparse
@@ -33,8 +33,10 @@ def gemm_flops(n=2048, repeats=10):
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def flops_per_step(model, config, suffix, answer, prefix, rank):
-    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+def flops_per_step(model, config, suffix, answer, prefix, rank, layers):
+    """FLOPs of one step through the `layers` top blocks that carry LoRA (the blocks below them
+    run once per example, before the steps, and are not counted)."""
+    hidden = config["hidden_size"]
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
     head_dim = hidden // heads
     inter = config["intermediate_size"]
@@ -80,11 +82,14 @@ def main():
     one = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
     agent.adapter.reset(0)
     steady = (stats["seconds"] - one["seconds"]) / (args.steps - 1)  # per step, compile excluded
-    step_flops = flops_per_step(lm.model, config, suffix, answer, frozen, agent.adapter.settings.rank)
+    blocks = config["num_hidden_layers"]
+    lora_blocks = blocks if not 0 < agent.adapter.settings.layers < blocks else agent.adapter.settings.layers
+    step_flops = flops_per_step(lm.model, config, suffix, answer, frozen, agent.adapter.settings.rank, lora_blocks)
 
     print(f"machine: {machine()}")
     print(f"float32 GEMM (2048^3): {limit / 1e9:.1f} GFLOP/s")
-    print(f"example: frozen prefix {frozen} tokens, trained suffix {suffix} + answer {answer} tokens")
+    print(f"example: frozen prefix {frozen} tokens, trained suffix {suffix} + answer {answer} tokens; "
+          f"LoRA on the top {lora_blocks} of {blocks} blocks")
     print(f"training: {args.steps} steps in {stats['seconds']:.2f}s; 1 step (with compile) {one['seconds']:.2f}s; "
           f"steady step {steady * 1000:.0f} ms")
     achieved = step_flops / steady

@@ -97,7 +97,8 @@ def main():
                 (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
             adapters = scratch / f"adapters-{row['id']}"
             run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(weights), "--train", "--data", str(data),
-                 "--iters", str(iters), "--batch-size", "1", "--num-layers", "-1", "--learning-rate", "1e-4",
+                 "--iters", str(iters), "--batch-size", "1", "--num-layers", str(agent.settings.lora.layers),
+                 "--learning-rate", str(agent.settings.lora.learning_rate),
                  "--mask-prompt", "--val-batches", "1", "--steps-per-eval", str(iters + 1),
                  "--adapter-path", str(adapters)], env)
             run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(weights), "--adapter-path", str(adapters),

@@ -41,7 +41,7 @@ class LoRASettings:
     alpha: float = 16.0  # scale = alpha / rank, as in the paper's PEFT setup
     epochs: int = 5
     learning_rate: float = 1e-4
-    layers: int = -1  # how many top transformer blocks get LoRA; -1 = all
+    layers: int = 8  # top transformer blocks with LoRA (-1: all); 8 measured as good as all, faster
     warmup: float = 0.03  # fraction of steps, then cosine decay
     batch_size: int = 1
 

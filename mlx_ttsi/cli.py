@@ -47,6 +47,8 @@ def adaptation_options(f):
         click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True, help="LoRA epochs."),
         click.option("--lr", type=float, default=1e-4, show_default=True, help="LoRA learning rate."),
         click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True, help="LoRA rank."),
+        click.option("--layers", type=click.IntRange(-1, 1024), default=8, show_default=True,
+                     help="LoRA on the top N transformer blocks (-1: all)."),
         click.option("--precision", type=click.Choice(["auto", "native", "float32", "float16", "bfloat16"]),
                      default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
                      help="Weights dtype: auto = float32 on CPU, the model's own on a GPU."),
@@ -61,7 +63,8 @@ def build_agent(model, precision, teacher, teacher_model, **settings):
     from .adaptation import LoRASettings
     from .agent import Agent, Settings
 
-    lora = LoRASettings(rank=settings.pop("rank"), epochs=settings.pop("epochs"), learning_rate=settings.pop("lr"))
+    lora = LoRASettings(rank=settings.pop("rank"), epochs=settings.pop("epochs"), learning_rate=settings.pop("lr"),
+                        layers=settings.pop("layers"))
     return Agent.load(
         model, precision=precision, settings=Settings(lora=lora, **settings),
         teacher=teacher, teacher_model=teacher_model, api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"),

@@ -80,3 +80,27 @@ def test_parse_number():
     assert _parse_number("12.0", True) == 12
     assert _parse_number("-", False) is None
     assert _parse_number("1.2.3", False) is None
+
+
+HERMES = (
+    "{%- if tools %}<|im_start|>system\nTools:\n{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n"
+    "Call one with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{%- endif %}"
+    "{%- for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}"
+    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}<tool_call>{{ tool_call.name }}</tool_call>"
+    "{%- endfor %}{%- endif %}<|im_end|>\n{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def test_models_with_a_tool_template_get_their_own_format(tiny, tools):
+    # a Hermes/Qwen-style template renders the tools itself and calls go in <tool_call> tags
+    tokenizer = tiny.tokenizer
+    tokenizer._tokenizer.chat_template = HERMES
+    fmt = call_format(tokenizer)
+    assert fmt.native and fmt.open == "<tool_call>\n"
+    prompt = render_prompt(tokenizer, [{"role": "user", "content": "Weather in Oslo?"}], tools, fmt)
+    assert '"name": "get_weather"' in prompt and "function-calling assistant" not in prompt
+    decoded = CallDecoder(ContextState(tiny.model, tokenizer), fmt).decode(prompt, tools)
+    assert decoded.text.startswith("<tool_call>\n{") and decoded.text.endswith("}\n</tool_call>")
+    from mlx_ttsi.tools import parse_calls
+
+    assert parse_calls(decoded.text) == decoded.calls
