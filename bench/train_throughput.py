@@ -1,6 +1,6 @@
 """Benchmark 4: LoRA training throughput against this machine's float32 GEMM limit.
 
-    python bench/train_throughput.py [--steps 40]
+    python bench/train_throughput.py [--steps 40] [--layers 8]
 
 Measures float32 matmul FLOP/s here, then trains the per-request LoRA (frozen tools prefix, as
 `ask` does) on one synthetic example for many steps and counts the FLOPs each step needs in the
@@ -17,7 +17,7 @@ from _common import machine, uncertain_rows
 import mlx.core as mx
 
 from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent
+from mlx_ttsi.agent import Agent, Settings
 from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.state import ContextState
 from mlx_ttsi.synthesis import ModelWriter
@@ -55,9 +55,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--layers", type=int, default=LoRASettings.layers, help="LoRA'd top blocks (-1: all)")
     args = parser.parse_args()
     limit = gemm_flops()
-    agent = Agent.load(args.model)
+    agent = Agent.load(args.model, settings=Settings(lora=LoRASettings(layers=args.layers)))
     lm = agent.loaded
     (row, _), = uncertain_rows(agent, 1)
     tools = parse_tools(row["tools"])
@@ -74,11 +75,11 @@ def main():
     import json
 
     config = json.loads((lm.path / "config.json").read_text())
-    agent.adapter.settings = LoRASettings(epochs=args.steps)
+    agent.adapter.settings = LoRASettings(epochs=args.steps, layers=args.layers)
     agent.adapter.reset(0)
     stats = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
     agent.adapter.reset(0)
-    agent.adapter.settings = LoRASettings(epochs=1)
+    agent.adapter.settings = LoRASettings(epochs=1, layers=args.layers)
     one = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
     agent.adapter.reset(0)
     steady = (stats["seconds"] - one["seconds"]) / (args.steps - 1)  # per step, compile excluded

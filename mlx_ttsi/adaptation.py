@@ -219,9 +219,6 @@ class Adapter:
         (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
         return directory
 
-    def trainable_parameters(self):
-        return sum(layer.lora_a.size + layer.lora_b.size for layer in self.layers)
-
     def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None):
         """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
 
