@@ -61,12 +61,7 @@ def prefix_loss(prefix, split, lower=0):
 
     def loss(model, prompt, answer):
         if lower:
-            caches = cache_from_arrays(prefix[lower:], prompt.shape[0])
-            hidden = prompt
-            mask = create_attention_mask(hidden, caches[0])
-            for layer, cache in zip(body.layers[lower:], caches):
-                hidden = layer(hidden, mask, cache=cache)
-            hidden = body.norm(hidden)
+            hidden = body.norm(run_blocks(body.layers[lower:], prompt, prefix[lower:]))
         else:
             inputs = mx.concatenate([prompt, answer[:, :-1]], axis=1)
             hidden = body(inputs, cache=cache_from_arrays(prefix, prompt.shape[0]))
@@ -78,14 +73,18 @@ def prefix_loss(prefix, split, lower=0):
 
 def lower_hidden(body, prefix, lower, prompt, answer):
     """Hidden states of prompt + answer[:-1] after the first `lower` layers (no gradient needed)."""
-    inputs = mx.array(prompt + answer[:-1])[None]
-    caches = cache_from_arrays(prefix[:lower])
-    hidden = body.embed_tokens(inputs)
-    mask = create_attention_mask(hidden, caches[0])
-    for layer, cache in zip(body.layers[:lower], caches):
-        hidden = layer(hidden, mask, cache=cache)
+    hidden = run_blocks(body.layers[:lower], body.embed_tokens(mx.array(prompt + answer[:-1])[None]), prefix[:lower])
     mx.eval(hidden)
     return hidden[0]
+
+
+def run_blocks(blocks, hidden, prefix):
+    """`hidden` through `blocks`, attending to their frozen prefix KV arrays as well."""
+    caches = cache_from_arrays(prefix, hidden.shape[0])
+    mask = create_attention_mask(hidden, caches[0])
+    for block, cache in zip(blocks, caches):
+        hidden = block(hidden, mask, cache=cache)
+    return hidden
 
 
 def frozen_layers(model, settings):

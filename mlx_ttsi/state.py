@@ -12,7 +12,7 @@ from mlx_lm.utils import common_prefix_len
 
 from .errors import RequestError
 
-PREFILL_CHUNK = 128  # measured on 822 tokens here: 2.76 s at 128, 3.00 s at 512 (causal attention work)
+PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal attention work per chunk
 # Above this many cached tokens x continuations, continuations are scored one after another
 # through the shared cache instead of side by side on copies of it (copies cost memory and time).
 FORK_BUDGET = 8192
