@@ -1,9 +1,11 @@
-"""Benchmark 1 and 5: TT-SI `ask` latency by phase (model already loaded) and peak RSS.
+"""Benchmark 1 and 5: TT-SI `ask` latency by phase against a base ask of the same requests, and peak RSS.
 
-    python bench/ask_latency.py [--requests 20] [--model smollm2-135m]
+    python bench/ask_latency.py [--requests 20] [--model smollm2-135m] [--every]
 
-Takes the first N SealTool requests the model is uncertain about and answers each with TT-SI
-(mode ttsi); prints p50/p90 per phase and end to end, and the process's peak resident memory.
+Takes the first N SealTool requests the model is uncertain about (or, with --every, the first N
+requests, all adapted) and answers each twice, both cold (no cached tools prefix): in base mode
+and with TT-SI (mode ttsi). Prints p50/p90 per phase, TT-SI / base ratios of the same requests, and
+the process's peak resident memory.
 """
 
 import argparse
@@ -11,40 +13,52 @@ import resource
 import sys
 import time
 
-from _common import machine, percentile, uncertain_rows
+from _common import machine, percentile, sealtool_rows, uncertain_rows
 
 from mlx_ttsi.agent import Agent
 
-PHASES = ("scoring", "synthesis", "training", "answering", "total")
+PHASES = ("scoring", "decoding", "labelling", "synthesis", "training", "answering", "total")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--every", action="store_true", help="the first N requests, each adapted (ttsi-all)")
     args = parser.parse_args()
 
     started = time.perf_counter()
     agent = Agent.load(args.model)
     load_seconds = time.perf_counter() - started
-    rows = uncertain_rows(agent, args.requests)
+    rows = sealtool_rows()[: args.requests] if args.every else [row for row, _ in uncertain_rows(agent, args.requests)]
     timings = {phase: [] for phase in PHASES}
-    for row, _ in rows:
-        answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi")
+    base_totals, adapted = [], 0
+    for row in rows:
+        agent.forget_prompts()
+        base = agent.ask(row["query"], tools=row["tools"], mode="base")
+        agent.forget_prompts()
+        answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None)
+        base_totals.append(base.timings["total"])
+        adapted += answer.adapted
         for phase in PHASES:
             timings[phase].append(answer.timings.get(phase, 0.0))
-        print(f"  {row['id']:<32} {answer.timings['total']:6.2f}s adapted={answer.adapted}", file=sys.stderr)
+        print(f"  {row['id']:<32} base {base.timings['total']:6.2f}s  ttsi {answer.timings['total']:6.2f}s "
+              f"adapted={answer.adapted}", file=sys.stderr)
 
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {machine()}")
-    print(f"model: {args.model}, loaded in {load_seconds:.2f}s; {len(rows)} uncertain SealTool requests, mode ttsi")
+    print(f"model: {args.model}, loaded in {load_seconds:.2f}s; {len(rows)} "
+          f"{'first' if args.every else 'uncertain'} SealTool requests, {adapted} adapted; every ask cold")
     print(f"{'phase':<10} {'p50 s':>7} {'p90 s':>7} {'mean s':>7}")
     for phase in PHASES:
         values = timings[phase]
         print(f"{phase:<10} {percentile(values, 50):7.2f} {percentile(values, 90):7.2f} {sum(values) / len(values):7.2f}")
-    print(f"peak RSS of the whole process (load, selection, {len(rows)} asks): {peak_mib:.0f} MiB")
-    target = 5.0
-    print(f"p50 end to end / target {target:.0f}s: {percentile(timings['total'], 50) / target:.2f}")
+    print(f"{'base ask':<10} {percentile(base_totals, 50):7.2f} {percentile(base_totals, 90):7.2f} "
+          f"{sum(base_totals) / len(base_totals):7.2f}")
+    ratios = [t / b for t, b in zip(timings["total"], base_totals)]
+    print(f"TT-SI / base, same requests: p50 of totals {percentile(timings['total'], 50) / percentile(base_totals, 50):.2f}, "
+          f"median per-request ratio {percentile(ratios, 50):.2f}")
+    print(f"peak RSS of the whole process (load, selection, {len(rows)} x 2 asks): {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from mlx_lm.sample_utils import make_sampler
 
 from . import models
 from .adaptation import Adapter, LoRASettings
-from .decoding import CallDecoder, name_candidates_choice, normalized
+from .decoding import CallDecoder, argument_margin, name_candidates_choice, normalized
+from .grounding import better_tool, context_text, label_calls, twins
 from .errors import RequestError, TTSIError
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
 from .state import ContextState
@@ -32,14 +33,14 @@ MAX_REQUEST_CHARS = 200_000
 @dataclass
 class Settings:
     mode: str = "auto"  # auto: adapt when uncertain; ttsi|ttd|ticl: always; base: never
-    threshold: float = 0.95  # tau: uncertain when the relative-softmax margin is below it
-    examples: int = 1  # K synthetic examples per adapted request (the paper's K=1)
+    threshold: float = 0.5  # tau: uncertain when u = min(name margin, argument margin) is below it
+    examples: int = 3  # K examples per adapted request: the request with its self-label and K-1 twins
     candidates: str = "name"  # candidate form for scoring: tool "name" or whole "call"
     norm: str = "sum"  # length normalisation of candidate log-likelihoods: sum or mean (measured: sum)
     max_calls: int = 1  # most tool calls in one answer
     max_tokens: int = 256  # for text answers (no tools)
-    temperature: float = 0.8  # sampling temperature when writing synthetic requests
-    same_tool: bool = True  # TT-SI keeps only examples calling the tool the model picks for the request
+    temperature: float = 0.8  # sampling temperature of a local teacher model writing requests (TT-D)
+    same_tool: bool = True  # TT-D keeps only teacher examples calling the tool the model picks for the request
     seed: int = 0
     lora: LoRASettings = field(default_factory=LoRASettings)
 
@@ -74,6 +75,9 @@ class Answer:
     training: dict = None
     reused: bool = False  # answered with adapter weights passed in (the server's adapter memory)
     adapter: dict = None  # the trained LoRA weights, when ask(keep_adapter=True)
+    asked: int = 0  # synthetic examples asked for (kept ones are in `synthetic`)
+    label: list = None  # the grounded self-label of TT-SI / TT-ICL (the calls its twins are made from)
+    note: str = None  # why a request meant to adapt was not adapted
 
     def as_dict(self):
         data = {k: v for k, v in asdict(self).items() if k != "adapter"}
@@ -102,6 +106,23 @@ class Agent:
     def name(self):
         return self.loaded.name
 
+    def warm(self, tools):
+        """Compute and cache the base model's KV of the tools prefix, so the next request with these
+        tools starts from it (eval does this before timing each method, to time them on equal terms)."""
+        tools, tok = parse_tools(tools), self.loaded.tokenizer
+        with self.lock:
+            state = ContextState(self.loaded.model, tok, self.loaded.context_length)
+            prompt = render_prompt(tok, [{"role": "user", "content": "A"}], tools, self.fmt)
+            frozen = self._system_prefix(state, prompt, tools)
+            ids = state.encode(prompt)[:frozen]
+            self.prefixes.seed(state, ids)
+            state.sync(ids)
+            self.prefixes.keep(state, frozen)
+
+    def forget_prompts(self):
+        """Drop the cached tools prefixes: the next request starts cold (eval times methods this way)."""
+        self.prefixes.clear()
+
     def teacher(self):
         if self.teacher_spec is None:
             raise TTSIError("mode ttd needs a teacher: a model name or an OpenAI-compatible URL")
@@ -118,13 +139,15 @@ class Agent:
         return {"name_norm": s.norm, "max_calls": s.max_calls}
 
     def ask(self, request=None, tools=None, messages=None, force=None, progress=None, adapter=None,
-            keep_adapter=False, save_adapter=None, **overrides):
+            keep_adapter=False, save_adapter=None, train_on=None, **overrides):
         """Answer one request (or conversation).
 
         `force` overrides the uncertainty gate: True adapts whatever the score, False adapts only
         when uncertain (for modes ttsi/ttd/ticl). `adapter` gives LoRA weights to answer with instead
         of synthesizing and training; `keep_adapter` returns the trained weights in the answer and
         `save_adapter` (a directory) writes them as an mlx-lm adapter; otherwise nothing is written.
+        `train_on` gives the examples to adapt on instead of synthesizing them: only eval's
+        oracle ablations use it (they train on the row's gold answer).
         Any other keyword overrides a Settings field for this request."""
         lora = overrides.pop("lora", None)
         settings = replace(self.settings, **overrides)
@@ -140,7 +163,8 @@ class Agent:
             try:
                 if not tools:
                     return self._text_answer(messages, settings, report)
-                return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter, save_adapter)
+                return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter, save_adapter,
+                                         train_on)
             finally:
                 if self.adapter.trained:
                     self.adapter.reset()
@@ -160,7 +184,7 @@ class Agent:
         timings = {"answering": round(seconds, 3), "total": round(seconds, 3)}
         return Answer(text.strip(), [], None, False, "base", [], {}, timings, self.name)
 
-    def _tool_answer(self, messages, tools, settings, force, report, reuse, keep_adapter, save_adapter):
+    def _tool_answer(self, messages, tools, settings, force, report, reuse, keep_adapter, save_adapter, train_on):
         timings = {}
         started = clock = time.perf_counter()
 
@@ -177,35 +201,44 @@ class Agent:
         frozen = self._system_prefix(state, prompt, tools)
         self.prefixes.seed(state, state.encode(prompt)[:frozen])
         decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
-        uncertainty, name_choice = self._score(decoder, prompt, tools, settings)
+        names, name_choice = self._score(decoder, prompt, tools, settings)
         self.prefixes.keep(state, frozen)
-        lap("scoring", f"margin {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})")
-
+        lap("scoring", f"name margin {names.score:.3f}")
+        greedy = decoder.decode(prompt, tools, name_choice)  # the base model's answer
+        lap("decoding")
         method = settings.mode
         if method == "auto":
             method = "ttd" if self.teacher_spec else "ttsi"
+        label = None
+        if method in ("ttsi", "ticl") and reuse is None and train_on is None:
+            label = self._self_label(decoder, prompt, tools, greedy, names, name_choice, context_text(messages))
+        agrees = None if label is None else label == greedy.calls
+        uncertainty = names.with_arguments(argument_margin(greedy.choices), agrees)
+        doubt = f"u {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})"
+        if label is not None:
+            lap("labelling", f"{doubt}, self-label {'agrees' if agrees else 'differs'}")
+        else:
+            report("gate", 0.0, doubt)
+
         gated = (settings.mode == "auto") if force is None else not force
-        adapt = method != "base" and (uncertainty.uncertain or not gated)
+        adapt = method != "base" and (uncertainty.uncertain or not gated or train_on is not None)
         reused = adapt and reuse is not None and method != "ticl"
-        synthesis, training, weights = Synthesis(), None, None
+        synthesis, training, weights, note = Synthesis(), None, None, None
         if reused:
             self.adapter.load(reuse)
             lap("adapter_load", "reused stored adapter")
         elif adapt:
-            if method == "ttd":  # a teacher may well know better than our own first choice
-                synthesis = self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed)
-            else:
-                writer = ModelWriter(self.loaded, temperature=settings.temperature, decoder_options=self._decoder_options(settings))
-                same_tool = uncertainty.best if settings.same_tool else None
-                synthesis = writer.synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
-                                              state=state, same_tool=same_tool)
+            synthesis = self._synthesize(method, messages, tools, settings, uncertainty, label, train_on)
             lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
             adapt = bool(synthesis.examples)
+            note = None if adapt else f"not adapted: {synthesis.why_empty()}"
+            if note:
+                report("note", 0.0, note)
             if adapt and method == "ticl":
                 prompt = render_prompt(tok, messages, tools, self.fmt, demonstrations=synthesis.examples)
             elif adapt:
                 examples = self._training_examples(synthesis.examples, tools)
-                state.sync(state.encode(prompt)[: frozen + 1])  # back from the synthesis prompts
+                state.sync(state.encode(prompt)[: frozen + 1])  # back from the labelling prompts
                 self.adapter.reset(settings.seed)
                 training = self.adapter.train(
                     examples, settings.seed, self.loaded.context_length,
@@ -215,13 +248,13 @@ class Agent:
                 weights = self.adapter.weights() if keep_adapter else None
                 if save_adapter:
                     self.adapter.save(save_adapter)
+        decoded = greedy
         if adapt:
             # the answer is decoded on the same base-model prefix the LoRA was trained on;
             # everything after it is recomputed with the new weights (or the new prompt)
             state.truncate(frozen)
-            name_choice = None
-        decoded = decoder.decode(prompt, tools, name_choice)
-        lap("answering")
+            decoded = decoder.decode(prompt, tools)
+            lap("answering")
         timings["total"] = round(time.perf_counter() - started, 3)
         return Answer(
             answer=decoded.text,
@@ -236,7 +269,34 @@ class Agent:
             training=training,
             reused=reused,
             adapter=weights,
+            asked=synthesis.attempts,
+            label=label,
+            note=note,
         )
+
+    def _synthesize(self, method, messages, tools, settings, uncertainty, label, train_on):
+        """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or twins of the self-label."""
+        if train_on is not None:
+            return Synthesis(examples=list(train_on), attempts=len(train_on))
+        if method == "ttd":  # a teacher may well know better than our own first choice
+            same_tool = uncertainty.best if settings.same_tool else None
+            return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
+                                             same_tool=same_tool)
+        # the request itself with its self-label, and K-1 twins that teach copying its values
+        own = {"messages": messages, "request": last_user_text(messages), "calls": label, "source": "self-label"}
+        examples = [own] + twins(messages, label, tools, settings.examples - 1, settings.seed)
+        return Synthesis(examples=examples, attempts=settings.examples)
+
+    def _self_label(self, decoder, prompt, tools, greedy, names, name_choice, context):
+        """The greedy calls checked against the request (grounding.py); when the tool name is
+        uncertain, the runner-up tool's checked call instead if it uses more of the request."""
+        label = label_calls(decoder, prompt, tools, greedy.calls, context)
+        if names.score >= names.threshold or len(tools) < 2 or len(greedy.calls) != 1:
+            return label
+        runner_up = next(c["name"] for c in names.candidates if c["name"] != greedy.calls[0]["name"])
+        forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
+        rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
+        return better_tool(label, rival, tools, context)
 
     def _score(self, decoder, prompt, tools, settings):
         """Relative softmax over the candidates; also returns the name choice to answer with."""
@@ -270,7 +330,8 @@ class Agent:
         tok = self.loaded.tokenizer
         pairs = []
         for example in examples:
-            prompt = render_prompt(tok, [{"role": "user", "content": example["request"]}], tools, self.fmt)
+            conversation = example.get("messages") or [{"role": "user", "content": example["request"]}]
+            prompt = render_prompt(tok, normalize_messages(conversation), tools, self.fmt)
             answer = calls_text(example["calls"], self.fmt) + end_of_turn(tok)
             prompt_ids = tok.encode(prompt, add_special_tokens=False)
             pairs.append((prompt_ids + tok.encode(answer, add_special_tokens=False), len(prompt_ids)))
@@ -283,6 +344,9 @@ class PrefixCache:
     def __init__(self, max_tokens=8192):
         self.max_tokens = max_tokens
         self.entries = OrderedDict()  # token ids -> [(keys, values)] per layer
+
+    def clear(self):
+        self.entries.clear()
 
     def seed(self, state, ids):
         arrays = self.entries.get(tuple(ids))

@@ -28,10 +28,12 @@ def model_option(f):
 def adaptation_options(f):
     """Options shared by ask, eval and serve: how and when to self-improve."""
     options = [
-        click.option("--threshold", type=click.FloatRange(0, 1), default=0.95, show_default=True,
-                     envvar="MLX_TTSI_THRESHOLD", help="Uncertain when the candidate margin is below this (tau)."),
-        click.option("--examples", "-k", type=click.IntRange(1, 64), default=1, show_default=True,
-                     envvar="MLX_TTSI_EXAMPLES", help="Synthetic examples per adapted request (K)."),
+        click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     envvar="MLX_TTSI_THRESHOLD",
+                     help="Uncertain when u = min(name margin, argument margin) is below this (tau); "
+                          "u = 0 when the self-label disagrees."),
+        click.option("--examples", "-k", type=click.IntRange(1, 64), default=3, show_default=True,
+                     envvar="MLX_TTSI_EXAMPLES", help="Examples per adapted request (K): the request with its self-label and K-1 twins."),
         click.option("--teacher", envvar="MLX_TTSI_TEACHER",
                      help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."),
         click.option("--teacher-model", default="gpt-5-mini", show_default=True, envvar="MLX_TTSI_TEACHER_MODEL",
@@ -43,9 +45,9 @@ def adaptation_options(f):
         click.option("--max-calls", type=click.IntRange(1, 16), default=1, show_default=True,
                      help="Most tool calls in one answer."),
         click.option("--same-tool/--any-tool", default=True, show_default=True,
-                     help="TT-SI keeps only synthetic examples that call the tool the model picks for the request."),
+                     help="TT-D keeps only teacher examples that call the tool the model picks for the request."),
         click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True, help="LoRA epochs."),
-        click.option("--lr", type=float, default=1e-4, show_default=True, help="LoRA learning rate."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="LoRA learning rate."),
         click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True, help="LoRA rank."),
         click.option("--layers", type=click.IntRange(-1, 1024), default=8, show_default=True,
                      help="LoRA on the top N transformer blocks (-1: all)."),
@@ -73,7 +75,11 @@ def build_agent(model, precision, teacher, teacher_model, **settings):
 
 def progress_printer(quiet):
     def report(phase, seconds, detail=""):
-        if not quiet:
+        if quiet:
+            return
+        if phase in ("note", "gate"):  # a word about the request, not a timed phase
+            click.echo(f"{phase}: {detail}", err=True)
+        else:
             click.echo(f"{phase:<10} {seconds:7.2f}s  {detail}".rstrip(), err=True)
 
     return report
@@ -164,7 +170,8 @@ def ask(request, tools_file, messages_file, model, mode, precision, teacher, tea
 @click.option("--data", "-d", multiple=True, required=True, metavar="FILE",
               help="Benchmark JSONL file; repeat for several (e.g. ../shared/benchmarks/sealtool.jsonl).")
 @click.option("--methods", default="base,ttsi", show_default=True,
-              help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row).")
+              help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
+                   "and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N rows of each data file.")

@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from .prompts import end_of_turn
-from .uncertainty import relative_softmax
+from .uncertainty import margin, relative_softmax
 
 NAME_PREFIX = '{"name": "'
 MAX_STRING_TOKENS = 48
@@ -37,6 +37,11 @@ class Vocabulary:
         special[[i for i in tokenizer.eos_token_ids if i < size]] = True
         self.special = special
         self.numeric = np.array([bool(_NUMBER_CHARS.match(p)) for p in self.pieces])
+        self.closing_quotes = np.array([i for i, p in enumerate(self.pieces) if p.startswith('"') and not special[i]])
+
+    def pieces_in(self, source):
+        """Ids of the ordinary tokens whose text (leading spaces aside) occurs in `source`."""
+        return [i for i, p in enumerate(self.pieces) if p.strip() and not self.special[i] and p.lstrip() in source]
 
     @classmethod
     def of(cls, tokenizer):
@@ -58,6 +63,7 @@ class Choice:
     logprobs: list  # summed log-prob per option
     lengths: list  # tokens per option
     index: int
+    kind: str = "argument"  # "name" (which tool), "argument" (keys, enums, booleans) or "calls" (one more?)
 
     @property
     def chosen(self):
@@ -100,10 +106,10 @@ class CallDecoder:
         self.state.sync(encoded[0][:shared])
         return self.state.score_continuations([ids[shared:] for ids in encoded])
 
-    def choose(self, options, norm):
+    def choose(self, options, norm, kind="argument"):
         logprobs, lengths = self.score(options)
         scores = normalized(logprobs, lengths, norm)
-        choice = Choice(list(options), logprobs, lengths, int(np.argmax(scores)))
+        choice = Choice(list(options), logprobs, lengths, int(np.argmax(scores)), kind)
         self.choices.append(choice)
         self.text += choice.chosen
         return choice
@@ -115,7 +121,9 @@ class CallDecoder:
         self.state.set_text(self.text)
 
     # -- values -----------------------------------------------------------------------------
-    def write_string(self):
+    def write_string(self, within=None):
+        """A free string value, greedily. With `within` (a text), writing stops as soon as the value
+        is no longer a piece of that text: a probe for a value the user stated, cheap when there is none."""
         self.emit('"')
         self._sync()
         generated = []
@@ -128,6 +136,8 @@ class CallDecoder:
             if end is not None or "\n" in raw:
                 raw = raw[: end if end is not None else raw.index("\n")]
                 break
+            if within is not None and raw.strip().lower() not in within.lower():
+                break
             self.state.push(token)
         try:
             value = json.loads('"' + raw + '"')
@@ -135,6 +145,39 @@ class CallDecoder:
             value = raw.replace('\\"', '"')
         self.emit(json.dumps(value, ensure_ascii=False)[1:])
         return value
+
+    def write_copied_string(self, source):
+        """A string value that is a piece of `source` (the user's words), chosen greedily token by token.
+
+        Only tokens that keep the value a substring of `source` may be written; the value ends when
+        a closing quote is likelier than every such token."""
+        self.emit('"')
+        self._sync()
+        pieces, allowed = self.vocab.pieces, self.vocab.pieces_in(source)
+        closing = self.vocab.closing_quotes
+        value = ""
+        for _ in range(MAX_STRING_TOKENS):
+            logprobs = np.array(self.state.logprobs.astype(mx.float32))
+            fits = [t for t in allowed if (value + pieces[t]).lstrip() in source]
+            best = max(fits, key=lambda t: logprobs[t], default=None)
+            if best is None or (value.strip() and logprobs[closing].max() > logprobs[best]):
+                break
+            value += pieces[best]
+            self.state.push(best)
+        value = value.strip()
+        self.emit(json.dumps(value, ensure_ascii=False)[1:])
+        return value
+
+    def value_after(self, text, schema, copy_from=None, within=None):
+        """The value the model writes right after `text` (which ends with `"key": `).
+
+        With `copy_from`, a string value is copied from that text (`write_copied_string`); with
+        `within`, a free string value stops early once it leaves that text (`write_string`)."""
+        self.text = text
+        self.choices = []
+        if copy_from is not None:
+            return self.write_copied_string(copy_from)
+        return self.write_value(schema, within)
 
     def write_number(self, integer):
         self._sync()
@@ -178,7 +221,7 @@ class CallDecoder:
         self.emit(json.dumps(value, ensure_ascii=False))
         return value
 
-    def write_value(self, schema):
+    def write_value(self, schema, within=None):
         schema = schema if isinstance(schema, dict) else {}
         options = schema.get("enum")
         if isinstance(options, list) and options:
@@ -188,7 +231,7 @@ class CallDecoder:
         if isinstance(kind, list):
             kind = next((k for k in kind if k != "null"), None)
         if kind == "string":
-            return self.write_string()
+            return self.write_string(within)
         if kind in ("number", "integer"):
             return self.write_number(kind == "integer")
         if kind == "boolean":
@@ -233,7 +276,7 @@ class CallDecoder:
     def write_call(self, tools, name_choice=None):
         self.emit(self.fmt.open + NAME_PREFIX)
         if name_choice is None:
-            name_choice = self.choose([t.name + '"' for t in tools], self.name_norm)
+            name_choice = self.choose([t.name + '"' for t in tools], self.name_norm, "name")
         else:
             self.choices.append(name_choice)
             self.emit(name_choice.chosen)
@@ -250,7 +293,7 @@ class CallDecoder:
         calls = [self.write_call(tools, name_choice)]
         stop = end_of_turn(self.state.tokenizer)
         while len(calls) < self.max_calls and stop:
-            more = self.choose([stop, self.fmt.separator + self.fmt.open + NAME_PREFIX], "sum")
+            more = self.choose([stop, self.fmt.separator + self.fmt.open + NAME_PREFIX], "sum", "calls")
             self.text = self.text[: -len(more.chosen)]
             if more.index == 0:
                 break
@@ -259,13 +302,19 @@ class CallDecoder:
         return Decoded(calls, self.text[len(prompt) :], list(self.choices))
 
 
+def argument_margin(choices):
+    """The smallest relative-softmax margin among a decode's argument choices (1.0 when it made none)."""
+    margins = [margin(relative_softmax(c.logprobs)) for c in choices if c.kind == "argument" and len(c.options) > 1]
+    return min(margins, default=1.0)
+
+
 def name_candidates_choice(decoder, prompt, tools):
     """Score every offered tool name at the call's start: the candidates for self-awareness."""
     decoder.text = prompt + decoder.fmt.open + NAME_PREFIX
     decoder.choices = []
     logprobs, lengths = decoder.score([t.name + '"' for t in tools])
     scores = normalized(logprobs, lengths, decoder.name_norm)
-    return Choice([t.name + '"' for t in tools], logprobs, lengths, int(np.argmax(scores))), scores
+    return Choice([t.name + '"' for t in tools], logprobs, lengths, int(np.argmax(scores)), "name"), scores
 
 
 def _common(a, b):

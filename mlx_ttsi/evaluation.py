@@ -22,12 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError, RequestError, ToolsError
+from .prompts import normalize_messages
 from .ranks import launched_ranks
 from .scoring import is_correct, rule
 
-# eval method -> (agent mode, force): gated methods adapt only on uncertain rows, as in the paper
+# eval method -> (agent mode, force): gated methods adapt only on uncertain rows, as in the paper.
+# oracle and oracle-twin are ceilings that read the row's gold answer (see gold_examples); they
+# exist only here, and no other method is ever given the gold answer.
 METHODS = {"base": ("base", None), "ttsi": ("ttsi", False), "ttd": ("ttd", False), "ticl": ("ticl", False),
-           "ttsi-all": ("ttsi", True)}
+           "ttsi-all": ("ttsi", True), "oracle": ("ttsi", True), "oracle-twin": ("ttsi", True)}
+ORACLES = ("oracle", "oracle-twin")
+SEEDLESS = ("base",)  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
+GOLD_FIELDS = ("answer", "meta")  # what a method other than an oracle never sees
 ADAPTIVE = ("ttsi", "ttd", "ticl")  # methods the threshold sweep is computed for
 DEFAULT_SWEEP = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 MULTI_CALL = {"toolalpaca": 5}  # fixed max_calls for benchmarks with multi-call rows; 1 elsewhere
@@ -149,25 +155,54 @@ def max_calls_for(row, override=None):
     return next((n for prefix, n in MULTI_CALL.items() if row["benchmark"].startswith(prefix)), 1)
 
 
-def run_one(agent, row, method, seed, max_calls=None):
-    """One result line: the row asked with one method and seed, scored."""
-    mode, force = METHODS[method]
+def gold_examples(row, method, k, seed):
+    """The oracle ablations' training examples: the row's own gold answer, or K twins of it."""
     request, messages = row_input(row)
+    messages = messages or [{"role": "user", "content": request}]
+    if method == "oracle":
+        return [{"messages": messages, "request": request or messages[-1]["content"], "calls": row["answer"],
+                 "source": "gold"}]
+    from .grounding import twins
+    from .tools import parse_tools
+
+    return twins(normalize_messages(messages), row["answer"], parse_tools(row["tools"]), k, seed, source="gold twin")
+
+
+def run_one(agent, row, method, seed, max_calls=None, examples=3):
+    """One result line: the row asked with one method and seed, scored.
+
+    Only the oracle methods read the row's gold answer; every other method is asked with a copy
+    of the row that has no gold fields. Each method starts from the cached tools prefix (computed
+    before the clock starts), so methods are timed on equal terms whatever their order."""
+    mode, force = METHODS[method]
+    inputs = {k: v for k, v in row.items() if k not in GOLD_FIELDS}
+    request, messages = row_input(inputs)
     record = {"benchmark": row["benchmark"], "id": row["id"], "method": method, "seed": seed}
+    options = {"train_on": gold_examples(row, method, examples, seed)} if method in ORACLES else {}
+    agent.warm(inputs["tools"])
     started = time.perf_counter()
     try:
-        answer = agent.ask(request, tools=row["tools"], messages=messages, mode=mode, force=force, seed=seed,
-                           max_calls=max_calls_for(row, max_calls))
+        answer = agent.ask(request, tools=inputs["tools"], messages=messages, mode=mode, force=force, seed=seed,
+                           max_calls=max_calls_for(inputs, max_calls), **options)
     except (RequestError, ToolsError) as error:  # this row cannot be asked (e.g. over the context): wrong
         return record | {"prediction": [], "correct": False, "uncertainty": None, "uncertain": None,
-                         "threshold": None, "adapted": False, "synthetic": 0, "rejected": 0, "loss": None,
-                         "timings": {"total": round(time.perf_counter() - started, 3)}, "error": str(error)}
+                         "threshold": None, "adapted": False, "synthetic": 0, "rejected": 0, "asked": 0,
+                         "loss": None, "timings": {"total": round(time.perf_counter() - started, 3)},
+                         "error": str(error)}
     u = answer.uncertainty
+    label = getattr(answer, "label", None)
     return record | {
         "prediction": answer.tool_calls, "correct": is_correct(row, answer.tool_calls),
         "uncertainty": u.score if u else None, "uncertain": u.uncertain if u else None,
-        "threshold": u.threshold if u else None, "adapted": bool(answer.adapted),
-        "synthetic": len(answer.synthetic or []), "rejected": sum((answer.rejected or {}).values()),
+        "threshold": u.threshold if u else None,
+        "parts": {"name": getattr(u, "name_score", None), "arguments": getattr(u, "argument_score", None),
+                  "label_agrees": getattr(u, "label_agrees", None)} if u else None,
+        "adapted": bool(answer.adapted), "note": getattr(answer, "note", None),
+        "label": label, "label_correct": is_correct(row, label) if label is not None else None,
+        "synthetic": len(answer.synthetic or []), "asked": getattr(answer, "asked", len(answer.synthetic or [])),
+        "examples": [{"request": e.get("request"), "calls": e.get("calls"), "source": e.get("source")}
+                     for e in answer.synthetic or []],
+        "rejected": sum((answer.rejected or {}).values()), "rejections": dict(answer.rejected or {}),
         "loss": (getattr(answer, "training", None) or {}).get("loss"), "timings": answer.timings, "error": None,
     }
 
@@ -277,23 +312,25 @@ def evaluate(plan, out, agent=None, load_agent=None, progress=True, ranks=None):
         done = {key(r) for r in read_all(out)}
         mine = [row for index, row in enumerate(plan.rows) if index % ranks.size == ranks.rank]
         todo = [(row, seed, method) for row in mine for seed in plan.seeds for method in plan.methods
+                if (seed == plan.seeds[0] or method not in SEEDLESS)
                 if (row["benchmark"], row["id"], method, seed) not in done]
         own = out / (RESULTS if ranks.size == 1 else f"results.rank{ranks.rank}.jsonl")
         if todo:
             run_rows(agent or load_agent(), todo, own, plan.max_calls,
-                     Progress(len(todo), f"rank {ranks.rank}/{ranks.size} " if ranks.size > 1 else "", progress))
+                     Progress(len(todo), f"rank {ranks.rank}/{ranks.size} " if ranks.size > 1 else "", progress),
+                     plan.settings.get("examples") or 3)
         gathered = ranks.gather(read_records(own) if ranks.size > 1 else [])
         return finish(plan, out, gathered) if ranks.rank == 0 else None
     finally:
         ranks.close()
 
 
-def run_rows(agent, todo, path, max_calls, bar):
+def run_rows(agent, todo, path, max_calls, bar, examples=3):
     """Ask each (row, seed, method) and append its result line to `path` at once."""
     appender = Appender(path)
     try:
         for row, seed, method in todo:
-            appender.write(run_one(agent, row, method, seed, max_calls))
+            appender.write(run_one(agent, row, method, seed, max_calls, examples))
             bar.advance(f"{row['benchmark']} {method}")
     finally:
         appender.close()
@@ -361,7 +398,7 @@ def summarize(plan, records):
     for bench in benchmarks:
         rows = [row for row in plan.rows if row["benchmark"] == bench]
         for method in plan.methods:
-            runs = {seed: _seed_stats(rows, [found.get((bench, row["id"], method, seed)) for row in rows])
+            runs = {seed: _seed_stats(rows, [_line(found, plan, bench, row["id"], method, seed) for row in rows])
                     for seed in plan.seeds}
             runs = {seed: r for seed, r in runs.items() if r}
             if runs:
@@ -372,6 +409,11 @@ def summarize(plan, records):
             "table": table, "sweep": threshold_sweep(plan, found, benchmarks)}
 
 
+def _line(found, plan, bench, ident, method, seed):
+    # a seedless method's one line stands for every seed
+    return found.get((bench, ident, method, plan.seeds[0] if method in SEEDLESS else seed))
+
+
 def _seed_stats(rows, records):
     pairs = [(row, r) for row, r in zip(rows, records) if r]
     if not pairs:
@@ -380,6 +422,10 @@ def _seed_stats(rows, records):
     return {"rows": n, "accuracy": 100 * sum(is_correct(row, r["prediction"]) for row, r in pairs) / n,
             "adapted": sum(bool(r["adapted"]) for _, r in pairs) / n,
             "synthetic": sum(r.get("synthetic", 0) for _, r in pairs),
+            "yield": (sum(r.get("synthetic", 0) for _, r in pairs) / asked) if (asked := sum(
+                r.get("asked", 0) for _, r in pairs)) else None,
+            "label_accuracy": (100 * sum(bool(r["label_correct"]) for r in labelled) / len(labelled)) if (labelled := [
+                r for _, r in pairs if r.get("label_correct") is not None]) else None,
             "errors": sum(bool(r.get("error")) for _, r in pairs),
             "seconds_per_row": sum(r["timings"].get("total", 0) for _, r in pairs) / n}
 
@@ -394,7 +440,14 @@ def _spread(runs):
             "accuracy_std": round(statistics.stdev(accuracy), 2) if len(values) > 1 else 0.0,
             "per_seed": {str(seed): round(r["accuracy"], 2) for seed, r in runs.items()},
             "adapted": round(mean("adapted"), 4), "synthetic": round(mean("synthetic"), 2),
-            "errors": max(r["errors"] for r in values), "seconds_per_row": round(mean("seconds_per_row"), 3)}
+            "errors": max(r["errors"] for r in values), "seconds_per_row": round(mean("seconds_per_row"), 3),
+            "yield": _mean_of(values, "yield", 3), "label_accuracy": _mean_of(values, "label_accuracy", 2)}
+
+
+def _mean_of(values, name, digits):
+    # the mean of a statistic that some runs lack (None when none has it)
+    present = [r[name] for r in values if r.get(name) is not None]
+    return round(statistics.mean(present), digits) if present else None
 
 
 def _averages(table, benchmarks, methods):
@@ -431,6 +484,8 @@ def threshold_sweep(plan, found, benchmarks):
             lines = [found.get((bench, row["id"], m, s)) for m in plan.methods for s in plan.seeds]
             lines = [r for r in lines if r]
             if lines:
+                # the score of an adaptive line includes the self-label check that base lines skip
+                lines.sort(key=lambda r: (r.get("parts") or {}).get("label_agrees") is None)
                 scores[row["id"]] = next((r["uncertainty"] for r in lines if r["uncertainty"] is not None), None)
         scored = [row for row in rows if row["id"] in scores]
         for method in ADAPTIVE:
@@ -440,7 +495,7 @@ def threshold_sweep(plan, found, benchmarks):
             points = []
             for tau in plan.taus:
                 flagged = sum(_flagged(scores[row["id"]], tau) for row in scored)
-                runs = [_sweep_accuracy(scored, scores, found, bench, method, seed, tau) for seed in plan.seeds]
+                runs = [_sweep_accuracy(plan, scored, scores, found, bench, method, seed, tau) for seed in plan.seeds]
                 runs = [r for r in runs if r is not None]
                 points.append({"tau": tau, "flagged": round(100 * flagged / len(scored), 2),
                                "accuracy": round(statistics.mean(runs), 2) if runs else None,
@@ -453,10 +508,10 @@ def _flagged(u, tau):
     return u is not None and u < tau
 
 
-def _sweep_accuracy(rows, scores, found, bench, method, seed, tau):
+def _sweep_accuracy(plan, rows, scores, found, bench, method, seed, tau):
     correct = 0
     for row in rows:
-        line = lambda m: found.get((bench, row["id"], m, seed))  # noqa: E731
+        line = lambda m: _line(found, plan, bench, row["id"], m, seed)  # noqa: E731
         if _flagged(scores[row["id"]], tau):
             gated = line(method)
             answer = line("ttsi-all") if method == "ttsi" else None
@@ -492,17 +547,20 @@ def _write(path, text):
 
 def markdown(summary, sweep=True):
     """The summary as Markdown tables: benchmark x method, then (with `sweep`) the threshold sweep."""
-    lines = ["| benchmark | method | accuracy (%) | rows | adapted | synthetic samples | s/row |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | method | accuracy (%) | rows | adapted | synthetic samples | yield | self-label acc. (%) "
+             "| s/row |", "|---|---|---|---|---|---|---|---|---|"]
     for c in summary["table"]:
         accuracy = f"{c['accuracy']:.2f}" + (f" ± {c['accuracy_std']:.2f}" if c["seeds"] > 1 else "")
         rows = f"{c['rows']}" + (f" of {c['of']}" if c["rows"] < c["of"] else "")
         rows += f" ({c['errors']} not asked)" if c["errors"] else ""
+        kept = "" if c.get("yield") is None else f"{100 * c['yield']:.0f}%"
+        label = "" if c.get("label_accuracy") is None else f"{c['label_accuracy']:.2f}"
         lines.append(f"| {c['benchmark']} | {c['method']} | {accuracy} | {rows} | {100 * c['adapted']:.1f}% "
-                     f"| {c['synthetic']:g} | {c['seconds_per_row']:.2f} |")
+                     f"| {c['synthetic']:g} | {kept} | {label} | {c['seconds_per_row']:.2f} |")
     seeds = summary.get("seeds", [])
     spread = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    lines += ["", f"Accuracy in % ({spread}); synthetic samples: total per run. Scoring:"]
+    lines += ["", f"Accuracy in % ({spread}); synthetic samples: total per run; yield: examples kept / asked; "
+              "self-label acc.: the grounded self-label's own accuracy (what the twins are made from). Scoring:"]
     lines += [f"- {bench}: {text}" for bench, text in summary["scoring"].items()]
     for s in summary["sweep"] if sweep else []:
         lines += ["", f"Threshold sweep, {s['benchmark']} / {s['method']} ({s['rows']} rows):", "",

@@ -1,8 +1,9 @@
-"""Self-data augmentation: write training examples similar to the request, never seeing its answer.
+"""Self-data augmentation by a teacher (TT-D), and the checks every written example passes.
 
-TT-SI: the model itself writes a new request (sampled) and labels it with its own schema-guided
-call. TT-D: a teacher does the same, either another local model or an OpenAI-compatible endpoint
-asked for JSON examples. Every example is checked (it parses, names an offered tool, its
+TT-SI's own examples are the request with its grounded self-label and twins of it (grounding.py).
+TT-D: a teacher writes new requests and their calls, either another local model (it samples a
+request, then labels it with its schema-guided call) or an OpenAI-compatible endpoint asked for
+JSON examples. Every example is checked (it parses, names an offered tool, its
 arguments validate, it is not a copy of the request or of another example) and rejections are
 counted with their reasons.
 """
@@ -38,12 +39,20 @@ class Synthesis:
     examples: list = field(default_factory=list)  # [{"request", "calls", "source"}]
     rejected: dict = field(default_factory=dict)  # reason -> count
     attempts: int = 0
+    reason: str = None  # why there are no examples, when that has one cause
 
     def reject(self, reason):
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
+    def why_empty(self):
+        """One line on why no example was kept."""
+        if self.reason:
+            return self.reason
+        reasons = ", ".join(f"{n} {r}" for r, n in self.rejected.items())
+        return f"all {self.attempts} candidate examples were rejected ({reasons or 'none written'})"
+
     def as_dict(self):
-        return {"examples": self.examples, "rejected": self.rejected, "attempts": self.attempts}
+        return {"examples": self.examples, "rejected": self.rejected, "attempts": self.attempts, "reason": self.reason}
 
 
 def _normal(text):

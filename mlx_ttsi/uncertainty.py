@@ -6,7 +6,7 @@ u = p_(1) - p_(2); the request is uncertain when u < tau. A candidate is an offe
 per-token mean log-likelihood.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class Uncertainty:
     candidates: list  # [{"name", "prob", "logprob", "tokens"}], most likely first
     form: str = "name"
     norm: str = "sum"
+    name_score: float = None  # the margin over tool names (or whole calls)
+    argument_score: float = None  # the smallest margin among the answer's argument choices
+    label_agrees: bool = None  # whether the grounded self-label equals the answer (None: not checked)
 
     @property
     def best(self):
@@ -46,6 +49,16 @@ class Uncertainty:
 
     def as_dict(self):
         return asdict(self)
+
+    def with_arguments(self, argument_score, label_agrees=None):
+        """The request's uncertainty over names and arguments together.
+
+        u = min(name margin, argument margin), and 0 when the self-label disagrees with the answer."""
+        score = min(self.name_score if self.name_score is not None else self.score, argument_score)
+        score = 0.0 if label_agrees is False else score
+        return replace(self, score=round(score, 6), uncertain=bool(score < self.threshold),
+                       name_score=self.name_score if self.name_score is not None else self.score,
+                       argument_score=round(argument_score, 6), label_agrees=label_agrees)
 
 
 def estimate(names, scores, logprobs, lengths, threshold, form="name", norm="sum"):
@@ -56,4 +69,4 @@ def estimate(names, scores, logprobs, lengths, threshold, form="name", norm="sum
         for n, p, lp, k in zip(names, probs, logprobs, lengths)
     ]
     candidates.sort(key=lambda c: -c["prob"])
-    return Uncertainty(round(u, 6), threshold, bool(u < threshold), candidates, form, norm)
+    return Uncertainty(round(u, 6), threshold, bool(u < threshold), candidates, form, norm, name_score=round(u, 6))

@@ -147,6 +147,21 @@ def plausible_requests(monkeypatch):
     monkeypatch.setattr(ModelWriter, "write_request", write_request)
 
 
+@pytest.fixture
+def train_on_seen(monkeypatch):
+    """The `train_on` examples each request got; only eval's oracle ablations (the gold answer) pass any."""
+    from mlx_ttsi.agent import Agent
+
+    seen, original = [], Agent._synthesize
+
+    def spy(self, *args):
+        seen.append(args[-1])
+        return original(self, *args)
+
+    monkeypatch.setattr(Agent, "_synthesize", spy)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache and config locations."""

@@ -28,7 +28,11 @@ def test_ttsi_adapts_answers_and_resets(agent, tools):
     before = base_logits(agent)
     answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi")
     assert answer.adapted and answer.method == "ttsi"
-    assert len(answer.synthetic) == 1 and answer.training["steps"] == 2
+    own = answer.synthetic[0]  # the request itself with its self-label, then twins of it
+    assert own["source"] == "self-label" and own["request"] == "What is the weather in Paris?"
+    assert own["calls"] == answer.label and all(e["source"] == "twin" for e in answer.synthetic[1:])
+    assert 1 <= len(answer.synthetic) <= 3 and answer.asked == 3
+    assert answer.training["steps"] == 2 * len(answer.synthetic)
     assert check_call(answer.tool_calls[0], tools) is None
     assert set(answer.timings) >= {"scoring", "synthesis", "training", "answering", "total"}
     assert agent.adapter.is_reset()
@@ -68,7 +72,9 @@ def test_uncertainty_reports_every_offered_tool(agent):
     u = answer.uncertainty
     assert sorted(c["name"] for c in u.candidates) == ["get_weather", "list_alarms", "set_alarm"]
     assert sum(c["prob"] for c in u.candidates) == pytest.approx(1.0, abs=1e-4)
-    assert u.score == pytest.approx(u.candidates[0]["prob"] - u.candidates[1]["prob"], abs=1e-5)
+    assert u.name_score == pytest.approx(u.candidates[0]["prob"] - u.candidates[1]["prob"], abs=1e-5)
+    assert u.score == min(u.name_score, u.argument_score)  # base mode: no self-label check
+    assert u.label_agrees is None
 
 
 def test_call_candidates_score_whole_calls(agent):
@@ -143,7 +149,7 @@ def test_per_request_schedule_overrides_apply_and_shape_is_fixed(agent):
     from dataclasses import replace
 
     answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=replace(agent.settings.lora, epochs=3))
-    assert answer.training["steps"] == 3
+    assert answer.training["steps"] == 3 * answer.training["examples"]
     with pytest.raises(TTSIError, match="fixed when the model is loaded"):
         agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=replace(agent.settings.lora, rank=4))
 
@@ -163,11 +169,33 @@ def test_requests_with_the_same_tools_reuse_the_system_prompt_cache(agent):
     assert probs(base_after) == pytest.approx(probs(first), abs=1e-5)
 
 
-def test_same_tool_check_refuses_examples_for_another_tool(tiny, monkeypatch):
+def test_same_tool_check_refuses_teacher_examples_for_another_tool(tiny, tiny_model_dir, monkeypatch):
     from mlx_ttsi.synthesis import ModelWriter
 
     monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools: [{"name": "list_alarms", "arguments": {}}])
-    strict = Agent(tiny, Settings(same_tool=True))
-    answer = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi")
+    strict = Agent(tiny, Settings(same_tool=True, examples=1), teacher=str(tiny_model_dir))
+    answer = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
     if answer.uncertainty.best != "list_alarms":
         assert not answer.adapted and answer.rejected == {"another tool than the model's own choice": 3}
+        # a request meant to adapt that cannot says why, and is answered by the base model
+        assert answer.note == ("not adapted: all 3 candidate examples were rejected "
+                               "(3 another tool than the model's own choice)")
+        assert answer.method == "base" and answer.training is None
+
+
+def test_one_tool_request_can_be_uncertain_about_its_arguments(agent):
+    one = [TOOLS[0]]
+    answer = agent.ask("What is the weather in Paris?", tools=one, mode="auto", threshold=0.99)
+    u = answer.uncertainty
+    assert u.name_score == 1.0  # one name: the paper's estimator is always sure
+    assert u.argument_score is not None and u.label_agrees is not None
+    assert u.score == (0.0 if u.label_agrees is False else min(1.0, u.argument_score))
+    assert answer.adapted == u.uncertain
+
+
+def test_gold_answers_reach_only_train_on(agent, monkeypatch):
+    gold = [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    given = [{"request": "What is the weather in Paris?", "calls": gold, "source": "gold"}]
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi", force=True, train_on=given)
+    assert answer.adapted and answer.synthetic == given and answer.label is None
+    assert answer.training["examples"] == 1

@@ -97,3 +97,9 @@ def test_broken_config_file_is_one_line(tmp_path, monkeypatch, capsys):
         main(["ask", "hi"])
     assert exit_info.value.code == 1
     assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_ask_never_passes_training_examples(run, tools_file, train_on_seen):
+    result = run("What is the weather in Paris?", "--tools", str(tools_file), "--mode", "ttsi", "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    assert train_on_seen == [None]

@@ -52,6 +52,9 @@ class ScriptedAgent:
     def __init__(self, script=SCRIPT, stop_after=None, seed_matters=False):
         self.script, self.stop_after, self.seed_matters, self.asked = script, stop_after, seed_matters, []
 
+    def warm(self, tools):
+        pass
+
     def ask(self, request, tools=None, messages=None, mode="auto", force=None, seed=0, max_calls=1):
         if self.stop_after is not None and len(self.asked) == self.stop_after:
             raise KeyboardInterrupt
@@ -92,7 +95,7 @@ def test_summary_table_is_worked_out_from_the_results(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     table = (tmp_path / "summary.md").read_text()
-    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 1.50 |" in table
+    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 100% |  | 1.50 |" in table
     record = lines(tmp_path / "results.jsonl")[0]
     assert {"prediction", "correct", "uncertainty", "adapted", "synthetic", "timings", "method", "seed"} <= set(record)
 
@@ -123,6 +126,16 @@ def test_several_seeds_give_mean_and_spread(tmp_path):
     assert every["seeds"] == 2 and every["accuracy"] == 25.0  # seed 0: 50, seed 1: 0
     assert every["accuracy_std"] == pytest.approx(35.36, abs=0.01)
     assert "25.00 ± 35.36" in (tmp_path / "summary.md").read_text()
+
+
+def test_base_runs_once_and_stands_for_every_seed(tmp_path):
+    agent = ScriptedAgent(seed_matters=True)
+    summary = evaluate(plan(("base", "ttsi-all"), seeds=[0, 1, 2]), tmp_path, agent=agent, progress=False)
+    asked = [(mode, seed) for _, mode, _, seed in agent.asked]
+    assert asked.count(("base", 0)) == 4 and not [a for a in asked if a[0] == "base" and a[1]]
+    base = cell(summary, "base")
+    assert base["seeds"] == 3 and base["per_seed"] == {"0": 50.0, "1": 50.0, "2": 50.0}
+    assert cell(summary, "ttsi-all")["per_seed"] == {"0": 50.0, "1": 0.0, "2": 50.0}
 
 
 def test_average_over_benchmarks_is_taken_per_seed(tmp_path):
@@ -378,3 +391,64 @@ def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data,
                for d in ("one", "two")]
     assert results[0] == results[1] and len(results[1]) == 6  # same answers and losses: each rank trained alone
     assert not list((tmp_path / "two").glob("results.rank*"))
+
+
+# ---- the gold answer reaches only the oracle ablations ----
+
+class GoldWatcher(ScriptedAgent):
+    """Records everything each request was given, to look for the gold answer in it."""
+
+    def __init__(self):
+        super().__init__()
+        self.given = []
+
+    def ask(self, request, train_on=None, **options):
+        self.given.append((json.dumps([request, options], default=str), train_on))
+        return super().ask(request, **options)
+
+
+def test_only_the_oracle_methods_ever_see_the_gold_answer(tmp_path):
+    secret = "GOLD-7f3a"
+    row = make_row("r0", answer=[call("set_alarm", time=secret, loud=True)], meta={"arguments_with_defaults": secret})
+    methods = ("base", "ttsi", "ticl", "ttsi-all", "oracle", "oracle-twin")
+    agent = GoldWatcher()
+    evaluate(plan(methods, rows=[row]), tmp_path, agent=agent, progress=False)
+    assert len(agent.given) == len(methods)  # in the plan's order
+    for method, (text, train_on) in zip(methods, agent.given):
+        assert secret not in text, method  # no request, conversation, tool or option carries it
+        assert (train_on is not None) == method.startswith("oracle"), method
+    assert agent.given[4][1][0]["calls"] == row["answer"]  # oracle: the gold call itself
+    assert agent.given[5][1] == []  # oracle-twin: the gold value is not in the request, so no twin
+
+
+def test_oracle_examples_are_the_gold_call_and_its_twins():
+    from mlx_ttsi.evaluation import gold_examples
+
+    row = make_row("r0", query="What is the weather in Lisbon?", answer=[call("get_weather", city="Lisbon")])
+    own = gold_examples(row, "oracle", 3, 0)
+    assert own == [{"messages": [{"role": "user", "content": row["query"]}], "request": row["query"],
+                    "calls": row["answer"], "source": "gold"}]
+    twins = gold_examples(row, "oracle-twin", 3, 0)
+    assert len(twins) == 3 and all(t["source"] == "gold twin" for t in twins)
+    for twin in twins:
+        city = twin["calls"][0]["arguments"]["city"]
+        assert city != "Lisbon" and city in twin["request"] and "Lisbon" not in twin["request"]
+
+
+def test_results_keep_the_examples_each_lora_learnt(tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_eval(tiny_model_dir, tiny_data, out, "--methods", "ttsi-all,oracle", "--epochs", "1", "-q")
+    assert result.exit_code == 0, result.stderr
+    records = lines(out / "results.jsonl")
+    for r in records:
+        assert r["examples"] and all({"request", "calls", "source"} <= set(e) for e in r["examples"])
+        assert isinstance(r["rejections"], dict) and r["asked"] >= len(r["examples"])
+    selfish = [r for r in records if r["method"] == "ttsi-all"]
+    assert all(r["examples"][0]["calls"] == r["label"] and r["label_correct"] is not None for r in selfish)
+    oracle = [r for r in records if r["method"] == "oracle"]
+    gold = {row["id"]: row["answer"] for row in TINY_ROWS}
+    assert all(r["examples"][0]["calls"] == gold[r["id"]] and r["label"] is None for r in oracle)
+    summary = json.loads((out / "summary.json").read_text())
+    cell_ttsi = cell(summary, "ttsi-all")
+    assert 0 < cell_ttsi["yield"] <= 1 and cell_ttsi["label_accuracy"] is not None
+    assert "| yield |" in (out / "summary.md").read_text()

@@ -95,7 +95,7 @@ def test_openai_client_gets_tool_calls_in_the_openai_shape(client, agent, name):
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     ttsi = completion.model_extra["ttsi"]
     assert ttsi["mode"] == "base" and ttsi["adapted"] is False and ttsi["synthetic"] == 0
-    assert {"queue", "scoring", "answering", "total"} <= set(ttsi["timings"])
+    assert {"queue", "scoring", "decoding", "total"} <= set(ttsi["timings"])
     assert 0 <= ttsi["uncertainty"]["score"] <= 1
 
 
@@ -310,3 +310,8 @@ def test_serve_command_starts_and_stops(tiny_model_dir):
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "stopping" in err and "terminate called" not in err
+
+
+def test_server_requests_never_carry_training_examples(client, name, train_on_seen):
+    client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "ttsi"}})
+    assert train_on_seen == [None]

@@ -109,3 +109,20 @@ def test_ttd_with_a_local_teacher_model(tiny, tiny_model_dir):
     assert answer.method in ("ttd", "base")
     assert all(e["source"] == "self" for e in answer.synthetic)  # a local teacher writes like TT-SI
     assert agent.adapter.is_reset()
+
+
+def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url, tiny_model_dir, tools_file):
+    from click.testing import CliRunner
+
+    from mlx_ttsi.cli import cli
+
+    Teacher.reply = "Sorry, I cannot help with that."
+    args = ["ask", "What is the weather in Paris?", "--model", str(tiny_model_dir), "--mode", "ttd",
+            "--teacher", teacher_url, "--tools", str(tools_file)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    assert "note: not adapted: all 2 candidate examples were rejected (none written)" in result.stderr
+    assert "training" not in result.stderr
+    quiet = CliRunner().invoke(cli, [*args, "--json", "-q"])
+    data = json.loads(quiet.stdout)
+    assert data["adapted"] is False and data["note"].startswith("not adapted: all 2 candidate examples")

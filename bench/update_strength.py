@@ -1,0 +1,49 @@
+"""Does the LoRA reproduce what it was trained on? TT-SI answers against the self-label, per schedule.
+
+    python bench/update_strength.py [--schedules 3x1e-3,5x1e-3,3x3e-3] [--rows 3,17,24]
+
+For the README's example request and a few SealTool requests, every request is adapted (mode ttsi,
+forced) with each schedule (epochs x learning rate) and the answer is compared with the self-label
+the LoRA was trained on (the request itself is one of its K examples). A schedule that cannot make
+the model say its own label back teaches it nothing.
+"""
+
+import argparse
+import json
+import time
+
+from _common import ROOT, machine, sealtool_rows
+
+from mlx_ttsi.adaptation import LoRASettings
+from mlx_ttsi.agent import Agent
+
+EXAMPLE = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", default="3x1e-3,5x1e-3,3x3e-3,5x1e-4")
+    parser.add_argument("--rows", default="3,17,24", help="SealTool row indices")
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args()
+
+    rows = sealtool_rows()
+    requests = [(EXAMPLE, json.loads((ROOT / "mlx_ttsi" / "examples" / "tools.json").read_text()))]
+    requests += [(rows[int(i)]["query"], rows[int(i)]["tools"]) for i in args.rows.split(",")]
+    agent = Agent.load(args.model)
+    print(f"machine: {machine()}")
+    print(f"{'schedule':<10} {'reproduced':>10} {'mean loss':>9} {'s/request':>9}")
+    for schedule in args.schedules.split(","):
+        epochs, lr = schedule.split("x")
+        lora = LoRASettings(epochs=int(epochs), learning_rate=float(lr))
+        same, losses, started = 0, [], time.perf_counter()
+        for request, tools in requests:
+            answer = agent.ask(request, tools=tools, mode="ttsi", force=True, lora=lora)
+            same += answer.tool_calls == answer.label
+            losses.append(answer.training["loss"])
+        seconds = (time.perf_counter() - started) / len(requests)
+        print(f"{schedule:<10} {same:>4} of {len(requests):<3} {sum(losses) / len(losses):9.3f} {seconds:9.1f}")
+
+
+if __name__ == "__main__":
+    main()

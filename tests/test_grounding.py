@@ -1,0 +1,175 @@
+"""Grounded self-labels, twins and the argument-aware uncertainty."""
+
+import datetime
+import json
+import random
+import re
+
+import pytest
+
+from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
+from mlx_ttsi.grounding import better_tool, coverage, grounded, label_calls, swapped, twins
+from mlx_ttsi.prompts import call_format
+from mlx_ttsi.state import ContextState
+from mlx_ttsi.tools import check_call, parse_tools
+from mlx_ttsi.uncertainty import estimate
+
+BOOKING = parse_tools([{
+    "name": "book_table",
+    "description": "Book a restaurant table",
+    "parameters": {"type": "object", "properties": {
+        "restaurant": {"type": "string"}, "people": {"type": "integer"}, "date": {"type": "string"},
+        "email": {"type": "string"}, "seating": {"type": "string", "enum": ["inside", "outside"]},
+        "note": {"type": "string"}},
+        "required": ["restaurant", "people"]},
+}])
+REQUEST = "Book a table for 4 at Casa Lisboa on 2024-05-01, outside please; confirm to ana@example.com"
+CALL = {"name": "book_table", "arguments": {"restaurant": "Casa Lisboa", "people": 4, "date": "2024-05-01",
+                                            "email": "ana@example.com", "seating": "outside"}}
+
+
+def user(text):
+    return [{"role": "user", "content": text, "tool_calls": []}]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("Casa Lisboa", True), ("casa lisboa", True), ("Casa", True), ("Lisb", False), ("Porto", False),
+    (4, True), ("2024-05-01", True), (True, False), ("", False), (["Casa"], False),
+])
+def test_grounded_means_a_whole_span_of_the_request(value, expected):
+    assert grounded(value, REQUEST) is expected
+
+
+def test_swapped_values_keep_their_kind():
+    rng = random.Random(0)
+    for _ in range(20):
+        date = swapped("2024-05-01", rng)
+        datetime.date.fromisoformat(date)
+        digits = swapped("4096", rng)
+        assert re.fullmatch(r"[1-9]\d{3}", digits)
+        ident = swapped("AB12-x9", rng)
+        assert re.fullmatch(r"[A-Z]{2}\d{2}-[a-z]\d", ident)
+        name = swapped("Casa of Lisboa", rng)
+        words = name.split()
+        assert len(words) == 3 and words[1] == "of" and words[0][0].isupper() and words[2][0].isupper()
+        assert swapped("ana@example.com", rng).endswith("@example.com")
+
+
+def test_twins_swap_every_stated_value_in_request_and_call_alike():
+    made = twins(user(REQUEST), [CALL], BOOKING, k=3, seed=1)
+    assert len(made) == 3
+    assert len({json.dumps(t["calls"]) for t in made}) == 3
+    for twin in made:
+        call = twin["calls"][0]
+        assert check_call(call, BOOKING) is None
+        assert isinstance(call["arguments"]["people"], int)
+        assert call["arguments"]["seating"] == "outside"  # enum values are never swapped
+        for key in ("restaurant", "date", "email"):
+            assert call["arguments"][key] != CALL["arguments"][key]
+            assert str(call["arguments"][key]) in twin["request"]  # still a span of the twin's request
+        assert str(call["arguments"]["people"]) in twin["request"]
+        assert "Casa Lisboa" not in twin["request"] and "2024-05-01" not in twin["request"]
+        assert twin["request"] == twin["messages"][-1]["content"] and twin["source"] == "twin"
+
+
+def test_twins_of_a_conversation_swap_values_in_earlier_turns_too():
+    conversation = [
+        {"role": "user", "content": "I want a table at Casa Lisboa.", "tool_calls": []},
+        {"role": "assistant", "content": "For how many people?", "tool_calls": []},
+        {"role": "user", "content": "4 people.", "tool_calls": []},
+    ]
+    call = {"name": "book_table", "arguments": {"restaurant": "Casa Lisboa", "people": 4}}
+    twin = twins(conversation, [call], BOOKING, k=1, seed=0)[0]
+    restaurant = twin["calls"][0]["arguments"]["restaurant"]
+    assert restaurant in twin["messages"][0]["content"] and "Casa Lisboa" not in twin["messages"][0]["content"]
+    assert twin["messages"][1]["content"] == "For how many people?"
+
+
+def test_no_twin_when_no_value_is_stated():
+    call = {"name": "book_table", "arguments": {"restaurant": "Somewhere", "people": 2}}
+    assert twins(user("Book me a table"), [call], BOOKING, k=3) == []
+
+
+class ScriptedDecoder:
+    """What the labeller asks of a CallDecoder, with scripted values: the rules are what is tested."""
+
+    fmt = call_format(object())
+
+    def __init__(self, probes, copies):
+        self.probes, self.copies, self.asked, self.sources = probes, copies, [], {}
+
+    def value_after(self, text, schema, copy_from=None, within=None):
+        key = re.search(r'"(\w+)": $', text).group(1)
+        self.asked.append((key, copy_from is not None))
+        self.sources[key] = copy_from
+        assert text.startswith("PROMPT") and text.endswith(f'"{key}": ')
+        return self.copies[key] if copy_from is not None else self.probes.get(key, "")
+
+
+def test_self_label_drops_unstated_options_adds_stated_ones_and_copies_required_strings():
+    greedy = {"name": "book_table", "arguments": {"restaurant": "The Place", "people": 4, "note": "window seat"}}
+    decoder = ScriptedDecoder(probes={"date": "2024-05-01", "email": "bob@example.com", "seating": "outside"},
+                              copies={"restaurant": "Casa Lisboa"})
+    label = label_calls(decoder, "PROMPT", BOOKING, [greedy], REQUEST)
+    assert label == [{"name": "book_table", "arguments": {
+        "restaurant": "Casa Lisboa",  # required, not in the request: copied from it
+        "people": 4,  # stated: kept
+        "date": "2024-05-01", "seating": "outside",  # optional, left out, stated: added
+    }}]  # the unstated note is dropped; the probed email is not the request's, so not added
+    assert ("restaurant", True) in decoder.asked and ("note", False) not in decoder.asked
+
+
+def test_self_label_takes_the_users_exact_words_and_each_only_once():
+    greedy = {"name": "book_table", "arguments": {"restaurant": "casa_lisboa", "people": 4, "note": "Casa Lisboa"}}
+    decoder = ScriptedDecoder(probes={}, copies={"restaurant": "Casa Lisboa", "note": ""})
+    label = label_calls(decoder, "PROMPT", BOOKING, [greedy], REQUEST)
+    assert label[0]["arguments"] == {"restaurant": "Casa Lisboa", "people": 4}  # "casa_lisboa" is not verbatim
+    assert "Casa Lisboa" in decoder.sources["restaurant"]
+    assert "Casa Lisboa" not in decoder.sources["note"]  # taken by restaurant: hidden from the copy
+    assert len(decoder.sources["note"]) == len(REQUEST)
+
+
+def test_copied_strings_are_pieces_of_the_source(tiny, tools):
+    state = ContextState(tiny.model, tiny.tokenizer)
+    decoder = CallDecoder(state, call_format(tiny.tokenizer))
+    source = "Set an alarm at 07:30 for the gym on Friday"
+    value = decoder.value_after('{"name": "set_alarm", "arguments": {"time": ', {"type": "string"}, copy_from=source)
+    assert isinstance(value, str) and value in source
+
+
+def test_argument_margin_ignores_the_tool_name_choice():
+    name = Choice(["a", "b"], [-0.1, -9.0], [1, 1], 0, kind="name")
+    key = Choice(["x", "}"], [-1.0, -1.1], [1, 1], 0)
+    sure = Choice(["true", "false"], [-0.01, -8.0], [1, 1], 0)
+    assert argument_margin([name, sure]) == pytest.approx(1.0, abs=1e-3)
+    assert argument_margin([name, key, sure]) == pytest.approx(0.05, abs=1e-2)
+    assert argument_margin([name]) == 1.0
+
+
+def test_uncertainty_joins_names_arguments_and_the_self_label():
+    names = estimate(["a", "b"], [-0.1, -6.0], [-0.1, -6.0], [1, 1], threshold=0.5)
+    assert not names.uncertain and names.name_score == names.score
+    one_tool = estimate(["a"], [-0.1], [-0.1], [1], threshold=0.5)
+    assert one_tool.score == 1.0  # one tool: never uncertain on names alone
+    doubtful = one_tool.with_arguments(0.2, label_agrees=True)
+    assert doubtful.uncertain and doubtful.score == 0.2 and doubtful.name_score == 1.0
+    disagrees = names.with_arguments(0.9, label_agrees=False)
+    assert disagrees.uncertain and disagrees.score == 0.0 and disagrees.argument_score == 0.9
+
+
+def test_the_rival_tool_wins_only_when_it_uses_more_of_the_request():
+    tools = parse_tools([
+        {"name": "get_article", "parameters": {"type": "object", "properties": {"article_id": {"type": "string"}},
+                                               "required": ["article_id"]}},
+        {"name": "request_article", "parameters": {"type": "object", "properties": {
+            "title": {"type": "string"}, "card": {"type": "string"}}, "required": ["title", "card"]}},
+    ])
+    request = 'Get the article "Minds and Machines" with library card 789123'
+    first = [{"name": "get_article", "arguments": {"article_id": "789123"}}]
+    rival = [{"name": "request_article", "arguments": {"title": "Minds and Machines", "card": "789123"}}]
+    assert coverage(first, tools, request) == 1 and coverage(rival, tools, request) == 2
+    assert better_tool(first, rival, tools, request) == rival
+    invented = [{"name": "request_article", "arguments": {"title": "Minds and Machines", "card": "000"}}]
+    assert coverage(invented, tools, request) == 0  # one stated value, one required value made up
+    assert better_tool(first, invented, tools, request) == first
+    assert better_tool(first, first, tools, request) == first  # a tie keeps the model's choice
