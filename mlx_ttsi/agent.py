@@ -119,10 +119,6 @@ class Agent:
             state.sync(ids)
             self.prefixes.keep(state, frozen)
 
-    def forget_prompts(self):
-        """Drop the cached tools prefixes: the next request starts cold (eval times methods this way)."""
-        self.prefixes.clear()
-
     def teacher(self):
         if self.teacher_spec is None:
             raise TTSIError("mode ttd needs a teacher: a model name or an OpenAI-compatible URL")
@@ -277,7 +273,8 @@ class Agent:
     def _synthesize(self, method, messages, tools, settings, uncertainty, label, train_on):
         """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or twins of the self-label."""
         if train_on is not None:
-            return Synthesis(examples=list(train_on), attempts=len(train_on))
+            return Synthesis(examples=list(train_on), attempts=len(train_on),
+                             reason=None if train_on else "no examples were given to train on")
         if method == "ttd":  # a teacher may well know better than our own first choice
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
@@ -344,9 +341,6 @@ class PrefixCache:
     def __init__(self, max_tokens=8192):
         self.max_tokens = max_tokens
         self.entries = OrderedDict()  # token ids -> [(keys, values)] per layer
-
-    def clear(self):
-        self.entries.clear()
 
     def seed(self, state, ids):
         arrays = self.entries.get(tuple(ids))

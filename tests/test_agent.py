@@ -199,3 +199,17 @@ def test_gold_answers_reach_only_train_on(agent, monkeypatch):
     answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi", force=True, train_on=given)
     assert answer.adapted and answer.synthetic == given and answer.label is None
     assert answer.training["examples"] == 1
+    none = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi", force=True, train_on=[])
+    assert not none.adapted and none.note == "not adapted: no examples were given to train on"
+
+
+def test_warm_caches_the_tools_prefix_without_changing_answers(agent):
+    cold = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    agent.prefixes.entries.clear()
+    agent.warm(TOOLS)
+    assert len(agent.prefixes.entries) == 1
+    warm = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert len(agent.prefixes.entries) == 1  # the request used the warmed prefix, not a new one
+    assert warm.tool_calls == cold.tool_calls
+    assert [c["prob"] for c in warm.uncertainty.candidates] == pytest.approx(
+        [c["prob"] for c in cold.uncertainty.candidates], abs=1e-5)

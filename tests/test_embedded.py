@@ -56,3 +56,18 @@ def test_cli_json_on_the_embedded_model(tmp_path):
     data = json.loads(result.stdout)
     assert data["model"] == "smollm2-135m"
     assert data["tool_calls"][0] == {"name": "getVehicleBatteryLevel", "arguments": {"vehicle_id": "hXQ7qFFt"}}
+
+
+def test_ttsi_learns_an_argument_the_request_states(embedded_agent):
+    # the base answer leaves out the unit the user asked for; the self-check adds it and the LoRA learns it
+    from pathlib import Path
+
+    tools = json.loads((Path(__file__).resolve().parents[1] / "mlx_ttsi" / "examples" / "tools.json").read_text())
+    request = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."
+    base = embedded_agent.ask(request, tools=tools, mode="base")
+    answer = embedded_agent.ask(request, tools=tools, mode="auto")
+    assert base.tool_calls == [{"name": "get_weather", "arguments": {"city": "Lisbon"}}]
+    assert answer.label == [{"name": "get_weather", "arguments": {"city": "Lisbon", "unit": "celsius"}}]
+    assert answer.uncertainty.label_agrees is False and answer.adapted
+    assert answer.tool_calls == answer.label
+    assert {e["source"] for e in answer.synthetic} == {"self-label", "twin"}
