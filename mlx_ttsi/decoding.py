@@ -38,10 +38,18 @@ class Vocabulary:
         self.special = special
         self.numeric = np.array([bool(_NUMBER_CHARS.match(p)) for p in self.pieces])
         self.closing_quotes = np.array([i for i, p in enumerate(self.pieces) if p.startswith('"') and not special[i]])
+        self._pieces_in = {}  # source text -> pieces_in(source)
 
     def pieces_in(self, source):
-        """Ids of the ordinary tokens whose text (leading spaces aside) occurs in `source`."""
-        return [i for i, p in enumerate(self.pieces) if p.strip() and not self.special[i] and p.lstrip() in source]
+        """Ids of the ordinary tokens whose text (leading spaces aside) occurs in `source`.
+
+        A request's self-check copies from the same text several times: the last few are kept."""
+        if source not in self._pieces_in:
+            if len(self._pieces_in) >= 8:
+                self._pieces_in.pop(next(iter(self._pieces_in)))
+            self._pieces_in[source] = [i for i, p in enumerate(self.pieces)
+                                       if p.strip() and not self.special[i] and p.lstrip() in source]
+        return self._pieces_in[source]
 
     @classmethod
     def of(cls, tokenizer):
