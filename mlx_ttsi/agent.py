@@ -111,12 +111,9 @@ class Agent:
         tools starts from it (eval does this before timing each method, to time them on equal terms)."""
         tools, tok = parse_tools(tools), self.loaded.tokenizer
         with self.lock:
-            state = ContextState(self.loaded.model, tok, self.loaded.context_length)
             prompt = render_prompt(tok, [{"role": "user", "content": "A"}], tools, self.fmt)
-            frozen = self._system_prefix(state, prompt, tools)
-            ids = state.encode(prompt)[:frozen]
-            self.prefixes.seed(state, ids)
-            state.sync(ids)
+            state, frozen = self._prefixed_state(prompt, tools)
+            state.sync(state.encode(prompt)[:frozen])
             self.prefixes.keep(state, frozen)
 
     def teacher(self):
@@ -193,9 +190,7 @@ class Agent:
 
         tok = self.loaded.tokenizer
         prompt = render_prompt(tok, messages, tools, self.fmt)
-        state = ContextState(self.loaded.model, tok, self.loaded.context_length)
-        frozen = self._system_prefix(state, prompt, tools)
-        self.prefixes.seed(state, state.encode(prompt)[:frozen])
+        state, frozen = self._prefixed_state(prompt, tools)
         decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
         names, name_choice = self._score(decoder, prompt, tools, settings)
         self.prefixes.keep(state, frozen)
@@ -311,6 +306,13 @@ class Agent:
         uncertainty = estimate(names, scores, logprobs, lengths, settings.threshold, "call", settings.norm)
         best = max(range(len(tools)), key=lambda i: scores[i])
         return uncertainty, replace(choice, index=best)
+
+    def _prefixed_state(self, prompt, tools):
+        """A context for `prompt` that starts from the cached tools prefix, and that prefix's length."""
+        state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
+        frozen = self._system_prefix(state, prompt, tools)
+        self.prefixes.seed(state, state.encode(prompt)[:frozen])
+        return state, frozen
 
     def _system_prefix(self, state, prompt, tools):
         """Length of the prompt's template-and-tools prefix (the system turn).

@@ -32,6 +32,7 @@ from .scoring import is_correct, rule
 METHODS = {"base": ("base", None), "ttsi": ("ttsi", False), "ttd": ("ttd", False), "ticl": ("ticl", False),
            "ttsi-all": ("ttsi", True), "oracle": ("ttsi", True), "oracle-twin": ("ttsi", True)}
 ORACLES = ("oracle", "oracle-twin")
+GOLD_TWINS = 3  # K twins of the gold call for oracle-twin when the run's settings give no K
 SEEDLESS = ("base",)  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
 GOLD_FIELDS = ("answer", "meta")  # what a method other than an oracle never sees
 ADAPTIVE = ("ttsi", "ttd", "ticl")  # methods the threshold sweep is computed for
@@ -168,7 +169,7 @@ def gold_examples(row, method, k, seed):
     return twins(normalize_messages(messages), row["answer"], parse_tools(row["tools"]), k, seed, source="gold twin")
 
 
-def run_one(agent, row, method, seed, max_calls=None, examples=3):
+def run_one(agent, row, method, seed, max_calls, examples):
     """One result line: the row asked with one method and seed, scored.
 
     Only the oracle methods read the row's gold answer; every other method is asked with a copy
@@ -318,14 +319,14 @@ def evaluate(plan, out, agent=None, load_agent=None, progress=True, ranks=None):
         if todo:
             run_rows(agent or load_agent(), todo, own, plan.max_calls,
                      Progress(len(todo), f"rank {ranks.rank}/{ranks.size} " if ranks.size > 1 else "", progress),
-                     plan.settings.get("examples") or 3)
+                     plan.settings.get("examples") or GOLD_TWINS)
         gathered = ranks.gather(read_records(own) if ranks.size > 1 else [])
         return finish(plan, out, gathered) if ranks.rank == 0 else None
     finally:
         ranks.close()
 
 
-def run_rows(agent, todo, path, max_calls, bar, examples=3):
+def run_rows(agent, todo, path, max_calls, bar, examples):
     """Ask each (row, seed, method) and append its result line to `path` at once."""
     appender = Appender(path)
     try:

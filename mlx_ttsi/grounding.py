@@ -64,17 +64,21 @@ def grounded(value, context):
     return words.strip() != "" and words in _normal(context)
 
 
-def _free_value(schema):
-    # values that come from the user's words: strings and numbers, not enums or booleans
+def _free_kind(schema):
+    # the type of a value that comes from the user's words (not an enum), or None
     schema = schema if isinstance(schema, dict) else {}
     kind = schema.get("type")
     kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
-    return "enum" not in schema and kind in ("string", "number", "integer")
+    return None if "enum" in schema else kind
+
+
+def _free_value(schema):
+    # strings and numbers, not enums or booleans
+    return _free_kind(schema) in ("string", "number", "integer")
 
 
 def _is_string(schema):
-    kind = (schema or {}).get("type") if isinstance(schema, dict) else None
-    return kind == "string" and "enum" not in schema
+    return _free_kind(schema) == "string"
 
 
 def label_calls(decoder, prompt, tools, calls, context):

@@ -54,10 +54,8 @@ class Uncertainty:
         """The request's uncertainty over names and arguments together.
 
         u = min(name margin, argument margin), and 0 when the self-label disagrees with the answer."""
-        score = min(self.name_score if self.name_score is not None else self.score, argument_score)
-        score = 0.0 if label_agrees is False else score
+        score = 0.0 if label_agrees is False else min(self.name_score, argument_score)
         return replace(self, score=round(score, 6), uncertain=bool(score < self.threshold),
-                       name_score=self.name_score if self.name_score is not None else self.score,
                        argument_score=round(argument_score, 6), label_agrees=label_agrees)
 
 
