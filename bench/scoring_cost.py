@@ -18,7 +18,7 @@ from mlx_lm import generate
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.decoding import CallDecoder, name_candidates_choice
 from mlx_ttsi.prompts import render_prompt
-from mlx_ttsi.state import ContextState
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.tools import parse_tools
 
 

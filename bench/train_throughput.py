@@ -19,7 +19,7 @@ import mlx.core as mx
 from mlx_ttsi.adaptation import LoRASettings
 from mlx_ttsi.agent import Agent, Settings
 from mlx_ttsi.prompts import render_prompt
-from mlx_ttsi.state import ContextState
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.synthesis import ModelWriter
 from mlx_ttsi.tools import parse_tools
 

@@ -25,7 +25,7 @@ from mlx_ttsi import _blas
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, calls_text, render_prompt, tool_line
-from mlx_ttsi.state import ContextState
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.synthesis import ModelWriter
 from mlx_ttsi.tools import parse_tools
 

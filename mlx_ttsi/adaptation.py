@@ -32,7 +32,7 @@ from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from .errors import TTSIError
-from .state import cache_from_arrays, split_model
+from .context import cache_from_arrays, split_model
 
 
 @dataclass

@@ -20,7 +20,7 @@ from .decoding import CallDecoder, argument_margin, name_candidates_choice, norm
 from .grounding import better_tool, context_text, label_calls, twins
 from .errors import RequestError, TTSIError
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
-from .state import ContextState
+from .context import ContextState
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
 from .uncertainty import FORMS, NORMS, estimate

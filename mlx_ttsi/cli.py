@@ -243,7 +243,7 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
     import ipaddress
     import signal
 
-    from .memory import AdapterMemory
+    from .adapter_memory import AdapterMemory
     from .server import make_server
 
     if mode == "ttd" and not teacher:
@@ -279,14 +279,14 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
 @cli.command("config-path")
 def config_path_command():
     """Print where the config file is read from."""
-    from .settings import config_path
+    from .config import config_path
 
     click.echo(str(config_path()))
 
 
 def main(argv=None):
     """Entry point; the config file supplies option defaults for every command."""
-    from .settings import load_config
+    from .config import load_config
 
     try:
         config = load_config()

@@ -9,7 +9,7 @@ so a rerun resumes where the last one stopped), config.json (the settings the re
 summary.json, summary.md and PNG plots. Under `mlx.launch` rank R of N runs the rows i with
 i % N == R into results.rankR.jsonl; rank 0 gathers every rank's lines (ranks.py) into results.jsonl
 and writes the summary, which depends only on the results, never on how they were split.
-Scoring is in scoring.py, plots in plots.py; the command and its files are described in docs/eval.md.
+Grading is in grading.py, plots in plots.py; the command and its files are described in docs/eval.md.
 """
 
 import json
@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import DataError, RequestError, ToolsError
 from .prompts import normalize_messages
 from .ranks import launched_ranks
-from .scoring import is_correct, rule
+from .grading import is_correct, rule
 
 # eval method -> (agent mode, force): gated methods adapt only on uncertain rows, as in the paper.
 # oracle and oracle-twin are ceilings that read the row's gold answer (see gold_examples); they

@@ -17,7 +17,7 @@ from mlx.utils import tree_map
 
 from .errors import ModelError
 from .gguf_import import cached_import
-from .settings import cache_dir
+from .config import cache_dir
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_ALIASES = {EMBEDDED_NAME, "smollm2", "embedded", "SmolLM2-135M-Instruct"}

@@ -30,7 +30,7 @@ import mlx.core as mx
 
 from .agent import MODES
 from .errors import TTSIError
-from .memory import embed, tools_key
+from .adapter_memory import embed, tools_key
 from .prompts import last_user_text, normalize_messages, render_prompt
 from .tools import parse_tools
 

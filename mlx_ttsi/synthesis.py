@@ -20,7 +20,7 @@ from mlx_lm.sample_utils import make_sampler
 from .decoding import CallDecoder
 from .errors import TeacherError
 from .prompts import call_format, render_prompt, tool_line
-from .state import ContextState
+from .context import ContextState
 from .tools import check_call, parse_calls
 
 WRITER_USER = (

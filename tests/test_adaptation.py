@@ -86,7 +86,7 @@ def test_needs_at_least_batch_size_examples(tiny):
 
 
 def test_split_model_projects_the_same_logits(tiny):
-    from mlx_ttsi.state import split_model
+    from mlx_ttsi.context import split_model
 
     body, head = split_model(tiny.model)
     ids = mx.array(tiny.tokenizer.encode("Weather in Paris?", add_special_tokens=False))[None]
@@ -98,7 +98,7 @@ def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
     from mlx_lm.tuner.trainer import default_loss
 
     from mlx_ttsi.adaptation import prefix_loss
-    from mlx_ttsi.state import ContextState, split_model
+    from mlx_ttsi.context import ContextState, split_model
 
     Adapter(tiny.model).attach()
     ids, offset = examples(tiny)[0]
@@ -113,7 +113,7 @@ def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
 
 
 def test_training_on_a_frozen_prefix_fits_the_answer(tiny):
-    from mlx_ttsi.state import ContextState
+    from mlx_ttsi.context import ContextState
 
     adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3))
     ids, offset = examples(tiny)[0]
@@ -143,7 +143,7 @@ def test_saved_adapter_loads_with_mlx_lm(tiny, tiny_model_dir, tmp_path):
 def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
     # with LoRA on the top block only, the bottom block runs once per example: same loss
     from mlx_ttsi.adaptation import frozen_layers, lower_hidden, prefix_loss
-    from mlx_ttsi.state import ContextState, split_model
+    from mlx_ttsi.context import ContextState, split_model
 
     adapter = Adapter(tiny.model, LoRASettings(layers=1, epochs=3, learning_rate=1e-2))
     assert frozen_layers(tiny.model, adapter.settings) == 1

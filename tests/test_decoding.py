@@ -5,7 +5,7 @@ import pytest
 
 from mlx_ttsi.decoding import CallDecoder, _parse_number, _string_end
 from mlx_ttsi.prompts import CallFormat, call_format, calls_text, render_prompt
-from mlx_ttsi.state import ContextState
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.tools import check_call, parse_tools
 
 SCHEMAS = parse_tools(

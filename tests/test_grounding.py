@@ -10,7 +10,7 @@ import pytest
 from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
 from mlx_ttsi.grounding import better_tool, coverage, grounded, label_calls, swapped, twins
 from mlx_ttsi.prompts import call_format
-from mlx_ttsi.state import ContextState
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.tools import check_call, parse_tools
 from mlx_ttsi.uncertainty import estimate
 

@@ -1,7 +1,7 @@
 import mlx.core as mx
 import pytest
 
-from mlx_ttsi.state import ContextState
+from mlx_ttsi.context import ContextState
 
 
 def full_logprob(model, ids, start):
@@ -45,14 +45,14 @@ def test_prompt_longer_than_context_is_refused(tiny):
 
 
 def test_long_contexts_score_one_by_one_with_the_same_results(tiny, monkeypatch):
-    import mlx_ttsi.state as state_module
+    import mlx_ttsi.context as context_module
 
     state = ContextState(tiny.model, tiny.tokenizer)
     prefix = state.encode("What is the weather in Paris?")
     continuations = [state.encode(" get_weather"), state.encode(' list_alarms"}'), state.encode(" set")]
     state.sync(prefix)
     batched, _ = state.score_continuations(continuations)
-    monkeypatch.setattr(state_module, "FORK_BUDGET", 0)
+    monkeypatch.setattr(context_module, "FORK_BUDGET", 0)
     one_by_one, _ = state.score_continuations(continuations)
     assert one_by_one == pytest.approx(batched, abs=1e-4)
     assert state.tokens == prefix  # the shared cache was trimmed back

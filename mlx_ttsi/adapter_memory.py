@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import TTSIError
-from .settings import cache_dir
+from .config import cache_dir
 
 SIMILARITY = 0.95  # calibrated on SmolLM2-135M; see docs/server.md
 SIZE = 32  # entries; one SmolLM2-135M adapter (rank 8, all layers) is about 10 MB

@@ -1,7 +1,7 @@
 """Adapter memory benchmark: latency and accuracy of repeated and paraphrased TT-SI requests.
 
-    python bench/memory.py                 # embedded model, 2 request pairs, ~5 minutes on 2 CPU cores
-    python bench/memory.py --pairs 1 --json runs/memory.json
+    python bench/adapter_memory.py                 # embedded model, 2 request pairs, ~5 minutes on 2 CPU cores
+    python bench/adapter_memory.py --pairs 1 --json runs/memory.json
 
 For each pair (a request and a paraphrase of it, with the gold call) it sends the request, the same
 request again and the paraphrase, all with ttsi.mode "ttsi" (always adapt), first to a server
@@ -34,7 +34,7 @@ PAIRS = [
 
 
 def run(agent, memory, pairs):
-    from mlx_ttsi.scoring import is_correct
+    from mlx_ttsi.grading import is_correct
     from mlx_ttsi.server import make_server
 
     server = make_server(agent, "127.0.0.1", 0, memory=memory, quiet=True)
@@ -70,7 +70,7 @@ def main():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mlx_ttsi.adaptation import LoRASettings
     from mlx_ttsi.agent import Agent, Settings
-    from mlx_ttsi.memory import AdapterMemory
+    from mlx_ttsi.adapter_memory import AdapterMemory
 
     agent = Agent.load(args.model, settings=Settings(lora=LoRASettings(epochs=args.epochs)))
     pairs = PAIRS[: args.pairs]
