@@ -16,8 +16,8 @@ from _common import machine, uncertain_rows
 
 import mlx.core as mx
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.synthesis import ModelWriter

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -33,21 +33,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from .errors import TTSIError
 from .context import cache_from_arrays, split_model
-
-
-@dataclass
-class LoRASettings:
-    rank: int = 8
-    alpha: float = 16.0  # scale = alpha / rank, as in the paper's PEFT setup
-    epochs: int = 5  # as in the paper, but at lr 1e-3: the paper's 1e-4 teaches this model nothing (docs/results.md)
-    learning_rate: float = 1e-3
-    layers: int = 8  # top transformer blocks with LoRA (-1: all); 8 measured as good as all, faster
-    warmup: float = 0.03  # fraction of steps, then cosine decay
-    batch_size: int = 1
-
-    def check(self):
-        if self.rank < 1 or self.epochs < 1 or self.learning_rate <= 0 or self.batch_size < 1:
-            raise TTSIError("LoRA rank, epochs, batch size and learning rate must be positive")
+from .settings import LoRASettings
 
 
 def prefix_loss(prefix, split, lower=0):

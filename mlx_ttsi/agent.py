@@ -8,57 +8,26 @@
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import mlx.core as mx
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 from . import models
-from .adaptation import Adapter, LoRASettings
+from .adaptation import Adapter
 from .decoding import CallDecoder, argument_margin, name_candidates_choice, normalized
 from .grounding import better_tool, context_text, label_calls, twins
 from .errors import RequestError, TTSIError
+from .settings import MODES, Settings
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
 from .context import ContextState
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
-from .uncertainty import FORMS, NORMS, estimate
+from .uncertainty import estimate
 
-MODES = ("auto", "base", "ttsi", "ttd", "ticl")
 METHODS = ("base", "ttsi", "ttd", "ticl")
 MAX_REQUEST_CHARS = 200_000
-
-
-@dataclass
-class Settings:
-    mode: str = "auto"  # auto: adapt when uncertain; ttsi|ttd|ticl: always; base: never
-    threshold: float = 0.5  # tau: uncertain when u = min(name margin, argument margin) is below it
-    examples: int = 3  # K examples per adapted request: the request with its self-label and K-1 twins
-    candidates: str = "name"  # candidate form for scoring: tool "name" or whole "call"
-    norm: str = "sum"  # length normalisation of candidate log-likelihoods: sum or mean (measured: sum)
-    max_calls: int = 1  # most tool calls in one answer
-    max_tokens: int = 256  # for text answers (no tools)
-    temperature: float = 0.8  # sampling temperature of a local teacher model writing requests (TT-D)
-    same_tool: bool = True  # TT-D keeps only teacher examples calling the tool the model picks for the request
-    seed: int = 0
-    lora: LoRASettings = field(default_factory=LoRASettings)
-
-    def check(self):
-        if self.mode not in MODES:
-            raise TTSIError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
-        if self.candidates not in FORMS:
-            raise TTSIError(f"unknown candidate form {self.candidates!r} (one of {', '.join(FORMS)})")
-        if self.norm not in NORMS:
-            raise TTSIError(f"unknown normalisation {self.norm!r} (one of {', '.join(NORMS)})")
-        if not 0 <= self.threshold <= 1:
-            raise TTSIError("threshold must be between 0 and 1")
-        if self.examples < 1:
-            raise TTSIError("examples must be at least 1")
-        if self.max_calls < 1:
-            raise TTSIError("max_calls must be at least 1")
-        self.lora.check()
-        return self
 
 
 @dataclass

@@ -28,18 +28,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlx.core as mx
 
-from .agent import MODES
 from .errors import TTSIError
 from .adapter_memory import embed, tools_key
 from .prompts import last_user_text, normalize_messages, render_prompt
+from .settings import BY_NAME, OPTIONS
 from .tools import parse_tools
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
-MAX_EXAMPLES = 16  # most synthetic examples one request may ask for
-MAX_TOKENS = 4096  # most tokens one text answer may ask for
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
 PIECE = 16  # characters per streamed delta
-TTSI_FIELDS = {"mode", "threshold", "examples"}
+TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
 
 
 class APIError(Exception):
@@ -154,10 +152,9 @@ class Service:
         if tools is not None and not isinstance(tools, list):
             raise APIError(400, "tools must be a list", param="tools")
         options = {}
-        for key, name, low, high in (("seed", "seed", None, None), ("max_tokens", "max_tokens", 1, MAX_TOKENS),
-                                     ("max_completion_tokens", "max_tokens", 1, MAX_TOKENS)):
+        for key, name in (("seed", "seed"), ("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens")):
             if body.get(key) is not None:
-                options[name] = _number(body[key], key, low, high, integer=True)
+                options[name] = _setting(name, body[key], key)
         if body.get("temperature") is not None:  # accepted, but answers are greedy (docs/server.md)
             _number(body["temperature"], "temperature", 0, 2)
         if body.get("n") not in (None, 1):
@@ -275,21 +272,20 @@ def _tool_name(spec):
 
 
 def _ttsi_options(fields):
-    """The request's own `ttsi` settings: mode, threshold and examples, nothing else."""
+    """The request's own `ttsi` settings (the table's request options), nothing else."""
     if fields is None:
         return {}
     if not isinstance(fields, dict) or set(fields) - TTSI_FIELDS:
         raise APIError(400, f"ttsi must be an object with only {', '.join(sorted(TTSI_FIELDS))}", param="ttsi")
-    options = {}
-    if fields.get("mode") is not None:
-        if fields["mode"] not in MODES:
-            raise APIError(400, f"ttsi.mode must be one of {', '.join(MODES)}", param="ttsi.mode")
-        options["mode"] = fields["mode"]
-    if fields.get("threshold") is not None:
-        options["threshold"] = float(_number(fields["threshold"], "ttsi.threshold", 0, 1))
-    if fields.get("examples") is not None:
-        options["examples"] = _number(fields["examples"], "ttsi.examples", 1, MAX_EXAMPLES, integer=True)
-    return options
+    return {name: _setting(name, value, f"ttsi.{name}") for name, value in fields.items() if value is not None}
+
+
+def _setting(name, value, param):
+    """A request's value for a setting, checked against the settings table (400 if out of range)."""
+    try:
+        return BY_NAME[name].check(value, param)
+    except TTSIError as error:
+        raise APIError(400, str(error), param=param) from None
 
 
 def _completion(agent, answer, usage, timings, recall, options):

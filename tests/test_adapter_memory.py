@@ -8,8 +8,8 @@ import numpy as np
 import openai
 import pytest
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.adapter_memory import AdapterMemory, embed, tools_key
 from mlx_ttsi.server import make_server
 from mlx_ttsi.tools import parse_tools

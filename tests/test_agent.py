@@ -3,8 +3,8 @@ import json
 import mlx.core as mx
 import pytest
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.errors import RequestError, TTSIError
 from mlx_ttsi.tools import check_call
 
@@ -124,7 +124,7 @@ def test_text_answer_without_tools(agent):
         ({"messages": [{"role": "assistant", "content": "hi"}]}, RequestError, "needs a non-empty user message"),
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]}, RequestError, "system"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, RequestError, "role"),
-        ({"request": "hi", "mode": "magic"}, TTSIError, "unknown mode"),
+        ({"request": "hi", "mode": "magic"}, TTSIError, "mode must be one of"),
         ({"request": "hi", "threshold": 2}, TTSIError, "threshold"),
     ],
 )

@@ -324,7 +324,7 @@ def test_eval_command_writes_results_summary_and_plots(tiny_model_dir, tiny_data
     summary = json.loads((out / "summary.json").read_text())
     assert [p["tau"] for p in summary["sweep"][0]["points"]] == [0.5, 1.0]
     config = json.loads((out / "config.json").read_text())
-    assert config["max_calls"] == "per benchmark" and config["lr"] == 0.05 and config["model"] == str(tiny_model_dir)
+    assert config["max_calls"] == "per benchmark" and config["learning_rate"] == 0.05 and config["model"] == str(tiny_model_dir)
     again = run_eval(tiny_model_dir, tiny_data, out, *TINY_ARGS)  # finished: nothing runs, nothing loads
     assert again.exit_code == 0 and "loading" not in again.stderr and len(lines(out / "results.jsonl")) == 6
 
