@@ -45,9 +45,7 @@ def tools_key(tools):
 
 def model_key(agent):
     """Entries only fit the model and LoRA shape they were trained with: one folder per pair."""
-    lora = agent.settings.lora
-    spec = [agent.name, str(agent.loaded.path), agent.loaded.precision, lora.rank, lora.alpha, lora.layers]
-    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(agent.identity()).encode()).hexdigest()[:16]
 
 
 def embed(model, tokenizer, text):
@@ -89,7 +87,7 @@ class AdapterMemory:
 
     @classmethod
     def for_agent(cls, agent, size=SIZE, similarity=SIMILARITY, root=None):
-        shapes = {name: value.shape for name, value in agent.adapter.weights().items()}
+        shapes = agent.adapter_shapes()
         root = Path(root) if root else cache_dir() / "adapters"
         return cls(root / model_key(agent), shapes, size, similarity)
 

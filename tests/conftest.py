@@ -154,9 +154,9 @@ def train_on_seen(monkeypatch):
 
     seen, original = [], Agent._synthesize
 
-    def spy(self, *args):
-        seen.append(args[-1])
-        return original(self, *args)
+    def spy(self, request, *args):
+        seen.append(request.given if request.plan.source == "given" else None)
+        return original(self, request, *args)
 
     monkeypatch.setattr(Agent, "_synthesize", spy)
     return seen

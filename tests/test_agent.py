@@ -105,7 +105,7 @@ def test_multi_turn_messages(agent):
 def test_reused_adapter_skips_synthesis_and_training(agent):
     trained = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", keep_adapter=True)
     assert trained.adapter
-    reused = agent.ask("Set an alarm at 8", tools=TOOLS, mode="ttsi", adapter=trained.adapter)
+    reused = agent.ask("Set an alarm at 8", tools=TOOLS, mode="ttsi", adapter_weights=trained.adapter)
     assert reused.adapted and reused.reused and "synthesis" not in reused.timings
     assert agent.adapter.is_reset()
 
