@@ -236,10 +236,12 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
               help="Most adapters kept (least recently used dropped).")
 @click.option("--memory-similarity", type=click.FloatRange(-1, 1), default=0.95, show_default=True,
               help="Reuse an adapter when the request's embedding is at least this close (cosine).")
+@click.option("--max-queue", type=click.IntRange(1), default=16, show_default=True, envvar="MLX_TTSI_MAX_QUEUE",
+              help="Requests that may wait for the model; more get 503 with Retry-After.")
 @adaptation_options
 @setting_option("seed")
 @click.option("-q", "--quiet", is_flag=True, help="No request log on stderr.")
-def serve(model, host, port, mode, api_key, memory, memory_size, memory_similarity, precision, teacher,
+def serve(model, host, port, mode, api_key, memory, memory_size, memory_similarity, max_queue, precision, teacher,
           teacher_model, seed, quiet, **settings):
     """Serve the model behind an OpenAI-compatible API (POST /v1/chat/completions)."""
     import ipaddress
@@ -255,7 +257,8 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
     progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
     store = AdapterMemory.for_agent(agent, memory_size, memory_similarity) if memory else None
     try:
-        server = make_server(agent, host, port, api_key=api_key, memory=store, names=[model], quiet=quiet)
+        server = make_server(agent, host, port, api_key=api_key, memory=store, names=[model], max_queue=max_queue,
+                             quiet=quiet)
     except OSError as error:
         raise TTSIError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     try:

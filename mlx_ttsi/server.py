@@ -1,17 +1,24 @@
 """An OpenAI-compatible HTTP server over one Agent: POST /v1/chat/completions, GET /v1/models, /health.
 
-Standard library only, like mlx-lm's server: a ThreadingHTTPServer reads requests on one thread per
-connection and hands them to a single model thread, which answers them one at a time in arrival
-order (the Agent resets its LoRA after each, so no request sees another's adapter). A request whose
-client has gone is skipped when its turn comes, or stopped at the next phase of its adaptation.
+Standard library only, like mlx-lm's server: a ThreadingHTTPServer speaks HTTP/1.1 (keep-alive) on
+one thread per connection and hands requests to a single model thread, which answers them one at a
+time in arrival order (the Agent resets its LoRA after each, so no request sees another's adapter).
 
-    server = make_server(agent, "127.0.0.1", 8080, api_key="secret")
+- At most `max_queue` requests wait for the model; one more gets 503 with Retry-After.
+- The model thread pushes each request's events (phases ended, answer pieces, the response) into the
+  request's own queue and its connection thread writes them as they come: a stream shows the phases
+  as SSE comments, then the answer token by token.
+- A request whose client has gone is dropped from the queue, or stopped at its next forward pass or
+  training step (the agent polls `Job.cancelled`), freeing the model for the next one.
+
+    server = make_server(agent, "127.0.0.1", 8080, api_key="secret", max_queue=16)
     server.serve_forever()
 """
 
 import atexit
 import hmac
 import json
+import math
 import queue
 import select
 import socket
@@ -23,12 +30,14 @@ import traceback
 import uuid
 from collections import Counter
 from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlx.core as mx
 
-from .errors import TTSIError
+from .errors import Cancelled, TTSIError
 from .adapter_memory import tools_key
 from .prompts import last_user_text, normalize_messages
 from .settings import BY_NAME, OPTIONS
@@ -36,24 +45,24 @@ from .tools import parse_tools
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
-PIECE = 16  # characters per streamed delta
+MAX_QUEUE = 16  # requests that may wait for the model; more get 503
+PIECE = 16  # characters per replayed delta (an answer the agent did not stream)
+POLL = 0.25  # seconds between checks that a waiting request's client is still there
+WORDS = ("gate", "note")  # progress reports that are words about the request, not timed phases
 TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
 
 
 class APIError(Exception):
     """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
 
-    def __init__(self, status, message, code=None, param=None):
+    def __init__(self, status, message, code=None, param=None, retry_after=None):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.retry_after = retry_after  # seconds, sent as a Retry-After header
 
     def body(self):
         kind = "server_error" if self.status >= 500 else "invalid_request_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-class ClientGone(Exception):
-    """The client closed its connection: the request is dropped."""
 
 
 def connected(sock):
@@ -64,8 +73,41 @@ def connected(sock):
         if not poller.poll(0):
             return True
         return sock.recv(1, socket.MSG_PEEK) != b""
-    except OSError:
+    except (OSError, ValueError):  # ValueError: the socket is already closed here
         return False
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat completion request, checked."""
+
+    messages: list
+    tools: list  # the OpenAI tool specs to offer (after tool_choice), or None
+    options: dict  # Settings fields for this request
+    stream: bool = False
+    usage_chunk: bool = False  # stream_options.include_usage
+
+
+class Job:
+    """One admitted request: its events for the connection thread, its Future on the model thread,
+    and whether its client is still there."""
+
+    def __init__(self, request, sock):
+        self.request, self.sock = request, sock
+        self.events = queue.Queue()  # (kind, payload): progress, piece, then done or error
+        self.received = time.perf_counter()
+        self.gone = False
+        self.future = None
+
+    def cancelled(self):
+        """Polled by the agent before every forward pass and training step."""
+        return self.gone or not connected(self.sock)
+
+    def abandon(self):
+        """The client went away: a waiting job is dropped, a running one stops at its next step."""
+        self.gone = True
+        if self.future is not None:
+            self.future.cancel()
 
 
 class ModelThread:
@@ -73,6 +115,7 @@ class ModelThread:
 
     def __init__(self):
         self.jobs = queue.Queue()
+        self.busy = False  # a job is running
         self.thread = threading.Thread(target=self._loop, name="mlx-ttsi-model", daemon=True)
         self.thread.start()
         atexit.register(self.close)
@@ -87,10 +130,13 @@ class ModelThread:
             while (job := self.jobs.get()) is not None:
                 future, fn, args = job
                 if future.set_running_or_notify_cancel():
+                    self.busy = True
                     try:
                         future.set_result(fn(*args))
                     except BaseException as error:
                         future.set_exception(error)
+                    finally:
+                        self.busy = False
         finally:
             mx.clear_streams()  # MLX needs each thread to free its own streams, or the process aborts at exit
 
@@ -109,20 +155,24 @@ class ModelThread:
 
 
 class Service:
-    """The model side: checks a request body, queues it for the model thread, builds the response."""
+    """The model side: checks a request body, admits it to the model thread's bounded queue, and
+    runs it there, pushing its events to its Job."""
 
-    def __init__(self, agent, api_key=None, memory=None, names=(), max_body=MAX_BODY):
+    def __init__(self, agent, api_key=None, memory=None, names=(), max_body=MAX_BODY, max_queue=MAX_QUEUE):
         self.agent = agent
         self.api_key = api_key
         self.memory = memory
         self.names = {agent.name, *names}  # model names a request may ask for (compared, never loaded)
         self.max_body = max_body
+        self.max_queue = max_queue
         self.worker = ModelThread()
         self.stats = Counter()
-        self._stats_lock = threading.Lock()
+        self.waiting = 0  # admitted jobs not yet started
+        self.typical = 1.0  # seconds per request, a moving average (for Retry-After)
+        self._lock = threading.Lock()
 
     def count(self, key, step=1):
-        with self._stats_lock:
+        with self._lock:
             self.stats[key] += step
 
     def close(self, grace=10):
@@ -131,6 +181,11 @@ class Service:
         deadline = time.monotonic() + grace
         while self.stats["inflight"] > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
+
+    def health(self):
+        counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
+        return {"status": "ok", "model": self.agent.name, "loaded": self.worker.thread.is_alive(),
+                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue, **counters}
 
     def model_card(self):
         return {"id": self.agent.name, "object": "model", "created": 0, "owned_by": "mlx-ttsi"}
@@ -162,42 +217,75 @@ class Service:
         tools = _choose_tools(tools, body.get("tool_choice"))
         options.update(_ttsi_options(body.get("ttsi")))
         stream_options = body.get("stream_options") or {}
-        return {"messages": messages, "tools": tools, "options": options, "stream": bool(body.get("stream")),
-                "usage_chunk": isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))}
+        return ChatRequest(messages, tools, options, bool(body.get("stream")),
+                           isinstance(stream_options, dict) and bool(stream_options.get("include_usage")))
 
-    def submit(self, request, alive):
-        """Queue a parsed request for the model thread; returns a Future of the response dict."""
-        self.count("received")
-        return self.worker.submit(self._answer, request, alive, time.perf_counter())
+    def submit(self, request, sock):
+        """Admit a request to the model thread's queue (503 when `max_queue` already wait); its Job."""
+        job = Job(request, sock)
+        with self._lock:
+            if self.waiting >= self.max_queue:
+                self.stats["rejected"] += 1
+                wait = math.ceil(min(600, self.typical * (self.waiting + 1)))
+                raise APIError(503, f"the server is busy: {self.waiting} requests are already waiting; retry later",
+                               "server_busy", retry_after=max(1, wait))
+            self.waiting += 1
+            self.stats["received"] += 1
+        job.future = self.worker.submit(self._answer, job)
+        job.future.add_done_callback(partial(self._finished, job))
+        return job
 
-    def _answer(self, request, alive, received):
+    def _finished(self, job, future):
+        """The job's last event: its response, or the error that ended it (also when it never ran)."""
+        if future.cancelled():  # dropped while waiting: its client went, or the server is stopping
+            with self._lock:
+                self.waiting -= 1
+                self.stats["cancelled" if job.gone else "failed"] += 1
+            job.events.put(("error", CancelledError()))
+        elif future.exception() is not None:
+            job.events.put(("error", future.exception()))
+        else:
+            job.events.put(("done", future.result()))
+
+    def _answer(self, job):
         """Runs on the model thread: every use of the model happens here, one request at a time."""
+        started = time.perf_counter()
+        with self._lock:
+            self.waiting -= 1
         try:
-            response = self._run(request, alive, received)
-        except ClientGone:
+            if job.cancelled():
+                raise Cancelled("the client went away before its turn")
+            response = self._run(job, started)
+        except Cancelled:
             self.count("cancelled")
+            self._reset_adapter()
             raise
         except Exception:
             self.count("failed")
             raise
-        self.count("answered")
+        with self._lock:
+            self.stats["answered"] += 1
+            self.typical = 0.7 * self.typical + 0.3 * (time.perf_counter() - started)
         return response
 
-    def _run(self, request, alive, received):
-        if not alive():
-            raise ClientGone("before its turn")
-        queued = time.perf_counter() - received
+    def _reset_adapter(self):
+        """Workaround: a training step cancelled mid-way leaves the LoRA attached (Adapter.train marks
+        it trained only after fit, so ask's reset skips it); the next request must see the base model."""
+        adapter = self.agent.adapter
+        if not adapter.is_reset():
+            adapter.reset()
 
-        def check(phase, seconds, detail=""):  # called by the agent after each phase
-            if not alive():
-                raise ClientGone(f"after {phase}")
-
-        agent, options = self.agent, dict(request["options"])
-        tools = parse_tools(request["tools"]) if request["tools"] else []
-        started = time.perf_counter()
+    def _run(self, job, started):
+        """Ask the agent, telling a stream's job each phase and answer piece as it happens."""
+        request, agent, options = job.request, self.agent, dict(job.request.options)
+        queued = started - job.received
+        heard = {"progress": partial(_tell, job, "progress"), "on_piece": partial(_tell, job, "piece")} \
+            if request.stream else {}
+        tools = parse_tools(request.tools) if request.tools else []
         recall, reuse = self._recall(request, tools, options)
-        answer = agent.ask(messages=request["messages"], tools=tools or None, progress=check, adapter_weights=reuse,
-                           keep_adapter=recall.get("memory") == "miss", **options)
+        answer = agent.ask(messages=request.messages, tools=tools or None, adapter_weights=reuse,
+                           keep_adapter=recall.get("memory") == "miss", cancelled=job.cancelled, **heard,
+                           **options)
         clock = time.perf_counter()
         key, vector = recall.pop("key", None), recall.pop("vector", None)
         if answer.reused:
@@ -220,7 +308,7 @@ class Service:
         if self.memory is None or not tools or mode in ("base", "ticl"):
             return {}, None
         started = time.perf_counter()
-        text = last_user_text(normalize_messages(request["messages"]))
+        text = last_user_text(normalize_messages(request.messages))
         vector = self.agent.embed(text)
         key = tools_key(tools)
         hit = self.memory.lookup(key, vector)
@@ -229,8 +317,6 @@ class Service:
             recall["similarity"] = hit[2]
         recall["memory_seconds"] = time.perf_counter() - started
         return recall, hit[1] if hit else None
-
-
 def _number(value, name, low=None, high=None, integer=False):
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
@@ -296,47 +382,123 @@ def _completion(agent, answer, usage, timings, recall, options):
             "usage": usage, "ttsi": ttsi}
 
 
-def stream_chunks(response, usage_chunk=False):
-    """A full response as OpenAI's chunk sequence: role, tool-call or content deltas, finish, usage."""
-    base = {k: response[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    choice = response["choices"][0]
-    message = choice["message"]
+def _tell(job, kind, *payload):
+    """From the model thread to the job's connection thread."""
+    job.events.put((kind, payload))
 
-    def chunk(delta, finish=None, **extra):
-        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
 
-    yield chunk({"role": "assistant", "content": None if message.get("tool_calls") else ""})
-    for index, call in enumerate(message.get("tool_calls") or []):
-        function = call["function"]
-        yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                     "function": {"name": function["name"], "arguments": ""}}]})
-        for piece in _pieces(function["arguments"]):
-            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    for piece in _pieces(message.get("content") or ""):
-        yield chunk({"content": piece})
-    yield chunk({}, choice["finish_reason"], ttsi=response["ttsi"])
-    if usage_chunk:
-        yield {**base, "choices": [], "usage": response["usage"]}
+class Stream:
+    """One streamed answer as SSE text: a comment per phase as it ends, then OpenAI chunks made from
+    the answer's pieces as they are decoded, the finish chunk, usage, and [DONE]."""
+
+    def __init__(self, model, usage_chunk=False):
+        self.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model}
+        self.usage_chunk = usage_chunk
+        self.began = False  # the role delta is sent
+        self.call = -1  # index of the tool call being streamed
+        self.text = Trim()
+
+    def event(self, kind, payload):
+        """The SSE lines for one event from the model thread."""
+        if kind == "progress":
+            return [progress_comment(*payload)]
+        kind, text = payload
+        lines = [] if self.began else [self._data({"role": "assistant", "content": "" if kind == "content" else None})]
+        self.began = True
+        if kind == "content":
+            text = self.text.piece(text)
+            return lines + ([self._data({"content": text})] if text else [])
+        if kind == "call":
+            self.call += 1
+            return lines + [self._data({"tool_calls": [{
+                "index": self.call, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": text, "arguments": ""}}]})]
+        return lines + [self._data({"tool_calls": [{"index": self.call, "function": {"arguments": text}}]})]
+
+    def finish(self, response):
+        """The last lines: the answer replayed if the agent streamed none of it, finish, usage, [DONE]."""
+        lines = [] if self.began else self._replay(response["choices"][0]["message"])
+        lines.append(self._data({}, response["choices"][0]["finish_reason"], ttsi=response["ttsi"]))
+        if self.usage_chunk:
+            lines.append(_sse({**self.base, "choices": [], "usage": response["usage"]}))
+        return lines + ["data: [DONE]\n\n"]
+
+    def _replay(self, message):
+        calls = message.get("tool_calls") or []
+        pieces = [piece for call in calls for piece in [("call", call["function"]["name"])]
+                  + [("arguments", text) for text in _pieces(call["function"]["arguments"])]]
+        if not calls:
+            pieces = [("content", text) for text in _pieces(message.get("content") or "")] or [("content", "")]
+        return [line for piece in pieces for line in self.event("piece", piece)]
+
+    def _data(self, delta, finish=None, **extra):
+        return _sse({**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                               "logprobs": None}], **extra})
+
+
+class Trim:
+    """Text pieces as they come, less the whitespace around the whole (the answer is stripped)."""
+
+    def __init__(self):
+        self.began, self.held = False, ""
+
+    def piece(self, text):
+        if not self.began:
+            text = text.lstrip()
+            self.began = bool(text)
+        text = self.held + text
+        kept = text.rstrip()
+        self.held = text[len(kept):]  # trailing whitespace waits for what follows it
+        return kept
+
+
+def progress_comment(phase, seconds, detail=""):
+    """`: scoring 0.27s name margin 0.941` (a timed phase) or `: gate u 0.312 (uncertain)` (a word)."""
+    words = [phase] + ([] if phase in WORDS else [f"{seconds:.2f}s"]) + ([str(detail)] if detail else [])
+    return ": " + " ".join(words).replace("\r", " ").replace("\n", " ") + "\n\n"
+
+
+def error_event(error):
+    return _sse(error.body()) + "data: [DONE]\n\n"
+
+
+def _sse(data):
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def _pieces(text):
     return [text[i : i + PIECE] for i in range(0, len(text), PIECE)]
 
 
+def _api_error(error):
+    """What a client is told when its request failed on the model thread (None: it is gone)."""
+    if isinstance(error, Cancelled):
+        return None
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, TTSIError):  # the agent refused the request (bad tools, messages, length ...)
+        return APIError(error.status, str(error))
+    if isinstance(error, CancelledError):
+        return APIError(503, "the server is shutting down")
+    traceback.print_exception(error, file=sys.stderr)
+    return APIError(500, "internal server error")
+
+
 class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every response has a Content-Length or is chunked
     server_version = "mlx-ttsi"
-    timeout = 60  # seconds a client may take to send its request (and to read the answer)
+    timeout = 60  # seconds a client may take to send its request, to read the answer, or idle between requests
 
     @property
     def service(self):
         return self.server.service
 
     def do_GET(self):
+        self.unread = False  # a GET's body, if any, is not read
         path = self.path.split("?")[0].rstrip("/")
         if path == "/health":
-            stats = {k: self.service.stats[k] for k in ("received", "answered", "cancelled", "failed")}
-            waiting = stats["received"] - stats["answered"] - stats["cancelled"] - stats["failed"]
-            return self._json(200, {"status": "ok", "waiting": waiting, **stats})
+            return self._json(200, self.service.health())
         if not self._authorized():
             return
         if path == "/v1/models":
@@ -347,6 +509,7 @@ class Handler(BaseHTTPRequestHandler):
         self._error(APIError(404, f"no such endpoint or model: GET {path}", code))
 
     def do_POST(self):
+        self.unread = True  # the body is still on the socket: an error now must close the connection
         self.service.count("inflight")
         try:
             self._post()
@@ -354,37 +517,89 @@ class Handler(BaseHTTPRequestHandler):
             self.service.count("inflight", -1)
 
     def _post(self):
+        """Check the request, admit it, then wait for its answer (or stream it) while the client stays."""
         path = self.path.split("?")[0].rstrip("/")
         if path != "/v1/chat/completions":
             return self._error(APIError(404, f"no such endpoint: POST {path}", "not_found"))
         if not self._authorized():
             return
         try:
-            request = self.service.parse(self._read_json())
-            future = self.service.submit(request, lambda: connected(self.connection))
-            response = future.result()
+            job = self.service.submit(self.service.parse(self._read_json()), self.connection)
         except APIError as error:
             return self._error(error)
-        except TTSIError as error:  # the agent refused the request (bad tools, messages, length ...)
-            return self._error(APIError(error.status, str(error)))
-        except ClientGone as gone:
-            self.log_message("client went away, request dropped (%s)", gone)
-            self.close_connection = True
-            return
-        except CancelledError:
-            return self._error(APIError(503, "the server is shutting down"))
-        except Exception:
-            traceback.print_exc(file=sys.stderr)
-            return self._error(APIError(500, "internal server error"))
         try:
-            if request["stream"]:
-                self._stream(response, request["usage_chunk"])
+            self._respond(job)
+        except OSError:  # a write failed (reset, broken pipe, timeout): the client is gone
+            self.close_connection = True
+            self.log_message("client went away while its answer was being sent")
+        finally:
+            if not job.future.done():
+                job.abandon()  # nobody waits for it any more: free the model
+
+    def _respond(self, job):
+        """Relay the job's events: a plain request gets its JSON at the end, a stream each event as it comes."""
+        stream = Stream(self.service.agent.name, job.request.usage_chunk) if job.request.stream else None
+        self.streaming = False  # the 200 and SSE headers are sent
+        for kind, payload in self._events(job):
+            if kind == "error":
+                return self._failed(None if job.gone else _api_error(payload))
+            if kind == "done" and stream is None:
+                return self._json(200, payload)
+            if stream is not None:
+                self._send(stream.finish(payload) if kind == "done" else stream.event(kind, payload))
+                if kind == "done":
+                    return self._end_stream()
+
+    def _events(self, job):
+        """The job's events as the model thread sends them; stops early if the client goes away."""
+        while True:
+            try:
+                kind, payload = job.events.get(timeout=POLL)
+            except queue.Empty:
+                if not connected(self.connection):
+                    job.abandon()
+                    self.close_connection = True
+                    self.log_message("client went away, request dropped")
+                    return
+                continue
+            yield kind, payload
+            if kind in ("done", "error"):
+                return
+
+    def _failed(self, error):
+        """An error after admission: a status if nothing was sent yet, else an SSE error object then [DONE]."""
+        if error is None:  # cancelled: its client is gone
+            self.close_connection = True
+        elif self.streaming:
+            self._send([error_event(error)])
+            self._end_stream()
+        else:
+            self._error(error)
+
+    def _send(self, lines):
+        """SSE text to the client, after the 200 and event-stream headers if they are not out yet."""
+        if not self.streaming:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.chunked = self.request_version == "HTTP/1.1"
+            if self.chunked:
+                self.send_header("Transfer-Encoding", "chunked")  # the connection can stay open after
             else:
-                self._json(200, response)
-        except (BrokenPipeError, ConnectionResetError):
-            self.log_message("client went away before the answer was sent")
+                self.send_header("Connection", "close")  # HTTP/1.0 has no chunks: the end is the close
+                self.close_connection = True
+            self.end_headers()
+            self.streaming = True
+        data = "".join(lines).encode()
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+
+    def _end_stream(self):
+        if self.chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _not_allowed(self):
+        self.unread = True
         self._error(APIError(405, f"method {self.command} is not allowed", "method_not_allowed"))
 
     do_PUT = do_DELETE = do_PATCH = _not_allowed
@@ -407,13 +622,13 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, AssertionError):
             raise APIError(411, "a Content-Length header is required") from None
         if length > self.service.max_body:
-            self.close_connection = True
             self._discard(length)
             raise APIError(413, f"the request body is over {self.service.max_body} bytes", "request_too_large")
         try:
             data = self.rfile.read(length)
         except OSError:
             raise APIError(408, "timed out reading the request body") from None
+        self.unread = len(data) < length
         try:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as error:
@@ -436,29 +651,26 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if getattr(self, "unread", False):  # a body left unread would be taken for the next request
+            self.close_connection = True
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
     def _error(self, error, headers=None):
+        if error.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(error.retry_after)}
         try:
             self._json(error.status, error.body(), headers)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def _stream(self, response, usage_chunk):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        for chunk in stream_chunks(response, usage_chunk):
-            self.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-        self.wfile.write(b"data: [DONE]\n\n")
+        except OSError:
+            self.close_connection = True
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (bad request line, headers too long) in the OpenAI shape too."""
         self.close_connection = True
+        self.unread = True
         self._error(APIError(code, message or HTTPStatus(code).phrase))
 
     def log_message(self, format, *args):
@@ -489,9 +701,10 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(agent, host="127.0.0.1", port=8080, api_key=None, memory=None, names=(), max_body=MAX_BODY,
-                quiet=False):
-    """A bound server (port 0 picks a free one; see `.url`); run it with `.serve_forever()`."""
-    service = Service(agent, api_key=api_key, memory=memory, names=names, max_body=max_body)
+                max_queue=MAX_QUEUE, quiet=False):
+    """A bound server (port 0 picks a free one; see `.url`); run it with `.serve_forever()`.
+    `max_queue`: requests that may wait for the model; more get 503 with Retry-After."""
+    service = Service(agent, api_key=api_key, memory=memory, names=names, max_body=max_body, max_queue=max_queue)
     try:
         return Server((host, port), service, quiet)
     except BaseException:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -291,7 +292,7 @@ def test_client_that_disconnects_mid_adaptation_stops_it(server, client, agent, 
 def test_serve_command_starts_and_stops(tiny_model_dir):
     process = subprocess.Popen(
         [sys.executable, "-m", "mlx_ttsi", "serve", "--model", str(tiny_model_dir), "--port", "0",
-         "--precision", "float32", "--api-key", KEY, "--memory"],
+         "--precision", "float32", "--api-key", KEY, "--memory", "--max-queue", "4"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -305,6 +306,8 @@ def test_serve_command_starts_and_stops(tiny_model_dir):
         completion = client.chat.completions.create(model=tiny_model_dir.name, messages=ASK, tools=TOOLS,
                                                     extra_body=BASE)
         assert completion.choices[0].finish_reason == "tool_calls"
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=60) as response:
+            assert json.load(response)["max_queue"] == 4
     finally:
         process.send_signal(signal.SIGTERM)  # shuts down like Ctrl-C
         _, err = process.communicate(timeout=60)
@@ -315,3 +318,217 @@ def test_serve_command_starts_and_stops(tiny_model_dir):
 def test_server_requests_never_carry_training_examples(client, name, train_on_seen):
     client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "ttsi"}})
     assert train_on_seen == [None]
+
+
+# HTTP/1.1, live streaming, the bounded queue and cancellation
+
+
+def post_body(body):
+    return json.dumps(body).encode(), {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+
+def read_sse(response):
+    """The lines of an SSE response as they arrive (comments included), up to [DONE]."""
+    while line := response.readline():
+        line = line.decode().rstrip("\r\n")
+        if line:
+            yield line
+        if line == "data: [DONE]":
+            return
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server, name):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    seen = []
+    for method, path, body in [("GET", "/health", None),
+                               ("POST", "/v1/chat/completions", {"model": name, "messages": ASK, "tools": TOOLS, **BASE}),
+                               ("POST", "/v1/chat/completions", {"messages": ASK, "tools": TOOLS, "stream": True, **BASE}),
+                               ("POST", "/v1/chat/completions", b"{not json"),
+                               ("GET", "/v1/models", None)]:
+        data, headers = post_body(body) if isinstance(body, dict) else (body, post_body(None)[1])
+        connection.request(method, path, data, headers)
+        response = connection.getresponse()
+        text = response.read()
+        assert not response.will_close, (path, response.headers)
+        seen.append((response.status, connection.sock.getsockname()))
+        if isinstance(body, dict) and body.get("stream"):
+            assert response.headers["Transfer-Encoding"] == "chunked" and text.endswith(b"data: [DONE]\n\n")
+    connection.close()
+    assert [status for status, _ in seen] == [200, 200, 200, 400, 200]
+    assert len({address for _, address in seen}) == 1  # one connection, not one per request
+
+
+def test_an_error_before_the_body_is_read_closes_the_connection(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request("POST", "/v1/chat/completions", json.dumps({"messages": ASK}).encode(),
+                       {"Authorization": "Bearer wrong"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 401 and response.will_close  # the unread body must not be taken for a request
+    connection.close()
+
+
+def test_progress_comments_arrive_while_the_request_is_still_training(server, agent, monkeypatch):
+    training, release = threading.Event(), threading.Event()
+    train = agent.adapter.train
+
+    def held_train(*args, **kwargs):
+        training.set()
+        release.wait(30)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(agent.adapter, "train", held_train)
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request("POST", "/v1/chat/completions",
+                       *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
+    response = connection.getresponse()
+    assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
+    lines = read_sse(response)
+    early = []
+    for line in lines:  # these arrive while training is held: they were sent as each phase ended
+        early.append(line)
+        if line.startswith(": synthesis"):
+            break
+    assert training.wait(30) and not release.is_set()  # training is held: nothing of the answer exists yet
+    assert [line.split()[1] for line in early] == ["scoring", "decoding", "labelling", "synthesis"]
+    assert early[0].startswith(": scoring ") and early[0].split()[2].endswith("s")  # `: scoring 0.12s name margin 0.988`
+    release.set()
+    rest = list(lines)
+    connection.close()
+    assert rest[0].startswith(": training") and rest[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1]["ttsi"]["adapted"] is True
+
+
+def test_streamed_arguments_are_the_final_arguments_in_pieces(client, name):
+    kwargs = dict(model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "ttsi"}})
+    plain = client.chat.completions.create(**kwargs)
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+    calls = [call for delta in deltas for call in delta.tool_calls or []]
+    first = calls[0]  # OpenAI's shape: index, id, type, name and empty arguments, then argument deltas
+    assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
+    assert first.function.name == plain.choices[0].message.tool_calls[0].function.name
+    assert first.function.arguments == ""
+    pieces = [call.function.arguments for call in calls[1:]]
+    assert len(pieces) > 2 and all(call.id is None and call.function.name is None for call in calls[1:])
+    final = plain.choices[0].message.tool_calls[0].function.arguments
+    assert json.loads("".join(pieces)) == json.loads(final)
+
+
+def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, monkeypatch, name):
+    from mlx_ttsi.errors import TeacherError
+
+    def unreachable(*args, **kwargs):
+        raise TeacherError("the teacher could not be reached")
+
+    monkeypatch.setattr(agent, "_adapt", unreachable)  # fails after scoring's progress went out
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request("POST", "/v1/chat/completions",
+                       *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
+    response = connection.getresponse()
+    lines = list(read_sse(response))
+    assert response.status == 200 and lines[0].startswith(": scoring")
+    error = json.loads(lines[-2][6:])["error"]
+    assert lines[-1] == "data: [DONE]" and error["message"] == "the teacher could not be reached"
+    assert error["type"] == "server_error"
+    connection.close()
+    with pytest.raises(openai.APIError, match="teacher could not be reached"):
+        list(client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, stream=True,
+                                            extra_body={"ttsi": {"mode": "ttsi"}}))
+
+
+@pytest.fixture(scope="module")
+def slow_agent(tiny_model_dir):
+    """A second agent whose training runs long (100 epochs), for the queue and cancellation."""
+    return Agent.load(str(tiny_model_dir), precision="float32",
+                      settings=Settings(lora=LoRASettings(epochs=100, learning_rate=1e-2)))
+
+
+@pytest.fixture(scope="module")
+def small(slow_agent):
+    """A server that lets two requests wait."""
+    server = start(slow_agent, api_key=KEY, max_queue=2)
+    yield server
+    stop(server)
+
+
+def health(server):
+    return raw(server, "GET", "/health")[1]
+
+
+def test_beyond_max_queue_requests_get_503_with_retry_after(small):
+    client = openai.OpenAI(base_url=small.url, api_key=KEY, max_retries=0, timeout=60)
+    release = threading.Event()
+    small.service.worker.submit(release.wait)  # the model thread is busy
+    results = []
+    waiting = [threading.Thread(target=lambda: results.append(
+        client.chat.completions.create(model="", messages=ASK, tools=TOOLS, extra_body=BASE))) for _ in range(2)]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: health(small)["waiting"] == 2)
+    rejected = health(small)["rejected"]
+    connection = http.client.HTTPConnection(*small.server_address[:2], timeout=60)
+    connection.request("POST", "/v1/chat/completions", *post_body({"messages": ASK, "tools": TOOLS, **BASE}))
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    assert response.status == 503 and int(response.headers["Retry-After"]) >= 1
+    assert error["code"] == "server_busy" and error["type"] == "server_error"
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(messages=ASK, tools=TOOLS, model="", extra_body=BASE)
+    state = health(small)
+    assert state["busy"] is True and state["waiting"] == 2 and state["rejected"] == rejected + 2
+    release.set()
+    for thread in waiting:
+        thread.join(60)
+    assert len(results) == 2 and all(r.choices[0].finish_reason == "tool_calls" for r in results)
+    wait_for(lambda: not health(small)["busy"])
+
+
+def test_a_client_gone_mid_training_frees_the_model_at_once(small, slow_agent, monkeypatch, capfd):
+    client = openai.OpenAI(base_url=small.url, api_key=KEY, max_retries=0, timeout=60)
+    before = fingerprint(base_request(client, slow_agent.name))
+    train = slow_agent.adapter.train
+    monkeypatch.setattr(slow_agent.adapter, "train",  # five times the examples: about half a minute of training
+                        lambda examples, *args, **kwargs: train(examples * 5, *args, **kwargs))
+    cancelled = small.service.stats["cancelled"]
+    connection = http.client.HTTPConnection(*small.server_address[:2], timeout=60)
+    connection.request("POST", "/v1/chat/completions",
+                       *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
+    for line in read_sse(connection.getresponse()):
+        if line.startswith(": synthesis"):  # training has started
+            break
+    time.sleep(0.5)
+    connection.sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+    gone = time.perf_counter()
+    after = base_request(client, slow_agent.name)
+    assert after.model_extra["ttsi"]["timings"]["queue"] < 5  # started within seconds, not after the training
+    assert time.perf_counter() - gone < 10
+    assert fingerprint(after) == before  # and unharmed by the abandoned LoRA
+    assert small.service.stats["cancelled"] == cancelled + 1
+    state = health(small)
+    assert state["busy"] is False and state["waiting"] == 0 and state["loaded"] is True
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_health_reports_the_model_the_queue_and_the_counters(small, slow_agent):
+    state = health(small)
+    assert state["status"] == "ok" and state["model"] == slow_agent.name and state["loaded"] is True
+    assert state["max_queue"] == 2 and state["waiting"] == 0 and state["busy"] is False
+    assert {"received", "answered", "cancelled", "failed", "rejected"} <= set(state)
+    release = threading.Event()
+    small.service.worker.submit(release.wait)
+    wait_for(lambda: health(small)["busy"])
+    release.set()
+    wait_for(lambda: not health(small)["busy"])
+
+
+def test_a_stream_the_agent_refuses_gets_a_status_not_a_200(server):
+    long = [{"role": "user", "content": "What is the weather in Paris? " * 2000}]  # beyond the context
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request("POST", "/v1/chat/completions", *post_body({"messages": long, "tools": TOOLS, "stream": True}))
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    assert response.status == 400 and "context" in error["message"]
+    connection.close()
