@@ -26,7 +26,7 @@ from .decoding import CallDecoder, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
 from .grounding import better_tool, context_text, label_calls, twins
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
-from .settings import Settings
+from .settings import LORA_FIELDS, Settings
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
 from .uncertainty import estimate
@@ -263,11 +263,10 @@ class Agent:
                     self.adapter.reset()
 
     def _settings(self, overrides):
-        lora = overrides.pop("lora", None)
-        settings = replace(self.settings, **overrides)
-        if lora is not None:
-            settings.lora = lora
-        return settings.check()
+        """This request's settings: the agent's, with any Settings or LoRA field overridden."""
+        lora = overrides.pop("lora", None) or self.settings.lora
+        lora = replace(lora, **{k: overrides.pop(k) for k in LORA_FIELDS if k in overrides})
+        return replace(self.settings, lora=lora, **overrides).check()
 
     def _text_answer(self, request, clock):
         settings = request.settings
