@@ -116,10 +116,20 @@ class Group(click.Group):
             raise click.Abort() from None
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlx-ttsi")
-def cli():
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning",
+              show_default=True, envvar="MLX_TTSI_LOG_LEVEL",
+              help="Log messages of this level and above to stderr (debug: every phase and its timing).")
+def cli(log_level):
     """LLM agents that improve themselves at test time, on MLX."""
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
 
 
 @cli.command()

@@ -368,6 +368,7 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.launch
 def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data, tmp_path):
     launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
     if launcher is None:
