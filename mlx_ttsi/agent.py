@@ -212,7 +212,7 @@ class Agent:
             prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": "A"}], tools, self.fmt)
             decoder, prefix = self._context(prompt, tools)
             decoder.score_after(prompt, ["A"])
-            self._keep_prefix(decoder, prefix, prompt)
+            self._keep_prefix(decoder, prefix)
 
     def teacher(self):
         if self.teacher_spec is None:
@@ -293,7 +293,7 @@ class Agent:
         prompt = render_prompt(self.loaded.tokenizer, request.messages, tools, self.fmt)
         decoder, prefix = self._context(prompt, tools, settings, request.cancelled)
         names, name_choice = self._score(decoder, prompt, tools, settings)
-        prefix = self._keep_prefix(decoder, prefix, prompt)
+        prefix = self._keep_prefix(decoder, prefix)
         clock.lap("scoring", f"name margin {names.score:.3f}")
         base = decoder.decode(prompt, tools, name_choice, request.on_piece if plan.stream_base else None)
         clock.lap("decoding")
@@ -326,10 +326,10 @@ class Agent:
             state.seed(prefix.ids, prefix.arrays)
         return CallDecoder(state, self.fmt, **self._decoder_options(settings)), prefix or Prefix(ids, None)
 
-    def _keep_prefix(self, decoder, prefix, prompt):
+    def _keep_prefix(self, decoder, prefix):
         """The prefix with its KV arrays (a copy, computed by the base model while scoring), cached."""
         if prefix.arrays is None:
-            prefix = Prefix(prefix.ids, decoder.state.prefix_arrays(len(prefix), copy=True))
+            prefix = Prefix(prefix.ids, decoder.kv_prefix(len(prefix)))
             self.prefixes.put(prefix)
         return prefix
 
