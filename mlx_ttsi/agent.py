@@ -24,7 +24,7 @@ from .adaptation import Adapter
 from .context import ContextState
 from .decoding import CallDecoder, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .grounding import better_tool, context_text, label_calls, twins
+from .grounding import better_tool, calls_made, context_text, label_calls, twins
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
 from .settings import LORA_FIELDS, Settings
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
@@ -365,7 +365,7 @@ class Agent:
         runner_up = next(c["name"] for c in names.candidates if c["name"] != base.calls[0]["name"])
         forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
         rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
-        return better_tool(label, rival, tools, context)
+        return better_tool(label, rival, tools, context, calls_made(messages))
 
     def _adapt(self, request, prompt, prefix, uncertainty, label, clock):
         """The stored adapter installed, or examples synthesized and then trained on (or, for
