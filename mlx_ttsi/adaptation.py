@@ -238,9 +238,9 @@ class Adapter:
             {"name": "cosine_decay", "arguments": [s.learning_rate, iters], "warmup": int(s.warmup * iters)}
         )
         self.attach()
+        self.trained = True  # from the first step on: a cancelled training still needs a reset
         started = time.perf_counter()
         mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled)
-        self.trained = True
         return {
             "steps": iters,
             "examples": len(examples),

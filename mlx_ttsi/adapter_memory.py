@@ -14,8 +14,8 @@ read is skipped with a warning on stderr.
 import base64
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -32,9 +32,11 @@ SIZE = 32  # entries; one SmolLM2-135M adapter (rank 8, all layers) is about 10 
 EMBED_TOKENS = 512  # the request's first tokens are enough to recognise it
 STALE_SECONDS = 3600  # unreferenced files older than this are left-overs of a crash
 
+log = logging.getLogger(__name__)
+
 
 def warn(message):
-    print(f"warning: adapter memory: {message}", file=sys.stderr, flush=True)
+    log.warning("adapter memory: %s", message)
 
 
 def tools_key(tools):

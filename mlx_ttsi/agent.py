@@ -24,9 +24,9 @@ from .adaptation import Adapter
 from .context import ContextState
 from .decoding import CallDecoder, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .grounding import better_tool, context_text, label_calls, twins
+from .grounding import better_tool, calls_made, context_text, label_calls, twins
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
-from .settings import Settings
+from .settings import LORA_FIELDS, Settings
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
 from .uncertainty import estimate
@@ -212,7 +212,7 @@ class Agent:
             prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": "A"}], tools, self.fmt)
             decoder, prefix = self._context(prompt, tools)
             decoder.score_after(prompt, ["A"])
-            self._keep_prefix(decoder, prefix, prompt)
+            self._keep_prefix(decoder, prefix)
 
     def teacher(self):
         if self.teacher_spec is None:
@@ -263,11 +263,10 @@ class Agent:
                     self.adapter.reset()
 
     def _settings(self, overrides):
-        lora = overrides.pop("lora", None)
-        settings = replace(self.settings, **overrides)
-        if lora is not None:
-            settings.lora = lora
-        return settings.check()
+        """This request's settings: the agent's, with any Settings or LoRA field overridden."""
+        lora = overrides.pop("lora", None) or self.settings.lora
+        lora = replace(lora, **{k: overrides.pop(k) for k in LORA_FIELDS if k in overrides})
+        return replace(self.settings, lora=lora, **overrides).check()
 
     def _text_answer(self, request, clock):
         settings = request.settings
@@ -294,7 +293,7 @@ class Agent:
         prompt = render_prompt(self.loaded.tokenizer, request.messages, tools, self.fmt)
         decoder, prefix = self._context(prompt, tools, settings, request.cancelled)
         names, name_choice = self._score(decoder, prompt, tools, settings)
-        prefix = self._keep_prefix(decoder, prefix, prompt)
+        prefix = self._keep_prefix(decoder, prefix)
         clock.lap("scoring", f"name margin {names.score:.3f}")
         base = decoder.decode(prompt, tools, name_choice, request.on_piece if plan.stream_base else None)
         clock.lap("decoding")
@@ -327,10 +326,10 @@ class Agent:
             state.seed(prefix.ids, prefix.arrays)
         return CallDecoder(state, self.fmt, **self._decoder_options(settings)), prefix or Prefix(ids, None)
 
-    def _keep_prefix(self, decoder, prefix, prompt):
+    def _keep_prefix(self, decoder, prefix):
         """The prefix with its KV arrays (a copy, computed by the base model while scoring), cached."""
         if prefix.arrays is None:
-            prefix = Prefix(prefix.ids, decoder.state.prefix_arrays(len(prefix), copy=True))
+            prefix = Prefix(prefix.ids, decoder.kv_prefix(len(prefix)))
             self.prefixes.put(prefix)
         return prefix
 
@@ -366,7 +365,7 @@ class Agent:
         runner_up = next(c["name"] for c in names.candidates if c["name"] != base.calls[0]["name"])
         forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
         rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
-        return better_tool(label, rival, tools, context)
+        return better_tool(label, rival, tools, context, calls_made(messages))
 
     def _adapt(self, request, prompt, prefix, uncertainty, label, clock):
         """The stored adapter installed, or examples synthesized and then trained on (or, for

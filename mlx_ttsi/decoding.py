@@ -111,6 +111,10 @@ class CallDecoder:
     def _start(self, text, on_piece=None):
         self.text, self.choices, self.on_piece = text, [], on_piece
 
+    def kv_prefix(self, n):
+        """A copy of the context's KV arrays for its first n tokens (see ContextState.prefix_arrays)."""
+        return self.state.prefix_arrays(n, copy=True)
+
     def restart(self, n):
         """Forget everything in the context after its first n tokens (the weights changed)."""
         self.state.truncate(n)
