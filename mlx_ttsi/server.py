@@ -256,9 +256,8 @@ class Service:
             if job.cancelled():
                 raise Cancelled("the client went away before its turn")
             response = self._run(job, started)
-        except Cancelled:
+        except Cancelled:  # the agent has reset its LoRA
             self.count("cancelled")
-            self._reset_adapter()
             raise
         except Exception:
             self.count("failed")
@@ -267,13 +266,6 @@ class Service:
             self.stats["answered"] += 1
             self.typical = 0.7 * self.typical + 0.3 * (time.perf_counter() - started)
         return response
-
-    def _reset_adapter(self):
-        """Workaround: a training step cancelled mid-way leaves the LoRA attached (Adapter.train marks
-        it trained only after fit, so ask's reset skips it); the next request must see the base model."""
-        adapter = self.agent.adapter
-        if not adapter.is_reset():
-            adapter.reset()
 
     def _run(self, job, started):
         """Ask the agent, telling a stream's job each phase and answer piece as it happens."""
