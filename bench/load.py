@@ -2,11 +2,12 @@
 
     python bench/load.py                       # starts the server in-process on the embedded model
     python bench/load.py --url http://127.0.0.1:8080/v1 --api-key KEY
-    python bench/load.py --clients 8 --base 16 --ttsi 4 --max-queue 2 --json runs/load.json
+    python bench/load.py --clients 4 --base 16 --ttsi 4 --max-queue 4 --json runs/load.json
 
 Phases, each measured in the same run on the same server:
 1. throughput: base requests (ttsi.mode "base", never adapt) then TT-SI requests (mode "ttsi": score,
-   synthesize, train a LoRA, answer, reset) from `--clients` concurrent clients; latency includes queueing;
+   synthesize, train a LoRA, answer, reset) from `--clients` concurrent clients (at most max-queue, so
+   none is refused); latency includes queueing;
 2. streaming: `--stream` TT-SI requests with "stream": true, one at a time: time to the first byte
    (the first progress comment) and to the first answer delta, against time to the complete answer;
 3. overload: 4 x max-queue clients send TT-SI requests at once: how many get 503, and whether every
@@ -232,7 +233,7 @@ def main():
     parser.add_argument("--model", default="smollm2-135m", help="model for the in-process server")
     parser.add_argument("--epochs", type=int, default=5, help="LoRA epochs of the in-process server")
     parser.add_argument("--max-queue", type=int, default=2, help="the in-process server's --max-queue")
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=2, help="concurrent clients of phase 1 (at most max-queue)")
     parser.add_argument("--base", type=int, default=8, help="base requests")
     parser.add_argument("--ttsi", type=int, default=2, help="TT-SI requests")
     parser.add_argument("--stream", type=int, default=3, help="streamed TT-SI requests (time to first byte)")
@@ -251,7 +252,8 @@ def main():
     try:
         max_queue = get(url, "/health")["max_queue"]
         warm, _ = post(url, body(QUERIES[0], "base", model), args.api_key)
-        rows = [throughput(url, args.api_key, kind, count, args.clients, model)
+        clients = min(args.clients, max_queue)  # more could be refused (503): that is phase 3
+        rows = [throughput(url, args.api_key, kind, count, clients, model)
                 for kind, count in (("base", args.base), ("ttsi", args.ttsi)) if count > 0]
         stream = streaming(url, args.api_key, args.stream, model) if args.stream else None
         over = overload(url, args.api_key, 4 * max_queue, model)
