@@ -124,6 +124,8 @@ class Agent:
         with self.lock:
             try:
                 if not tools:
+                    if adapter is not None:  # a saved adapter (--adapter-path) writes text answers too
+                        self.adapter.load(adapter)
                     return self._text_answer(messages, settings, report)
                 return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter, save_adapter,
                                          train_on)

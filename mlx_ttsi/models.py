@@ -93,12 +93,18 @@ def on_cpu():
     return not mx.metal.is_available() and not (hasattr(mx, "cuda") and mx.cuda.is_available())
 
 
+def resolve_precision(precision):
+    """'auto' is the model's own dtype ('native') on a GPU and float32 on CPU."""
+    if precision == "auto":
+        return "float32" if on_cpu() else "native"
+    return precision
+
+
 def set_precision(model, precision):
     """'auto' keeps the model's own dtype on a GPU and uses float32 on CPU."""
     from mlx_lm.utils import dequantize_model
 
-    if precision == "auto":
-        precision = "float32" if on_cpu() else "native"
+    precision = resolve_precision(precision)
     if precision == "native":
         return precision
     if precision not in ("float32", "float16", "bfloat16"):
