@@ -166,6 +166,8 @@ def ask(request, tools_file, system_prompt, messages_file, model, mode, precisio
     from .tools import load_tools, parse_tools
 
     check_adapter_mode(adapter_path, mode)
+    if adapter_path and save_adapter:
+        raise click.UsageError("--adapter-path answers without training: there is no new adapter to --save-adapter")
     if request == "-":
         request = sys.stdin.read()
     messages, tools = None, None
@@ -209,7 +211,7 @@ def ask(request, tools_file, system_prompt, messages_file, model, mode, precisio
               help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N rows of each data file.")
 @click.option("--sample", type=click.IntRange(1), help="N random rows of each data file, drawn with the first seed.")
-@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True,
+@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True, metavar="SEEDS",
               help="Run seed; repeat or comma-separate (0,1,2) for mean and spread.")
 @click.option("--threshold-sweep", "sweep", metavar="TAUS",
               help="Taus for the sweep, e.g. 0.1,0.3,0.5 [default: 0,0.1,...,0.9,0.95,1].")

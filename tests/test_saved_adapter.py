@@ -109,6 +109,27 @@ def test_missing_or_mismatched_adapter_is_one_line(ask, tiny_model_dir, tmp_path
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
-def test_adapter_path_with_another_method_is_a_usage_error(ask, tmp_path):
+def test_adapter_path_with_another_method_or_save_is_a_usage_error(ask, tmp_path):
     result, _ = ask("--adapter-path", str(tmp_path), "--mode", "ticl")
     assert result.exit_code == 2 and "does not go with --mode ticl" in result.stderr
+    result, _ = ask("--adapter-path", str(tmp_path), "--save-adapter", str(tmp_path / "new"))
+    assert result.exit_code == 2 and "no new adapter" in result.stderr
+
+
+def test_served_requests_use_the_adapter_unless_they_ask_for_base(tiny_model_dir, tmp_path, tools):
+    from mlx_ttsi.cli import build_agent
+
+    directory = tmp_path / "mlx-lm-adapter"
+    write_mlx_lm_adapter(tiny_model_dir, directory)
+    agent = build_agent(str(tiny_model_dir), "float32", None, "gpt-5-mini", str(directory))
+    messages = [{"role": "user", "content": REQUEST}]
+    served = agent.ask(messages=messages, tools=tools, adapter=None, keep_adapter=False)  # as the server calls it
+    plain = agent.ask(messages=messages, tools=tools, mode="base")
+    assert served.reused and not plain.reused and served.answer != plain.answer
+    assert agent.adapter.is_reset()
+
+
+def test_serve_adapter_path_and_memory_do_not_go_together(tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tiny_model_dir), "--adapter-path", str(tmp_path),
+                                      "--memory"])
+    assert result.exit_code == 2 and "does not go with --memory" in result.stderr
