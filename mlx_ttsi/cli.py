@@ -15,6 +15,7 @@ import click
 from .errors import RequestError, TTSIError
 
 EMBEDDED = "smollm2-135m"
+PRECISIONS = ["auto", "native", "float32", "float16", "bfloat16"]
 
 
 def model_option(f):
@@ -50,7 +51,7 @@ def adaptation_options(f):
                      help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."),
         click.option("--teacher-model", default="gpt-5-mini", show_default=True, envvar="MLX_TTSI_TEACHER_MODEL",
                      help="Model name sent to a teacher URL."),
-        click.option("--precision", type=click.Choice(["auto", "native", "float32", "float16", "bfloat16"]),
+        click.option("--precision", type=click.Choice(PRECISIONS),
                      default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
                      help="Weights dtype: auto = float32 on CPU, the model's own on a GPU."),
     ]
@@ -315,7 +316,7 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
 
 
 @cli.command()
-@click.option("--precision", type=click.Choice(["auto", "native", "float32", "float16", "bfloat16"]),
+@click.option("--precision", type=click.Choice(PRECISIONS),
               default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
               help="The --precision to resolve to a dtype, as ask and serve would.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
