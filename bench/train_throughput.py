@@ -68,7 +68,7 @@ def main():
     synthesis = ModelWriter(lm).synthesize(row["query"], tools, 1, seed=0, state=state)
     examples = agent._training_examples(synthesis.examples, tools)
     state.set_text(prompt)
-    frozen = agent._system_prefix(state, prompt, tools)
+    frozen = agent._prefix_length(state, prompt, tools)
     (ids, offset), = examples
     suffix, answer = offset - frozen, len(ids) - offset
 

@@ -31,7 +31,7 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
-from .errors import TTSIError
+from .errors import Cancelled, TTSIError
 from .context import cache_from_arrays, split_model
 from .settings import LoRASettings
 
@@ -91,8 +91,9 @@ def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, c
             break
 
 
-def fit(model, optimizer, batches, loss, iters):
-    """`iters` compiled optimizer steps; returns (mean loss, loss tokens)."""
+def fit(model, optimizer, batches, loss, iters, cancelled=None):
+    """`iters` compiled optimizer steps; returns (mean loss, loss tokens). `cancelled()` is polled
+    before each step: True stops training (Cancelled)."""
     loss_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state]
 
@@ -106,6 +107,8 @@ def fit(model, optimizer, batches, loss, iters):
     total, tokens = 0.0, 0
     try:
         for _, batch in zip(range(iters), batches):
+            if cancelled is not None and cancelled():
+                raise Cancelled("the request was cancelled during training")
             value, count = step(*batch)
             mx.eval(state, value, count)
             total += value.item()
@@ -204,7 +207,7 @@ class Adapter:
         (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
         return directory
 
-    def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None):
+    def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None, cancelled=None):
         """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
 
         `prefix` is (n, [(keys, values)] per layer): the KV cache of the examples' first n tokens,
@@ -235,9 +238,9 @@ class Adapter:
             {"name": "cosine_decay", "arguments": [s.learning_rate, iters], "warmup": int(s.warmup * iters)}
         )
         self.attach()
+        self.trained = True  # from the first step on: a cancelled training still needs a reset
         started = time.perf_counter()
-        mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters)
-        self.trained = True
+        mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled)
         return {
             "steps": iters,
             "examples": len(examples),

@@ -139,10 +139,20 @@ class Group(click.Group):
             raise click.Abort() from None
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlx-ttsi")
-def cli():
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning",
+              show_default=True, envvar="MLX_TTSI_LOG_LEVEL",
+              help="Log messages of this level and above to stderr (debug: every phase and its timing).")
+def cli(log_level):
     """LLM agents that improve themselves at test time, on MLX."""
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
 
 
 @cli.command()
@@ -225,9 +235,11 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
     """Score methods on benchmark files: results are kept as they come, so a rerun resumes.
 
     Under `mlx.launch -n N -- mlx-ttsi eval ...` each rank takes every N-th row."""
-    from . import evaluation
+    from . import evaluation, report
+    from .benchmark_rows import load_rows, select
+    from .eval_methods import parse_methods
 
-    methods = evaluation.parse_methods(methods)
+    methods = parse_methods(methods)
     if "ttd" in methods and not teacher:
         raise TTSIError("method ttd needs --teacher (a model or an OpenAI-compatible URL)")
     seeds = evaluation.parse_seeds(seeds)
@@ -237,7 +249,7 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
     recorded = {**settings, "model": model, "precision": precision, "teacher": teacher,
                 "teacher_model": teacher_model if teacher else None, "max_calls": max_calls or "per benchmark"}
     plan = evaluation.Plan(
-        evaluation.select(evaluation.load_rows(data), limit, sample, seeds[0]), methods, seeds,
+        select(load_rows(data), limit, sample, seeds[0]), methods, seeds,
         taus=evaluation.parse_taus(sweep) if sweep else evaluation.DEFAULT_SWEEP,
         max_calls=max_calls, settings=recorded,
     )
@@ -250,9 +262,10 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
 
     summary = evaluation.evaluate(plan, out, load_agent=load, progress=not quiet)
     if summary is not None:  # rank 0
-        click.echo(evaluation.markdown(summary, sweep=False), nl=False)
+        click.echo(report.markdown(summary, sweep=False), nl=False)
         if not quiet:
-            click.echo(f"wrote {Path(out) / 'summary.md'} (threshold sweep included) and plots", err=True)
+            plots = " and plots" if report.can_plot() else "; no plots written (matplotlib is not installed)"
+            click.echo(f"wrote {Path(out) / 'summary.md'} (threshold sweep included){plots}", err=True)
 
 
 @cli.command()

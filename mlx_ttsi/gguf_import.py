@@ -6,6 +6,7 @@ transformers' GGUF builders, and llama.cpp's q/k row permutation is undone.
 """
 
 import hashlib
+import logging
 import json
 import os
 import re
@@ -239,4 +240,5 @@ def cached_import(gguf_path, cache_root):
     out_dir = import_dir(gguf_path, cache_root)
     if (out_dir / "config.json").exists():
         return out_dir
+    logging.getLogger(__name__).info("importing %s into %s (once)", gguf_path, out_dir)
     return import_gguf(gguf_path, out_dir)

@@ -68,7 +68,7 @@ class SavedAdapterAgent(Agent):
 
     saved = None  # LoRA weights from load_weights()
 
-    def ask(self, request=None, tools=None, messages=None, adapter=None, **options):
-        if adapter is None and self.saved is not None and options.get("mode", self.settings.mode) != "base":
-            adapter, options["force"], options["mode"] = self.saved, True, "ttsi"
-        return super().ask(request, tools, messages, adapter=adapter, **options)
+    def ask(self, request=None, tools=None, messages=None, adapter_weights=None, **options):
+        if adapter_weights is None and self.saved is not None and options.get("mode", self.settings.mode) != "base":
+            adapter_weights, options["force"], options["mode"] = self.saved, True, "ttsi"
+        return super().ask(request, tools, messages, adapter_weights=adapter_weights, **options)

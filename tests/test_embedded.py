@@ -41,7 +41,7 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
     from mlx_ttsi.saved_adapter import load_weights
 
     weights = load_weights(embedded_agent, tmp_path / "adapter")
-    again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter=weights, force=True)
+    again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True)
     assert again.reused and again.tool_calls == [flight] and "training" not in again.timings
     assert embedded_agent.adapter.is_reset()
 

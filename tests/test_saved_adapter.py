@@ -123,7 +123,7 @@ def test_served_requests_use_the_adapter_unless_they_ask_for_base(tiny_model_dir
     write_mlx_lm_adapter(tiny_model_dir, directory)
     agent = build_agent(str(tiny_model_dir), "float32", None, "gpt-5-mini", str(directory))
     messages = [{"role": "user", "content": REQUEST}]
-    served = agent.ask(messages=messages, tools=tools, adapter=None, keep_adapter=False)  # as the server calls it
+    served = agent.ask(messages=messages, tools=tools, adapter_weights=None, keep_adapter=False)  # as the server calls it
     plain = agent.ask(messages=messages, tools=tools, mode="base")
     assert served.reused and not plain.reused and served.answer != plain.answer
     assert agent.adapter.is_reset()
