@@ -262,7 +262,7 @@ class Agent:
             adapter=weights,
             asked=synthesis.attempts,
             label=label,
-            note=note,
+            note=note or decoded.error,
         )
 
     def _synthesize(self, method, messages, tools, settings, uncertainty, label, train_on):
@@ -274,6 +274,8 @@ class Agent:
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
                                              same_tool=same_tool)
+        if not label:  # the model's own answer did not read as a call (formats.py)
+            return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         # the request itself with its self-label, and K-1 twins that teach copying its values
         own = {"messages": messages, "request": last_user_text(messages), "calls": label, "source": "self-label"}
         examples = [own] + twins(messages, label, tools, settings.examples - 1, settings.seed)
