@@ -28,9 +28,9 @@ run: setup
 test: setup
 	MLX_TTSI_REQUIRE_EMBEDDED=1 $(BIN)/python -m pytest -q
 
-# the unit tests only (tiny random models, no embedded model)
+# the unit tests only (tiny random models; no embedded model, no mlx.launch)
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not model"
+	$(BIN)/python -m pytest -q -m "not model and not launch"
 
 clean:
 	rm -rf $(VENV) *.egg-info

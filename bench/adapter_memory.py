@@ -68,8 +68,8 @@ def main():
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mlx_ttsi.adaptation import LoRASettings
-    from mlx_ttsi.agent import Agent, Settings
+    from mlx_ttsi.agent import Agent
+    from mlx_ttsi.settings import LoRASettings, Settings
     from mlx_ttsi.adapter_memory import AdapterMemory
 
     agent = Agent.load(args.model, settings=Settings(lora=LoRASettings(epochs=args.epochs)))

@@ -90,8 +90,8 @@ def phase(url, api_key, kind, count, clients, model):
 def start_server(model, epochs):
     """The server in this process, on a free loopback port; returns (url, served model name)."""
     sys.path.insert(0, str(ROOT))
-    from mlx_ttsi.adaptation import LoRASettings
-    from mlx_ttsi.agent import Agent, Settings
+    from mlx_ttsi.agent import Agent
+    from mlx_ttsi.settings import LoRASettings, Settings
     from mlx_ttsi.server import make_server
 
     agent = Agent.load(model, settings=Settings(lora=LoRASettings(epochs=epochs)))

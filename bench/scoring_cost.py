@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm import generate
 
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.decoding import CallDecoder, name_candidates_choice
+from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.tools import parse_tools
@@ -35,7 +35,7 @@ def main():
         prompt = render_prompt(lm.tokenizer, [{"role": "user", "content": row["query"]}], tools, agent.fmt)
         started = time.perf_counter()
         decoder = CallDecoder(ContextState(lm.model, lm.tokenizer), agent.fmt)
-        name_candidates_choice(decoder, prompt, tools)
+        decoder.name_choice(prompt, tools)
         scoring = time.perf_counter() - started
         ids = lm.tokenizer.encode(prompt, add_special_tokens=False)
         started = time.perf_counter()

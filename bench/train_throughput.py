@@ -16,8 +16,8 @@ from _common import machine, uncertain_rows
 
 import mlx.core as mx
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.synthesis import ModelWriter
@@ -68,7 +68,7 @@ def main():
     synthesis = ModelWriter(lm).synthesize(row["query"], tools, 1, seed=0, state=state)
     examples = agent._training_examples(synthesis.examples, tools)
     state.set_text(prompt)
-    frozen = agent._system_prefix(state, prompt, tools)
+    frozen = agent._prefix_length(state, prompt, tools)
     (ids, offset), = examples
     suffix, answer = offset - frozen, len(ids) - offset
 

@@ -14,7 +14,7 @@ import time
 
 from _common import ROOT, machine, sealtool_rows
 
-from mlx_ttsi.adaptation import LoRASettings
+from mlx_ttsi.settings import LoRASettings
 from mlx_ttsi.agent import Agent
 
 EXAMPLE = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."

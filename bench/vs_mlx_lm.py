@@ -76,7 +76,7 @@ def main():
             # ours: train on the frozen prefix and answer, in-process
             started = time.perf_counter()
             state.set_text(prompt)
-            frozen = agent._system_prefix(state, prompt, tools)
+            frozen = agent._prefix_length(state, prompt, tools)
             examples = agent._training_examples(synthesis.examples, tools)
             agent.adapter.reset(0)
             agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))

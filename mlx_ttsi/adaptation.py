@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -31,23 +31,9 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
-from .errors import TTSIError
+from .errors import Cancelled, TTSIError
 from .context import cache_from_arrays, split_model
-
-
-@dataclass
-class LoRASettings:
-    rank: int = 8
-    alpha: float = 16.0  # scale = alpha / rank, as in the paper's PEFT setup
-    epochs: int = 5  # as in the paper, but at lr 1e-3: the paper's 1e-4 teaches this model nothing (docs/results.md)
-    learning_rate: float = 1e-3
-    layers: int = 8  # top transformer blocks with LoRA (-1: all); 8 measured as good as all, faster
-    warmup: float = 0.03  # fraction of steps, then cosine decay
-    batch_size: int = 1
-
-    def check(self):
-        if self.rank < 1 or self.epochs < 1 or self.learning_rate <= 0 or self.batch_size < 1:
-            raise TTSIError("LoRA rank, epochs, batch size and learning rate must be positive")
+from .settings import LoRASettings
 
 
 def prefix_loss(prefix, split, lower=0):
@@ -105,8 +91,9 @@ def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, c
             break
 
 
-def fit(model, optimizer, batches, loss, iters):
-    """`iters` compiled optimizer steps; returns (mean loss, loss tokens)."""
+def fit(model, optimizer, batches, loss, iters, cancelled=None):
+    """`iters` compiled optimizer steps; returns (mean loss, loss tokens). `cancelled()` is polled
+    before each step: True stops training (Cancelled)."""
     loss_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state]
 
@@ -120,6 +107,8 @@ def fit(model, optimizer, batches, loss, iters):
     total, tokens = 0.0, 0
     try:
         for _, batch in zip(range(iters), batches):
+            if cancelled is not None and cancelled():
+                raise Cancelled("the request was cancelled during training")
             value, count = step(*batch)
             mx.eval(state, value, count)
             total += value.item()
@@ -218,7 +207,7 @@ class Adapter:
         (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
         return directory
 
-    def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None):
+    def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None, cancelled=None):
         """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
 
         `prefix` is (n, [(keys, values)] per layer): the KV cache of the examples' first n tokens,
@@ -249,9 +238,9 @@ class Adapter:
             {"name": "cosine_decay", "arguments": [s.learning_rate, iters], "warmup": int(s.warmup * iters)}
         )
         self.attach()
+        self.trained = True  # from the first step on: a cancelled training still needs a reset
         started = time.perf_counter()
-        mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters)
-        self.trained = True
+        mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled)
         return {
             "steps": iters,
             "examples": len(examples),

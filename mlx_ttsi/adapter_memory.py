@@ -14,8 +14,8 @@ read is skipped with a warning on stderr.
 import base64
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -32,9 +32,11 @@ SIZE = 32  # entries; one SmolLM2-135M adapter (rank 8, all layers) is about 10 
 EMBED_TOKENS = 512  # the request's first tokens are enough to recognise it
 STALE_SECONDS = 3600  # unreferenced files older than this are left-overs of a crash
 
+log = logging.getLogger(__name__)
+
 
 def warn(message):
-    print(f"warning: adapter memory: {message}", file=sys.stderr, flush=True)
+    log.warning("adapter memory: %s", message)
 
 
 def tools_key(tools):
@@ -45,9 +47,7 @@ def tools_key(tools):
 
 def model_key(agent):
     """Entries only fit the model and LoRA shape they were trained with: one folder per pair."""
-    lora = agent.settings.lora
-    spec = [agent.name, str(agent.loaded.path), agent.loaded.precision, lora.rank, lora.alpha, lora.layers]
-    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(agent.identity()).encode()).hexdigest()[:16]
 
 
 def embed(model, tokenizer, text):
@@ -89,7 +89,7 @@ class AdapterMemory:
 
     @classmethod
     def for_agent(cls, agent, size=SIZE, similarity=SIMILARITY, root=None):
-        shapes = {name: value.shape for name, value in agent.adapter.weights().items()}
+        shapes = agent.adapter_shapes()
         root = Path(root) if root else cache_dir() / "adapters"
         return cls(root / model_key(agent), shapes, size, similarity)
 

@@ -3,62 +3,37 @@
     agent = Agent.load("smollm2-135m")
     answer = agent.ask("Book a table for two at 7pm", tools=[...])
     answer.tool_calls, answer.uncertainty.score, answer.adapted, answer.timings
+
+A tool request follows a plan decided before the model runs (`plan_request`), then stages that
+each return values: scoring -> decoding (the base answer) -> self-check -> synthesis -> training ->
+answer. The LoRA is reset after every request.
 """
 
+import json
+import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import mlx.core as mx
 from mlx_lm import stream_generate
-from mlx_lm.sample_utils import make_sampler
 
 from . import models
-from .adaptation import Adapter, LoRASettings
-from .decoding import CallDecoder, argument_margin, name_candidates_choice, normalized
-from .grounding import better_tool, context_text, label_calls, twins
-from .errors import RequestError, TTSIError
-from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
+from .adaptation import Adapter
 from .context import ContextState
+from .decoding import CallDecoder, argument_margin, normalized
+from .errors import Cancelled, RequestError, TTSIError
+from .grounding import better_tool, calls_made, context_text, label_calls, twins
+from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
+from .settings import LORA_FIELDS, Settings
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
-from .uncertainty import FORMS, NORMS, estimate
+from .uncertainty import estimate
 
-MODES = ("auto", "base", "ttsi", "ttd", "ticl")
+log = logging.getLogger(__name__)
 METHODS = ("base", "ttsi", "ttd", "ticl")
 MAX_REQUEST_CHARS = 200_000
-
-
-@dataclass
-class Settings:
-    mode: str = "auto"  # auto: adapt when uncertain; ttsi|ttd|ticl: always; base: never
-    threshold: float = 0.5  # tau: uncertain when u = min(name margin, argument margin) is below it
-    examples: int = 3  # K examples per adapted request: the request with its self-label and K-1 twins
-    candidates: str = "name"  # candidate form for scoring: tool "name" or whole "call"
-    norm: str = "sum"  # length normalisation of candidate log-likelihoods: sum or mean (measured: sum)
-    max_calls: int = 1  # most tool calls in one answer
-    max_tokens: int = 256  # for text answers (no tools)
-    temperature: float = 0.8  # sampling temperature of a local teacher model writing requests (TT-D)
-    same_tool: bool = True  # TT-D keeps only teacher examples calling the tool the model picks for the request
-    seed: int = 0
-    lora: LoRASettings = field(default_factory=LoRASettings)
-
-    def check(self):
-        if self.mode not in MODES:
-            raise TTSIError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
-        if self.candidates not in FORMS:
-            raise TTSIError(f"unknown candidate form {self.candidates!r} (one of {', '.join(FORMS)})")
-        if self.norm not in NORMS:
-            raise TTSIError(f"unknown normalisation {self.norm!r} (one of {', '.join(NORMS)})")
-        if not 0 <= self.threshold <= 1:
-            raise TTSIError("threshold must be between 0 and 1")
-        if self.examples < 1:
-            raise TTSIError("examples must be at least 1")
-        if self.max_calls < 1:
-            raise TTSIError("max_calls must be at least 1")
-        self.lora.check()
-        return self
 
 
 @dataclass
@@ -78,11 +53,114 @@ class Answer:
     asked: int = 0  # synthetic examples asked for (kept ones are in `synthetic`)
     label: list = None  # the grounded self-label of TT-SI / TT-ICL (the calls its twins are made from)
     note: str = None  # why a request meant to adapt was not adapted
+    prompt_tokens: int = 0  # of the prompt the answer was decoded from (TT-ICL's includes its demonstrations)
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "tool_calls", "stop" or "length" (a text answer cut at max_tokens)
 
     def as_dict(self):
         data = {k: v for k, v in asdict(self).items() if k != "adapter"}
         data["uncertainty"] = self.uncertainty.as_dict() if self.uncertainty else None
         return data
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a tool request will do, decided before the model runs."""
+
+    method: str  # how it adapts if it does: ttsi, ttd, ticl; base never adapts
+    gated: bool  # adapt only when uncertain
+    source: str  # where the adaptation comes from: "self-label", "teacher", "given" examples or a "stored" adapter
+    stream_base: bool  # the base answer is the answer: stream it while it is decoded
+
+    @property
+    def self_check(self):
+        """TT-SI and TT-ICL check the base answer against the request and learn from the checked one."""
+        return self.source == "self-label" and self.method in ("ttsi", "ticl")
+
+    def adapts(self, uncertainty):
+        return self.method != "base" and (uncertainty.uncertain or not self.gated)
+
+
+def plan_request(mode, has_teacher=False, force=None, stored=False, given=False):
+    """The plan for a tool request. `force` True adapts whatever the uncertainty, False only when
+    uncertain (default: only mode auto is gated); `stored`: adapter weights were given to answer
+    with; `given`: examples were given to train on (eval's oracle ceilings)."""
+    method = ("ttd" if has_teacher else "ttsi") if mode == "auto" else mode
+    gated = not given and ((mode == "auto") if force is None else not force)
+    if given:
+        source = "given"
+    elif stored and method in ("ttsi", "ttd"):
+        source = "stored"
+    else:
+        source = "teacher" if method == "ttd" else "self-label"
+    return Plan(method, gated, source, stream_base=method == "base")
+
+
+@dataclass
+class Request:
+    """One tool request as the stages see it."""
+
+    messages: list
+    tools: list
+    settings: Settings
+    plan: Plan
+    given: list = None  # examples to train on (eval's oracles), or adapter weights to answer with (stored)
+    keep_adapter: bool = False
+    save_adapter: str = None
+    on_piece: object = None  # (kind, text) -> None: hears the answer as it is decoded
+    cancelled: object = None  # () -> bool: polled at every decoding and training step
+
+
+@dataclass
+class Adaptation:
+    """What adapting produced: the examples, the training, and the prompt to answer with."""
+
+    synthesis: Synthesis
+    prompt: str
+    training: dict = None
+    weights: dict = None
+    reused: bool = False
+
+    @property
+    def note(self):
+        return None if self.synthesis.examples or self.reused else f"not adapted: {self.synthesis.why_empty()}"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A prompt's tools prefix: its token ids and their base-model KV arrays, frozen while a LoRA
+    trains and shared by every request with the same tools."""
+
+    ids: tuple
+    arrays: list
+
+    def __len__(self):
+        return len(self.ids)
+
+
+class Clock:
+    """Seconds per phase, told to the caller's progress callback as each ends."""
+
+    def __init__(self, report):
+        self.report = report
+        self.timings = {}
+        self.started = self.last = time.perf_counter()
+
+    def lap(self, phase, detail=""):
+        now = time.perf_counter()
+        self.timings[phase] = round(now - self.last, 3)
+        self.report(phase, now - self.last, detail)
+        log.debug("%s %.3fs %s", phase, now - self.last, detail)
+        self.last = now
+
+    def say(self, word, detail):
+        """A word about the request, not a timed phase (e.g. "note", "gate")."""
+        self.report(word, 0.0, detail)
+        log.info("%s: %s", word, detail)
+
+    def total(self):
+        self.timings["total"] = round(time.perf_counter() - self.started, 3)
+        return self.timings
 
 
 class Agent:
@@ -95,7 +173,7 @@ class Agent:
         self.teacher_model = teacher_model
         self.api_key = api_key
         self._teacher = None
-        self.lock = threading.Lock()  # one request at a time owns the weights
+        self._lock = threading.Lock()  # one request at a time owns the weights
         self.prefixes = PrefixCache()
 
     @classmethod
@@ -106,15 +184,35 @@ class Agent:
     def name(self):
         return self.loaded.name
 
+    @property
+    def mode(self):
+        return self.settings.mode
+
+    def identity(self):
+        """What an adapter trained here depends on: the model, its files, dtype and the LoRA's shape."""
+        lora, loaded = self.settings.lora, self.loaded
+        return [loaded.name, str(loaded.path), loaded.precision, lora.rank, lora.alpha, lora.layers]
+
+    def adapter_shapes(self):
+        """{weight name: shape} of this agent's LoRA."""
+        return {name: value.shape for name, value in self.adapter.weights().items()}
+
+    def embed(self, text):
+        """The base model's mean-pooled embedding of `text` (the adapter memory's key)."""
+        from .adapter_memory import embed
+
+        with self._lock:  # between requests: no LoRA attached
+            return embed(self.loaded.model, self.loaded.tokenizer, text)
+
     def warm(self, tools):
         """Compute and cache the base model's KV of the tools prefix, so the next request with these
         tools starts from it (eval does this before timing each method, to time them on equal terms)."""
-        tools, tok = parse_tools(tools), self.loaded.tokenizer
-        with self.lock:
-            prompt = render_prompt(tok, [{"role": "user", "content": "A"}], tools, self.fmt)
-            state, frozen = self._prefixed_state(prompt, tools)
-            state.sync(state.encode(prompt)[:frozen])
-            self.prefixes.keep(state, frozen)
+        tools = parse_tools(tools)
+        with self._lock:
+            prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": "A"}], tools, self.fmt)
+            decoder, prefix = self._context(prompt, tools)
+            decoder.score_after(prompt, ["A"])
+            self._keep_prefix(decoder, prefix)
 
     def teacher(self):
         if self.teacher_spec is None:
@@ -131,146 +229,172 @@ class Agent:
         s = settings or self.settings
         return {"name_norm": s.norm, "max_calls": s.max_calls}
 
-    def ask(self, request=None, tools=None, messages=None, force=None, progress=None, adapter=None,
-            keep_adapter=False, save_adapter=None, train_on=None, **overrides):
+    def ask(self, request=None, tools=None, messages=None, force=None, progress=None, adapter_weights=None,
+            keep_adapter=False, save_adapter=None, train_on=None, on_piece=None, cancelled=None, **overrides):
         """Answer one request (or conversation).
 
         `force` overrides the uncertainty gate: True adapts whatever the score, False adapts only
-        when uncertain (for modes ttsi/ttd/ticl). `adapter` gives LoRA weights to answer with instead
-        of synthesizing and training; `keep_adapter` returns the trained weights in the answer and
-        `save_adapter` (a directory) writes them as an mlx-lm adapter; otherwise nothing is written.
-        `train_on` gives the examples to adapt on instead of synthesizing them: only eval's
-        oracle ablations use it (they train on the row's gold answer).
+        when uncertain (for modes ttsi/ttd/ticl). `adapter_weights` are LoRA weights to answer with
+        instead of synthesizing and training; `keep_adapter` returns the trained weights in the
+        answer and `save_adapter` (a directory) writes them as an mlx-lm adapter; otherwise nothing
+        is written. `train_on` gives the examples to adapt on instead of synthesizing them: only
+        eval's oracle ablations use it. `progress(phase, seconds, detail)` hears each phase end,
+        `on_piece(kind, text)` the answer as it is decoded ("content" text, or a tool call's
+        "call" name then its "arguments" JSON in pieces), and `cancelled()`, polled at every
+        decoding and training step, stops the request (Cancelled) when it returns True.
         Any other keyword overrides a Settings field for this request."""
-        lora = overrides.pop("lora", None)
-        settings = replace(self.settings, **overrides)
-        if lora is not None:
-            settings.lora = lora
-        settings.check()
+        settings = self._settings(overrides)
         messages = normalize_messages(messages if messages is not None else _request_messages(request))
         if sum(len(m["content"]) for m in messages) > MAX_REQUEST_CHARS:
             raise RequestError(f"the request is over {MAX_REQUEST_CHARS} characters")
         tools = parse_tools(tools) if tools else []
         report = progress or (lambda phase, seconds, detail="": None)
-        with self.lock:
+        plan = plan_request(settings.mode, self.teacher_spec is not None, force,
+                            stored=adapter_weights is not None, given=train_on is not None)
+        given = train_on if plan.source == "given" else adapter_weights if plan.source == "stored" else None
+        request = Request(messages, tools, settings, plan, given, keep_adapter, save_adapter, on_piece, cancelled)
+        with self._lock:
             try:
                 if not tools:
-                    return self._text_answer(messages, settings, report)
-                return self._tool_answer(messages, tools, settings, force, report, adapter, keep_adapter, save_adapter,
-                                         train_on)
+                    return self._text_answer(request, Clock(report))
+                return self._tool_answer(request, Clock(report))
             finally:
                 if self.adapter.trained:
                     self.adapter.reset()
 
-    def _text_answer(self, messages, settings, report):
-        started = time.perf_counter()
-        prompt = render_prompt(self.loaded.tokenizer, messages, [], self.fmt)
+    def _settings(self, overrides):
+        """This request's settings: the agent's, with any Settings or LoRA field overridden."""
+        lora = overrides.pop("lora", None) or self.settings.lora
+        lora = replace(lora, **{k: overrides.pop(k) for k in LORA_FIELDS if k in overrides})
+        return replace(self.settings, lora=lora, **overrides).check()
+
+    def _text_answer(self, request, clock):
+        settings = request.settings
+        prompt = render_prompt(self.loaded.tokenizer, request.messages, [], self.fmt)
         ids = self.loaded.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) > self.loaded.context_length:
             raise RequestError(f"the prompt is {len(ids)} tokens, longer than the model's context of {self.loaded.context_length}")
         mx.random.seed(settings.seed)
-        text = "".join(
-            r.text for r in stream_generate(self.loaded.model, self.loaded.tokenizer, ids, max_tokens=settings.max_tokens)
-        )
-        seconds = time.perf_counter() - started
-        report("answering", seconds)
-        timings = {"answering": round(seconds, 3), "total": round(seconds, 3)}
-        return Answer(text.strip(), [], None, False, "base", [], {}, timings, self.name)
+        pieces, last = [], None
+        for last in stream_generate(self.loaded.model, self.loaded.tokenizer, ids, max_tokens=settings.max_tokens):
+            if request.cancelled is not None and request.cancelled():
+                raise Cancelled("the request was cancelled while answering")
+            pieces.append(last.text)
+            if request.on_piece and last.text:
+                request.on_piece("content", last.text)
+        clock.lap("answering")
+        return Answer("".join(pieces).strip(), [], None, False, "base", [], {}, clock.total(), self.name,
+                      prompt_tokens=len(ids), completion_tokens=last.generation_tokens if last else 0,
+                      finish_reason=(last.finish_reason if last else None) or "stop")
 
-    def _tool_answer(self, messages, tools, settings, force, report, reuse, keep_adapter, save_adapter, train_on):
-        timings = {}
-        started = clock = time.perf_counter()
-
-        def lap(phase, detail=""):
-            nonlocal clock
-            now = time.perf_counter()
-            timings[phase] = round(now - clock, 3)
-            report(phase, now - clock, detail)
-            clock = now
-
-        tok = self.loaded.tokenizer
-        prompt = render_prompt(tok, messages, tools, self.fmt)
-        state, frozen = self._prefixed_state(prompt, tools)
-        decoder = CallDecoder(state, self.fmt, **self._decoder_options(settings))
+    def _tool_answer(self, request, clock):
+        """The request path: the plan's stages, each returning what the next one needs."""
+        plan, tools, settings = request.plan, request.tools, request.settings
+        prompt = render_prompt(self.loaded.tokenizer, request.messages, tools, self.fmt)
+        decoder, prefix = self._context(prompt, tools, settings, request.cancelled)
         names, name_choice = self._score(decoder, prompt, tools, settings)
-        self.prefixes.keep(state, frozen)
-        lap("scoring", f"name margin {names.score:.3f}")
-        greedy = decoder.decode(prompt, tools, name_choice)  # the base model's answer
-        lap("decoding")
-        method = settings.mode
-        if method == "auto":
-            method = "ttd" if self.teacher_spec else "ttsi"
-        label = None
-        if method in ("ttsi", "ticl") and reuse is None and train_on is None:
-            label = self._self_label(decoder, prompt, tools, greedy, names, name_choice, context_text(messages))
-        agrees = None if label is None else label == greedy.calls
-        uncertainty = names.with_arguments(argument_margin(greedy.choices), agrees)
+        prefix = self._keep_prefix(decoder, prefix)
+        clock.lap("scoring", f"name margin {names.score:.3f}")
+        base = decoder.decode(prompt, tools, name_choice, request.on_piece if plan.stream_base else None)
+        clock.lap("decoding")
+        label = self._self_label(decoder, prompt, tools, base, names, name_choice, request.messages) \
+            if plan.self_check else None
+        uncertainty = names.with_arguments(argument_margin(base.choices), None if label is None else label == base.calls)
         doubt = f"u {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})"
-        if label is not None:
-            lap("labelling", f"{doubt}, self-label {'agrees' if agrees else 'differs'}")
+        if label is None:
+            clock.say("gate", doubt)
         else:
-            report("gate", 0.0, doubt)
+            clock.lap("labelling", f"{doubt}, self-label {'agrees' if uncertainty.label_agrees else 'differs'}")
+        if not plan.adapts(uncertainty):
+            return self._answer(request, prompt, base, uncertainty, label, clock, streamed=plan.stream_base)
+        adaptation = self._adapt(request, prompt, prefix, uncertainty, label, clock)
+        if adaptation.note:
+            clock.say("note", adaptation.note)
+            return self._answer(request, prompt, base, uncertainty, label, clock, adaptation)
+        decoder.restart(len(prefix))  # the answer is decoded on the prefix the LoRA was trained on
+        answer = decoder.decode(adaptation.prompt, tools, on_piece=request.on_piece)
+        clock.lap("answering")
+        return self._answer(request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True)
 
-        gated = (settings.mode == "auto") if force is None else not force
-        adapt = method != "base" and (uncertainty.uncertain or not gated or train_on is not None)
-        reused = adapt and reuse is not None and method != "ticl"
-        synthesis, training, weights, note = Synthesis(), None, None, None
-        if reused:
-            self.adapter.load(reuse)
-            lap("adapter_load", "reused stored adapter")
-        elif adapt:
-            synthesis = self._synthesize(method, messages, tools, settings, uncertainty, label, train_on)
-            lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
-            adapt = bool(synthesis.examples)
-            note = None if adapt else f"not adapted: {synthesis.why_empty()}"
-            if note:
-                report("note", 0.0, note)
-            if adapt and method == "ticl":
-                prompt = render_prompt(tok, messages, tools, self.fmt, demonstrations=synthesis.examples)
-            elif adapt:
-                examples = self._training_examples(synthesis.examples, tools)
-                state.sync(state.encode(prompt)[: frozen + 1])  # back from the labelling prompts
-                self.adapter.reset(settings.seed)
-                training = self.adapter.train(
-                    examples, settings.seed, self.loaded.context_length,
-                    prefix=(frozen, state.prefix_arrays(frozen)), settings=settings.lora,
-                )
-                lap("training", f"{training['steps']} steps, loss {training['loss']}")
-                weights = self.adapter.weights() if keep_adapter else None
-                if save_adapter:
-                    self.adapter.save(save_adapter)
-        decoded = greedy
-        if adapt:
-            # the answer is decoded on the same base-model prefix the LoRA was trained on;
-            # everything after it is recomputed with the new weights (or the new prompt)
-            state.truncate(frozen)
-            decoded = decoder.decode(prompt, tools)
-            lap("answering")
-        timings["total"] = round(time.perf_counter() - started, 3)
-        return Answer(
-            answer=decoded.text,
-            tool_calls=decoded.calls,
-            uncertainty=uncertainty,
-            adapted=adapt,
-            method=method if adapt else "base",
-            synthetic=synthesis.examples,
-            rejected=synthesis.rejected,
-            timings=timings,
-            model=self.name,
-            training=training,
-            reused=reused,
-            adapter=weights,
-            asked=synthesis.attempts,
-            label=label,
-            note=note or decoded.error,
-        )
+    def _context(self, prompt, tools, settings=None, cancelled=None):
+        """A decoder over a fresh context that starts from the cached tools prefix when there is one;
+        also the prefix (its arrays None until computed)."""
+        state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length, cancelled)
+        ids = tuple(state.encode(prompt)[: self._prefix_length(state, prompt, tools)])
+        prefix = self.prefixes.get(ids)
+        if prefix is not None:
+            state.seed(prefix.ids, prefix.arrays)
+        return CallDecoder(state, self.fmt, **self._decoder_options(settings)), prefix or Prefix(ids, None)
 
-    def _synthesize(self, method, messages, tools, settings, uncertainty, label, train_on):
+    def _keep_prefix(self, decoder, prefix):
+        """The prefix with its KV arrays (a copy, computed by the base model while scoring), cached."""
+        if prefix.arrays is None:
+            prefix = Prefix(prefix.ids, decoder.kv_prefix(len(prefix)))
+            self.prefixes.put(prefix)
+        return prefix
+
+    def _prefix_length(self, state, prompt, tools):
+        """Length of the prompt's template-and-tools prefix (the system turn), the same for every
+        request with these tools."""
+        tok = self.loaded.tokenizer
+        probes = [state.encode(render_prompt(tok, [{"role": "user", "content": c}], tools, self.fmt)) for c in "AB"]
+        ids = state.encode(prompt)
+        return max(1, min(_common(probes[0], probes[1]), _common(ids, probes[0]), len(ids) - 1))
+
+    def _score(self, decoder, prompt, tools, settings):
+        """Relative softmax over the candidates; also returns the name choice to answer with."""
+        names = [t.name for t in tools]
+        choice, scores = decoder.name_choice(prompt, tools)
+        if settings.candidates == "name":
+            return estimate(names, scores, choice.logprobs, choice.lengths, settings.threshold, "name", settings.norm), choice
+        # the whole call the model would write for each tool
+        texts = [decoder.decode(prompt, tools, replace(choice, index=i)).text for i in range(len(tools))]
+        logprobs, lengths = decoder.score_after(prompt, texts)
+        scores = normalized(logprobs, lengths, settings.norm)
+        uncertainty = estimate(names, scores, logprobs, lengths, settings.threshold, "call", settings.norm)
+        best = max(range(len(tools)), key=lambda i: scores[i])
+        return uncertainty, replace(choice, index=best)
+
+    def _self_label(self, decoder, prompt, tools, base, names, name_choice, messages):
+        """The base calls checked against the request (grounding.py); when the tool name is
+        uncertain, the runner-up tool's checked call instead if it uses more of the request."""
+        context = context_text(messages)
+        label = label_calls(decoder, prompt, tools, base.calls, context)
+        if names.score >= names.threshold or len(tools) < 2 or len(base.calls) != 1:
+            return label
+        runner_up = next(c["name"] for c in names.candidates if c["name"] != base.calls[0]["name"])
+        forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
+        rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
+        return better_tool(label, rival, tools, context, calls_made(messages))
+
+    def _adapt(self, request, prompt, prefix, uncertainty, label, clock):
+        """The stored adapter installed, or examples synthesized and then trained on (or, for
+        TT-ICL, put in the prompt)."""
+        if request.plan.source == "stored":
+            self.adapter.load(request.given)
+            clock.lap("adapter_load", "reused stored adapter")
+            return Adaptation(Synthesis(), prompt, reused=True)
+        synthesis = self._synthesize(request, uncertainty, label)
+        clock.lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
+        if not synthesis.examples:
+            return Adaptation(synthesis, prompt)
+        if request.plan.method == "ticl":
+            demonstrations = render_prompt(self.loaded.tokenizer, request.messages, request.tools, self.fmt,
+                                           demonstrations=synthesis.examples)
+            return Adaptation(synthesis, demonstrations)
+        training = self._train(synthesis.examples, request, prefix)
+        clock.lap("training", f"{training['steps']} steps, loss {training['loss']}")
+        if request.save_adapter:
+            self.adapter.save(request.save_adapter)
+        return Adaptation(synthesis, prompt, training, self.adapter.weights() if request.keep_adapter else None)
+
+    def _synthesize(self, request, uncertainty, label):
         """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or twins of the self-label."""
-        if train_on is not None:
-            return Synthesis(examples=list(train_on), attempts=len(train_on),
-                             reason=None if train_on else "no examples were given to train on")
-        if method == "ttd":  # a teacher may well know better than our own first choice
+        settings, messages, tools = request.settings, request.messages, request.tools
+        if request.plan.source == "given":
+            given = list(request.given)
+            return Synthesis(examples=given, attempts=len(given), reason=None if given else "no examples were given to train on")
+        if request.plan.source == "teacher":  # a teacher may well know better than our own first choice
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
                                              same_tool=same_tool)
@@ -281,50 +405,44 @@ class Agent:
         examples = [own] + twins(messages, label, tools, settings.examples - 1, settings.seed)
         return Synthesis(examples=examples, attempts=settings.examples)
 
-    def _self_label(self, decoder, prompt, tools, greedy, names, name_choice, context):
-        """The greedy calls checked against the request (grounding.py); when the tool name is
-        uncertain, the runner-up tool's checked call instead if it uses more of the request."""
-        label = label_calls(decoder, prompt, tools, greedy.calls, context)
-        if names.score >= names.threshold or len(tools) < 2 or len(greedy.calls) != 1:
-            return label
-        runner_up = next(c["name"] for c in names.candidates if c["name"] != greedy.calls[0]["name"])
-        forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
-        rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
-        return better_tool(label, rival, tools, context)
+    def _train(self, examples, request, prefix):
+        """A fresh LoRA fitted to the examples over the frozen tools prefix; returns training stats."""
+        settings = request.settings
+        self.adapter.reset(settings.seed)
+        frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
+        return self.adapter.train(self._training_examples(examples, request.tools), settings.seed,
+                                  self.loaded.context_length, prefix=frozen, settings=settings.lora,
+                                  cancelled=request.cancelled)
 
-    def _score(self, decoder, prompt, tools, settings):
-        """Relative softmax over the candidates; also returns the name choice to answer with."""
-        names = [t.name for t in tools]
-        choice, scores = name_candidates_choice(decoder, prompt, tools)
-        if settings.candidates == "name":
-            return estimate(names, scores, choice.logprobs, choice.lengths, settings.threshold, "name", settings.norm), choice
-        texts = []
-        for index in range(len(tools)):  # the whole call the model would write for each tool
-            forced = replace(choice, index=index)
-            texts.append(decoder.decode(prompt, tools, forced).text)
-        decoder.text = prompt
-        logprobs, lengths = decoder.score(texts)
-        scores = normalized(logprobs, lengths, settings.norm)
-        uncertainty = estimate(names, scores, logprobs, lengths, settings.threshold, "call", settings.norm)
-        best = max(range(len(tools)), key=lambda i: scores[i])
-        return uncertainty, replace(choice, index=best)
-
-    def _prefixed_state(self, prompt, tools):
-        """A context for `prompt` that starts from the cached tools prefix, and that prefix's length."""
-        state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
-        frozen = self._system_prefix(state, prompt, tools)
-        self.prefixes.seed(state, state.encode(prompt)[:frozen])
-        return state, frozen
-
-    def _system_prefix(self, state, prompt, tools):
-        """Length of the prompt's template-and-tools prefix (the system turn).
-
-        It is the same for every request with these tools: its base-model KV cache is shared
-        across requests and stays frozen while a LoRA is trained and used."""
+    def _answer(self, request, prompt, decoded, uncertainty, label, clock, adaptation=None, streamed=False):
+        """The Answer for the decoded calls; a base answer decoded before the gate is replayed to on_piece."""
+        if request.on_piece and not streamed:
+            for call in decoded.calls:
+                request.on_piece("call", call["name"])
+                request.on_piece("arguments", _arguments_json(call))
+        adapted = adaptation is not None and adaptation.note is None
+        synthesis = adaptation.synthesis if adaptation else Synthesis()
         tok = self.loaded.tokenizer
-        probes = [state.encode(render_prompt(tok, [{"role": "user", "content": c}], tools, self.fmt)) for c in "AB"]
-        ids = state.encode(prompt)
-        return max(1, min(_common(probes[0], probes[1]), _common(ids, probes[0]), len(ids) - 1))
+        return Answer(
+            answer=decoded.text,
+            tool_calls=decoded.calls,
+            uncertainty=uncertainty,
+            adapted=adapted,
+            method=request.plan.method if adapted else "base",
+            synthetic=synthesis.examples,
+            rejected=synthesis.rejected,
+            timings=clock.total(),
+            model=self.name,
+            training=adaptation.training if adapted else None,
+            reused=adapted and adaptation.reused,
+            adapter=adaptation.weights if adapted else None,
+            asked=synthesis.attempts,
+            label=label,
+            note=(adaptation.note if adaptation else None) or decoded.error,
+            prompt_tokens=len(tok.encode(prompt, add_special_tokens=False)),
+            completion_tokens=len(tok.encode(decoded.text, add_special_tokens=False)),
+            finish_reason="tool_calls" if decoded.calls else "stop",
+        )
 
     def _training_examples(self, examples, tools):
         """(token ids, answer offset) pairs: the loss covers the answer and end-of-turn only."""
@@ -344,24 +462,24 @@ class PrefixCache:
 
     def __init__(self, max_tokens=8192):
         self.max_tokens = max_tokens
-        self.entries = OrderedDict()  # token ids -> [(keys, values)] per layer
+        self.entries = OrderedDict()  # token ids -> Prefix
 
-    def seed(self, state, ids):
-        arrays = self.entries.get(tuple(ids))
-        if arrays is not None:
-            self.entries.move_to_end(tuple(ids))
-            state.seed(ids, arrays)
+    def get(self, ids):
+        prefix = self.entries.get(tuple(ids))
+        if prefix is not None:
+            self.entries.move_to_end(prefix.ids)
+        return prefix
 
-    def keep(self, state, n):
-        ids = tuple(state.tokens[:n])
-        if ids in self.entries or n > self.max_tokens:
+    def put(self, prefix):
+        if prefix.arrays is None or prefix.ids in self.entries or len(prefix) > self.max_tokens:
             return
-        arrays = state.prefix_arrays(n, copy=True)
-        if arrays is None:
-            return
-        self.entries[ids] = arrays
+        self.entries[prefix.ids] = prefix
         while sum(len(k) for k in self.entries) > self.max_tokens:
             self.entries.popitem(last=False)
+
+
+def _arguments_json(call):
+    return json.dumps(call.get("arguments", {}), ensure_ascii=False)
 
 
 def _common(a, b):

@@ -15,7 +15,6 @@ import click
 from .errors import RequestError, TTSIError
 
 EMBEDDED = "smollm2-135m"
-MODES = ["auto", "base", "ttsi", "ttd", "ticl"]
 
 
 def model_option(f):
@@ -25,32 +24,32 @@ def model_option(f):
     )(f)
 
 
+def table_option(option, **extra):
+    """A click option made from a row of the settings table (settings.py)."""
+    if option.choices:
+        kind = click.Choice(option.choices)
+    elif option.kind is int:
+        kind = click.IntRange(option.low, option.high)
+    elif option.kind is float:
+        kind = click.FloatRange(option.low, option.high)
+    else:
+        kind = None
+    env = {"envvar": "MLX_TTSI_" + option.name.upper()} if option.env else {}
+    flags = [option.cli_flag] + ([option.short] if option.short else [])
+    return click.option(*flags, option.name, type=kind, default=option.default, show_default=True,
+                        help=option.help, **env, **extra)
+
+
 def adaptation_options(f):
-    """Options shared by ask, eval and serve: how and when to self-improve."""
-    options = [
-        click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     envvar="MLX_TTSI_THRESHOLD",
-                     help="Uncertain when u = min(name margin, argument margin) is below this (tau); "
-                          "u = 0 when the self-label disagrees."),
-        click.option("--examples", "-k", type=click.IntRange(1, 64), default=3, show_default=True,
-                     envvar="MLX_TTSI_EXAMPLES", help="Examples per adapted request (K): the request with its self-label and K-1 twins."),
+    """Options shared by ask, eval and serve: how and when to self-improve (mode and seed apart)."""
+    from .settings import OPTIONS
+
+    options = [table_option(o) for o in OPTIONS if o.name not in ("mode", "seed", "max_tokens")]
+    options += [
         click.option("--teacher", envvar="MLX_TTSI_TEACHER",
                      help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."),
         click.option("--teacher-model", default="gpt-5-mini", show_default=True, envvar="MLX_TTSI_TEACHER_MODEL",
                      help="Model name sent to a teacher URL."),
-        click.option("--candidates", type=click.Choice(["name", "call"]), default="name", show_default=True,
-                     help="Candidate actions scored for uncertainty: tool names or whole calls."),
-        click.option("--norm", type=click.Choice(["mean", "sum"]), default="sum", show_default=True,
-                     help="Length normalisation of candidate log-likelihoods."),
-        click.option("--max-calls", type=click.IntRange(1, 16), default=1, show_default=True,
-                     help="Most tool calls in one answer."),
-        click.option("--same-tool/--any-tool", default=True, show_default=True,
-                     help="TT-D keeps only teacher examples that call the tool the model picks for the request."),
-        click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True, help="LoRA epochs."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="LoRA learning rate."),
-        click.option("--rank", type=click.IntRange(1, 256), default=8, show_default=True, help="LoRA rank."),
-        click.option("--layers", type=click.IntRange(-1, 1024), default=8, show_default=True,
-                     help="LoRA on the top N transformer blocks (-1: all)."),
         click.option("--precision", type=click.Choice(["auto", "native", "float32", "float16", "bfloat16"]),
                      default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
                      help="Weights dtype: auto = float32 on CPU, the model's own on a GPU."),
@@ -60,15 +59,19 @@ def adaptation_options(f):
     return f
 
 
+def setting_option(name, **extra):
+    from .settings import BY_NAME
+
+    return table_option(BY_NAME[name], **extra)
+
+
 def build_agent(model, precision, teacher, teacher_model, **settings):
     """Load the model and make an Agent from CLI option values."""
-    from .adaptation import LoRASettings
-    from .agent import Agent, Settings
+    from .agent import Agent
+    from .settings import Settings
 
-    lora = LoRASettings(rank=settings.pop("rank"), epochs=settings.pop("epochs"), learning_rate=settings.pop("lr"),
-                        layers=settings.pop("layers"))
     return Agent.load(
-        model, precision=precision, settings=Settings(lora=lora, **settings),
+        model, precision=precision, settings=Settings.from_options(settings),
         teacher=teacher, teacher_model=teacher_model, api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"),
     )
 
@@ -113,10 +116,20 @@ class Group(click.Group):
             raise click.Abort() from None
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlx-ttsi")
-def cli():
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning",
+              show_default=True, envvar="MLX_TTSI_LOG_LEVEL",
+              help="Log messages of this level and above to stderr (debug: every phase and its timing).")
+def cli(log_level):
     """LLM agents that improve themselves at test time, on MLX."""
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
 
 
 @cli.command()
@@ -125,10 +138,10 @@ def cli():
 @click.option("--messages", "messages_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="JSON file with a conversation (a list of messages, or {messages, tools}).")
 @model_option
-@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True, envvar="MLX_TTSI_MODE",
-              help="auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never.")
+@setting_option("mode")
 @adaptation_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@setting_option("seed")
+@setting_option("max_tokens")
 @click.option("--save-adapter", type=click.Path(file_okay=False),
               help="Keep the trained LoRA here as an mlx-lm adapter (nothing is written otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the full result.")
@@ -189,9 +202,11 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
     """Score methods on benchmark files: results are kept as they come, so a rerun resumes.
 
     Under `mlx.launch -n N -- mlx-ttsi eval ...` each rank takes every N-th row."""
-    from . import evaluation
+    from . import evaluation, report
+    from .benchmark_rows import load_rows, select
+    from .eval_methods import parse_methods
 
-    methods = evaluation.parse_methods(methods)
+    methods = parse_methods(methods)
     if "ttd" in methods and not teacher:
         raise TTSIError("method ttd needs --teacher (a model or an OpenAI-compatible URL)")
     seeds = evaluation.parse_seeds(seeds)
@@ -201,7 +216,7 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
     recorded = {**settings, "model": model, "precision": precision, "teacher": teacher,
                 "teacher_model": teacher_model if teacher else None, "max_calls": max_calls or "per benchmark"}
     plan = evaluation.Plan(
-        evaluation.select(evaluation.load_rows(data), limit, sample, seeds[0]), methods, seeds,
+        select(load_rows(data), limit, sample, seeds[0]), methods, seeds,
         taus=evaluation.parse_taus(sweep) if sweep else evaluation.DEFAULT_SWEEP,
         max_calls=max_calls, settings=recorded,
     )
@@ -214,9 +229,10 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
 
     summary = evaluation.evaluate(plan, out, load_agent=load, progress=not quiet)
     if summary is not None:  # rank 0
-        click.echo(evaluation.markdown(summary, sweep=False), nl=False)
+        click.echo(report.markdown(summary, sweep=False), nl=False)
         if not quiet:
-            click.echo(f"wrote {Path(out) / 'summary.md'} (threshold sweep included) and plots", err=True)
+            plots = " and plots" if report.can_plot() else "; no plots written (matplotlib is not installed)"
+            click.echo(f"wrote {Path(out) / 'summary.md'} (threshold sweep included){plots}", err=True)
 
 
 @cli.command()
@@ -225,8 +241,7 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
               help="Address to listen on; loopback only unless you change it.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="MLX_TTSI_PORT",
               help="Port to listen on (0: any free port).")
-@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True, envvar="MLX_TTSI_MODE",
-              help="Default for requests without a `ttsi` field (see ask --mode).")
+@setting_option("mode")
 @click.option("--api-key", envvar="MLX_TTSI_API_KEY",
               help="Require `Authorization: Bearer KEY` on every /v1 request.")
 @click.option("--memory", is_flag=True, help="Keep the adapters trained for uncertain requests and reuse them.")
@@ -235,7 +250,7 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
 @click.option("--memory-similarity", type=click.FloatRange(-1, 1), default=0.95, show_default=True,
               help="Reuse an adapter when the request's embedding is at least this close (cosine).")
 @adaptation_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@setting_option("seed")
 @click.option("-q", "--quiet", is_flag=True, help="No request log on stderr.")
 def serve(model, host, port, mode, api_key, memory, memory_size, memory_similarity, precision, teacher,
           teacher_model, seed, quiet, **settings):

@@ -10,7 +10,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.utils import common_prefix_len
 
-from .errors import RequestError
+from .errors import Cancelled, RequestError
 
 PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal attention work per chunk
 # Above this many cached tokens x continuations, continuations are scored one after another
@@ -52,10 +52,11 @@ def cache_from_arrays(layers, batch=1):
 
 
 class ContextState:
-    def __init__(self, model, tokenizer, context_length=None):
+    def __init__(self, model, tokenizer, context_length=None, cancelled=None):
         self.model = model
         self.tokenizer = tokenizer
         self.context_length = context_length
+        self.cancelled = cancelled  # polled before every forward pass: True stops the request (Cancelled)
         self.cache = make_prompt_cache(model)
         self.tokens = []
         self.logprobs = None  # log-probs of the next token after self.tokens
@@ -70,12 +71,17 @@ class ContextState:
 
     def _feed(self, ids):
         for start in range(0, len(ids), PREFILL_CHUNK):
+            self._check_cancelled()
             chunk = ids[start : start + PREFILL_CHUNK]
             logits = last_logits(self.model, mx.array(chunk)[None], self.cache)[0].astype(mx.float32)
             self.forward_tokens += len(chunk)
             self.logprobs = logits - mx.logsumexp(logits)
             mx.eval(self.logprobs, [c.state for c in self.cache])
         self.tokens.extend(ids)
+
+    def _check_cancelled(self):
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("the request was cancelled")
 
     def seed(self, ids, arrays):
         """Start from a known prefix: its tokens and their KV arrays (see `prefix_arrays`)."""
@@ -146,6 +152,7 @@ class ContextState:
         """Summed log-prob and length of each token list, given the current context (one pass)."""
         if not all(continuations):
             raise ValueError("every continuation needs at least one token")
+        self._check_cancelled()
         first = mx.array([c[0] for c in continuations])
         totals = self.logprobs[first]
         longest = max(len(c) for c in continuations)

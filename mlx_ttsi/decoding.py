@@ -101,6 +101,8 @@ def normalized(logprobs, lengths, norm):
 
 
 class CallDecoder:
+    """Writes calls into its context, keeping the text so far and the choices it made."""
+
     def __init__(self, state, fmt, name_norm="sum", key_norm="sum", max_calls=1):
         self.state = state
         self.fmt = fmt
@@ -110,6 +112,19 @@ class CallDecoder:
         self.vocab = Vocabulary.of(state.tokenizer)
         self.text = ""
         self.choices = []
+        self.on_piece = None  # (kind, text) while an answer is streamed: "call" (a tool name), "arguments"
+        self._in_arguments = False
+
+    def _start(self, text, on_piece=None):
+        self.text, self.choices, self.on_piece = text, [], on_piece
+
+    def kv_prefix(self, n):
+        """A copy of the context's KV arrays for its first n tokens (see ContextState.prefix_arrays)."""
+        return self.state.prefix_arrays(n, copy=True)
+
+    def restart(self, n):
+        """Forget everything in the context after its first n tokens (the weights changed)."""
+        self.state.truncate(n)
 
     # -- primitives -------------------------------------------------------------------------
     def score(self, options):
@@ -126,11 +141,18 @@ class CallDecoder:
         scores = normalized(logprobs, lengths, norm)
         choice = Choice(list(options), logprobs, lengths, int(np.argmax(scores)), kind)
         self.choices.append(choice)
-        self.text += choice.chosen
+        self.emit(choice.chosen)
         return choice
 
     def emit(self, text):
         self.text += text
+        if self._in_arguments and self.on_piece:
+            self.on_piece("arguments", text)
+
+    def score_after(self, text, options):
+        """Summed log-prob and token count of each option text right after `text`."""
+        self._start(text)
+        return self.score(options)
 
     def _sync(self):
         self.state.set_text(self.text)
@@ -188,8 +210,7 @@ class CallDecoder:
 
         With `copy_from`, a string value is copied from that text (`write_copied_string`); with
         `within`, a free string value stops early once it leaves that text (`write_string`)."""
-        self.text = text
-        self.choices = []
+        self._start(text)
         if copy_from is not None:
             return self.write_copied_string(copy_from)
         return self.write_value(schema, within)
@@ -296,23 +317,32 @@ class CallDecoder:
         else:
             self.choices.append(name_choice)
             self.emit(name_choice.chosen)
+        tool = tools[name_choice.index]
+        if self.on_piece:
+            self.on_piece("call", tool.name)
         self.emit(fmt.name_after[1:])
-        return tools[name_choice.index]
+        return tool
 
     def write_call(self, tools, name_choice=None):
         self.emit(self.fmt.open + self.fmt.name_before)
         tool = self.write_name(tools, name_choice)
-        arguments = self.write_arguments(tool)
+        self._in_arguments = True
+        try:
+            arguments = self.write_arguments(tool)
+        finally:
+            self._in_arguments = False
         self.emit("}" + self.fmt.close)
         return {"name": tool.name, "arguments": arguments}
 
-    def decode(self, prompt, tools, name_choice=None):
-        """Write up to max_calls calls after `prompt`; returns the calls and the answer text."""
-        self.text = prompt
-        self.choices = []
-        if not self.fmt.guided:
-            return self.generate_calls(prompt, tools, name_choice)
+    def decode(self, prompt, tools, name_choice=None, on_piece=None):
+        """Write up to max_calls calls after `prompt`; returns the calls and the answer text.
+
+        `on_piece(kind, text)` hears each call's tool name and its arguments' JSON in pieces, as written
+        (in formats the decoder does not write, each call once the answer is read)."""
+        self._start(prompt, on_piece)
         fmt = self.fmt
+        if not fmt.guided:
+            return self.generate_calls(prompt, tools, name_choice)
         self.emit(fmt.start)
         calls = [self.write_call(tools, name_choice)]
         stop = end_of_turn(self.state.tokenizer)
@@ -329,9 +359,11 @@ class CallDecoder:
     def generate_calls(self, prompt, tools, name_choice=None):
         """A non-JSON format: the name is chosen as in JSON formats, the model writes the rest
         greedily (until the format's end marker or end of turn) and mlx-lm's parser reads it."""
-        fmt = self.fmt
+        fmt, on_piece = self.fmt, self.on_piece
+        self.on_piece = None  # the calls are told once they read
         self.emit(fmt.name_prefix)
         self.write_name(tools, name_choice)
+        self.on_piece = on_piece
         self._sync()
         stop_ids = set(self.state.tokenizer.eos_token_ids)
         finish = fmt.markers[1]
@@ -352,23 +384,24 @@ class CallDecoder:
             calls = fmt.read(text, tools)[: self.max_calls]
         except CallError as error:
             return Decoded([], text, list(self.choices), str(error))
+        for call in calls if on_piece else []:
+            on_piece("call", call["name"])
+            on_piece("arguments", json.dumps(call["arguments"], ensure_ascii=False))
         return Decoded(calls, text, list(self.choices))
+
+    def name_choice(self, prompt, tools):
+        """Every offered tool name scored where the format puts it: the candidates for
+        self-awareness, and the choice to answer with. Returns (choice, normalised scores)."""
+        options = self.fmt.name_options(tools)
+        logprobs, lengths = self.score_after(prompt + self.fmt.name_prefix, options)
+        scores = normalized(logprobs, lengths, self.name_norm)
+        return Choice(options, logprobs, lengths, int(np.argmax(scores)), "name"), scores
 
 
 def argument_margin(choices):
     """The smallest relative-softmax margin among a decode's argument choices (1.0 when it made none)."""
     margins = [margin(relative_softmax(c.logprobs)) for c in choices if c.kind == "argument" and len(c.options) > 1]
     return min(margins, default=1.0)
-
-
-def name_candidates_choice(decoder, prompt, tools):
-    """Score every offered tool name where the format puts it: the candidates for self-awareness."""
-    decoder.text = prompt + decoder.fmt.name_prefix
-    decoder.choices = []
-    options = decoder.fmt.name_options(tools)
-    logprobs, lengths = decoder.score(options)
-    scores = normalized(logprobs, lengths, decoder.name_norm)
-    return Choice(options, logprobs, lengths, int(np.argmax(scores)), "name"), scores
 
 
 def _common(a, b):

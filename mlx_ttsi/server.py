@@ -28,18 +28,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlx.core as mx
 
-from .agent import MODES
 from .errors import TTSIError
-from .adapter_memory import embed, tools_key
-from .prompts import last_user_text, normalize_messages, render_prompt
+from .adapter_memory import tools_key
+from .prompts import last_user_text, normalize_messages
+from .settings import BY_NAME, OPTIONS
 from .tools import parse_tools
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
-MAX_EXAMPLES = 16  # most synthetic examples one request may ask for
-MAX_TOKENS = 4096  # most tokens one text answer may ask for
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
 PIECE = 16  # characters per streamed delta
-TTSI_FIELDS = {"mode", "threshold", "examples"}
+TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
 
 
 class APIError(Exception):
@@ -154,10 +152,9 @@ class Service:
         if tools is not None and not isinstance(tools, list):
             raise APIError(400, "tools must be a list", param="tools")
         options = {}
-        for key, name, low, high in (("seed", "seed", None, None), ("max_tokens", "max_tokens", 1, MAX_TOKENS),
-                                     ("max_completion_tokens", "max_tokens", 1, MAX_TOKENS)):
+        for key, name in (("seed", "seed"), ("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens")):
             if body.get(key) is not None:
-                options[name] = _number(body[key], key, low, high, integer=True)
+                options[name] = _setting(name, body[key], key)
         if body.get("temperature") is not None:  # accepted, but answers are greedy (docs/server.md)
             _number(body["temperature"], "temperature", 0, 2)
         if body.get("n") not in (None, 1):
@@ -199,7 +196,7 @@ class Service:
         tools = parse_tools(request["tools"]) if request["tools"] else []
         started = time.perf_counter()
         recall, reuse = self._recall(request, tools, options)
-        answer = agent.ask(messages=request["messages"], tools=tools or None, progress=check, adapter=reuse,
+        answer = agent.ask(messages=request["messages"], tools=tools or None, progress=check, adapter_weights=reuse,
                            keep_adapter=recall.get("memory") == "miss", **options)
         clock = time.perf_counter()
         key, vector = recall.pop("key", None), recall.pop("vector", None)
@@ -212,20 +209,19 @@ class Service:
             recall["memory"] = "unused"  # a close adapter exists, but this request was not adapted
         if recall:
             recall["memory_seconds"] = round(recall["memory_seconds"] + time.perf_counter() - clock, 3)
-        usage = self._usage(request["messages"], tools, answer)
+        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
         timings = {"queue": round(queued, 3), **answer.timings, "server": round(time.perf_counter() - started, 3)}
         return _completion(agent, answer, usage, timings, recall, options)
 
     def _recall(self, request, tools, options):
         """Look the request up in the adapter memory (only when it might be trained)."""
-        mode = options.get("mode", self.agent.settings.mode)
+        mode = options.get("mode", self.agent.mode)
         if self.memory is None or not tools or mode in ("base", "ticl"):
             return {}, None
         started = time.perf_counter()
         text = last_user_text(normalize_messages(request["messages"]))
-        with self.agent.lock:  # the embedding must come from the base model, no LoRA attached
-            assert not self.agent.adapter.attached
-            vector = embed(self.agent.loaded.model, self.agent.loaded.tokenizer, text)
+        vector = self.agent.embed(text)
         key = tools_key(tools)
         hit = self.memory.lookup(key, vector)
         recall = {"memory": "miss" if hit is None else "hit", "key": key, "vector": vector}
@@ -233,15 +229,6 @@ class Service:
             recall["similarity"] = hit[2]
         recall["memory_seconds"] = time.perf_counter() - started
         return recall, hit[1] if hit else None
-
-    def _usage(self, messages, tools, answer):
-        """Token counts of the prompt the answer was decoded from and of the answer itself."""
-        tok, fmt = self.agent.loaded.tokenizer, self.agent.fmt
-        prompt = render_prompt(tok, normalize_messages(messages), tools, fmt)
-        prompt_tokens = len(tok.encode(prompt, add_special_tokens=False))
-        completion = len(tok.encode(answer.answer, add_special_tokens=False)) if answer.answer else 0
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion}
 
 
 def _number(value, name, low=None, high=None, integer=False):
@@ -275,21 +262,20 @@ def _tool_name(spec):
 
 
 def _ttsi_options(fields):
-    """The request's own `ttsi` settings: mode, threshold and examples, nothing else."""
+    """The request's own `ttsi` settings (the table's request options), nothing else."""
     if fields is None:
         return {}
     if not isinstance(fields, dict) or set(fields) - TTSI_FIELDS:
         raise APIError(400, f"ttsi must be an object with only {', '.join(sorted(TTSI_FIELDS))}", param="ttsi")
-    options = {}
-    if fields.get("mode") is not None:
-        if fields["mode"] not in MODES:
-            raise APIError(400, f"ttsi.mode must be one of {', '.join(MODES)}", param="ttsi.mode")
-        options["mode"] = fields["mode"]
-    if fields.get("threshold") is not None:
-        options["threshold"] = float(_number(fields["threshold"], "ttsi.threshold", 0, 1))
-    if fields.get("examples") is not None:
-        options["examples"] = _number(fields["examples"], "ttsi.examples", 1, MAX_EXAMPLES, integer=True)
-    return options
+    return {name: _setting(name, value, f"ttsi.{name}") for name, value in fields.items() if value is not None}
+
+
+def _setting(name, value, param):
+    """A request's value for a setting, checked against the settings table (400 if out of range)."""
+    try:
+        return BY_NAME[name].check(value, param)
+    except TTSIError as error:
+        raise APIError(400, str(error), param=param) from None
 
 
 def _completion(agent, answer, usage, timings, recall, options):
@@ -299,9 +285,8 @@ def _completion(agent, answer, usage, timings, recall, options):
     message = {"role": "assistant", "content": None if calls else answer.answer}
     if calls:
         message["tool_calls"] = calls
-    max_tokens = options.get("max_tokens", agent.settings.max_tokens)
-    finish = "tool_calls" if calls else "length" if usage["completion_tokens"] >= max_tokens else "stop"
-    ttsi = {"mode": options.get("mode", agent.settings.mode), "method": answer.method,
+    finish = answer.finish_reason
+    ttsi = {"mode": options.get("mode", agent.mode), "method": answer.method,
             "uncertainty": answer.uncertainty.as_dict() if answer.uncertainty else None,
             "adapted": answer.adapted, "reused": answer.reused, "synthetic": len(answer.synthetic),
             "rejected": answer.rejected, "timings": timings, **recall}

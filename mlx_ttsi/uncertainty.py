@@ -10,9 +10,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-FORMS = ("name", "call")
-NORMS = ("mean", "sum")
-
 
 def relative_softmax(scores):
     """Probabilities p_n = exp(l_n - max l) / sum_k exp(l_k - max l)."""

@@ -128,23 +128,35 @@ PLAUSIBLE_REQUESTS = [
 ]
 
 
+def scripted_sampler(tokenizer, text):
+    """A sampler that writes `text` token by token, then end-of-turn, whatever the log-probs."""
+    ids = iter(tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id] * 256)
+    return lambda logprobs: mx.array([next(ids)])
+
+
 @pytest.fixture(autouse=True)
 def plausible_requests(monkeypatch):
-    """The tiny random model writes gibberish that the synthesis checks rightly refuse, so tests of
-    the pipeline get plausible synthetic requests instead; labelling, training and answering stay
-    real. The embedded model keeps writing its own."""
+    """The tiny random model writes gibberish that the synthesis checks rightly refuse, so its
+    request writer samples these texts in turn instead (a test may replace the list): the real
+    writer, sampling, labelling, training and answering all run. The embedded model writes its own."""
+    from unittest import mock
+
     from mlx_ttsi.models import EMBEDDED_NAME
     from mlx_ttsi.synthesis import ModelWriter
 
+    script = list(PLAUSIBLE_REQUESTS)
     original = ModelWriter.write_request
     counter = iter(range(10**9))
 
     def write_request(self, state, request, tools):
         if self.loaded.name == EMBEDDED_NAME:
             return original(self, state, request, tools)
-        return PLAUSIBLE_REQUESTS[next(counter) % len(PLAUSIBLE_REQUESTS)]
+        text = script[next(counter) % len(script)]
+        with mock.patch("mlx_ttsi.synthesis.make_sampler", lambda **options: scripted_sampler(self.loaded.tokenizer, text)):
+            return original(self, state, request, tools)
 
     monkeypatch.setattr(ModelWriter, "write_request", write_request)
+    return script
 
 
 @pytest.fixture
@@ -154,9 +166,9 @@ def train_on_seen(monkeypatch):
 
     seen, original = [], Agent._synthesize
 
-    def spy(self, *args):
-        seen.append(args[-1])
-        return original(self, *args)
+    def spy(self, request, *args):
+        seen.append(request.given if request.plan.source == "given" else None)
+        return original(self, request, *args)
 
     monkeypatch.setattr(Agent, "_synthesize", spy)
     return seen

@@ -3,7 +3,8 @@ import os
 import mlx.core as mx
 import pytest
 
-from mlx_ttsi.adaptation import Adapter, LoRASettings
+from mlx_ttsi.adaptation import Adapter
+from mlx_ttsi.settings import LoRASettings
 from mlx_ttsi.errors import TTSIError
 
 

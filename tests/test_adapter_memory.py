@@ -8,8 +8,8 @@ import numpy as np
 import openai
 import pytest
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.adapter_memory import AdapterMemory, embed, tools_key
 from mlx_ttsi.server import make_server
 from mlx_ttsi.tools import parse_tools
@@ -62,33 +62,33 @@ def test_memory_is_bounded_lru_and_leaves_no_temporary_files(memory):
     assert second not in (memory.directory / "index.json").read_text()
 
 
-def test_a_corrupt_entry_is_skipped_with_a_warning(memory, capfd):
+def test_a_corrupt_entry_is_skipped_with_a_warning(memory, caplog):
     good = memory.store("t", unit(1, 0, 0), weights(1.0))
     bad = memory.store("t", unit(1, 0.01, 0), weights(2.0))  # the closer one
     (memory.directory / f"{bad}.safetensors").write_bytes(b"\x00garbage")
     entry, _, _ = memory.lookup("t", unit(1, 0.01, 0))
     assert entry == good  # fell back to the next usable entry
-    err = capfd.readouterr().err
-    assert f"ignoring corrupt entry {bad}" in err
+    assert f"ignoring corrupt entry {bad}" in caplog.text
     assert [e["id"] for e in memory.entries] == [good]
+    caplog.clear()
     memory.lookup("t", unit(1, 0, 0))
-    assert capfd.readouterr().err == ""  # warned once, then gone
+    assert caplog.text == ""  # warned once, then gone
 
 
-def test_an_entry_of_another_shape_is_ignored(tmp_path, capfd):
+def test_an_entry_of_another_shape_is_ignored(tmp_path, caplog):
     other = AdapterMemory(tmp_path / "adapters", {"layers.0.lora_a": (8, 2)}, similarity=0.9)
     other.store("t", unit(1, 0, 0), {"layers.0.lora_a": mx.zeros((8, 2))})
     memory = AdapterMemory(tmp_path / "adapters", SHAPES, similarity=0.9)
     assert memory.lookup("t", unit(1, 0, 0)) is None
-    assert "do not match" in capfd.readouterr().err
+    assert "do not match" in caplog.text
 
 
-def test_a_corrupt_index_is_ignored_with_a_warning(tmp_path, capfd):
+def test_a_corrupt_index_is_ignored_with_a_warning(tmp_path, caplog):
     directory = tmp_path / "adapters"
     directory.mkdir()
     (directory / "index.json").write_text("{not json")
     memory = AdapterMemory(directory, SHAPES)
-    assert len(memory) == 0 and "unreadable index" in capfd.readouterr().err
+    assert len(memory) == 0 and "unreadable index" in caplog.text
     memory.store("t", unit(1, 0, 0), weights(1.0))
     assert json.loads((directory / "index.json").read_text())["entries"][0]["tools"] == "t"
 
@@ -152,11 +152,11 @@ def test_server_stores_then_reuses_an_adapter_across_restarts(agent, tmp_path):
         server.server_close()
 
 
-def test_a_failed_write_is_a_warning_not_an_error(memory, monkeypatch, capfd):
+def test_a_failed_write_is_a_warning_not_an_error(memory, monkeypatch, caplog):
     def full_disk(path, arrays):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(mx, "save_safetensors", full_disk)
     assert memory.store("t", unit(1, 0, 0), weights(1.0)) is None
-    assert "cannot store an adapter" in capfd.readouterr().err and len(memory) == 0
+    assert "cannot store an adapter" in caplog.text and len(memory) == 0
     assert list(memory.directory.iterdir()) == []

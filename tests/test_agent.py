@@ -3,8 +3,8 @@ import json
 import mlx.core as mx
 import pytest
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.errors import RequestError, TTSIError
 from mlx_ttsi.tools import check_call
 
@@ -83,11 +83,21 @@ def test_call_candidates_score_whole_calls(agent):
     assert answer.tool_calls[0]["name"] == answer.uncertainty.best
 
 
+def rendered_prompt(agent, messages):
+    from mlx_ttsi.prompts import call_format, normalize_messages, render_prompt
+    from mlx_ttsi.tools import parse_tools
+
+    tok = agent.loaded.tokenizer
+    return render_prompt(tok, normalize_messages(messages), parse_tools(TOOLS), call_format(tok))
+
+
 def test_conversation_ending_with_an_assistant_turn_gets_a_new_turn(agent):
     # API-Bank dialogues end with the assistant's "Got it." before the expected call
     messages = [{"role": "user", "content": "Set an alarm at 7"}, {"role": "assistant", "content": "Got it."}]
+    prompt = rendered_prompt(agent, messages)
+    assert prompt.endswith("Got it.<|im_end|>\n<|im_start|>assistant\n")  # the answer is a turn of its own
     answer = agent.ask(messages=messages, tools=TOOLS, mode="base")
-    assert answer.tool_calls
+    assert answer.prompt_tokens == len(agent.loaded.tokenizer.encode(prompt, add_special_tokens=False))
 
 
 def test_multi_turn_messages(agent):
@@ -98,14 +108,18 @@ def test_multi_turn_messages(agent):
         {"role": "tool", "content": "ok"},
         {"role": "user", "content": "and what is the weather in Oslo?"},
     ]
+    prompt = rendered_prompt(agent, messages)
+    # the earlier call is written as the model writes calls, its result as a user turn (fallback format)
+    assert '{"name": "set_alarm", "arguments": {"time": "07:00", "loud": true}}' in prompt
+    assert "Tool result: ok" in prompt and prompt.index("Tool result: ok") < prompt.index("weather in Oslo")
     answer = agent.ask(messages=messages, tools=TOOLS, mode="base")
-    assert answer.tool_calls
+    assert answer.prompt_tokens == len(agent.loaded.tokenizer.encode(prompt, add_special_tokens=False))
 
 
 def test_reused_adapter_skips_synthesis_and_training(agent):
     trained = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", keep_adapter=True)
     assert trained.adapter
-    reused = agent.ask("Set an alarm at 8", tools=TOOLS, mode="ttsi", adapter=trained.adapter)
+    reused = agent.ask("Set an alarm at 8", tools=TOOLS, mode="ttsi", adapter_weights=trained.adapter)
     assert reused.adapted and reused.reused and "synthesis" not in reused.timings
     assert agent.adapter.is_reset()
 
@@ -124,7 +138,7 @@ def test_text_answer_without_tools(agent):
         ({"messages": [{"role": "assistant", "content": "hi"}]}, RequestError, "needs a non-empty user message"),
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]}, RequestError, "system"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, RequestError, "role"),
-        ({"request": "hi", "mode": "magic"}, TTSIError, "unknown mode"),
+        ({"request": "hi", "mode": "magic"}, TTSIError, "mode must be one of"),
         ({"request": "hi", "threshold": 2}, TTSIError, "threshold"),
     ],
 )
@@ -172,15 +186,18 @@ def test_requests_with_the_same_tools_reuse_the_system_prompt_cache(agent):
 def test_same_tool_check_refuses_teacher_examples_for_another_tool(tiny, tiny_model_dir, monkeypatch):
     from mlx_ttsi.synthesis import ModelWriter
 
-    monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools: [{"name": "list_alarms", "arguments": {}}])
     strict = Agent(tiny, Settings(same_tool=True, examples=1), teacher=str(tiny_model_dir))
+    own = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="base").uncertainty.best
+    other = next(c for c in ({"name": "list_alarms", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}})
+                 if c["name"] != own)  # a valid call of another tool than the model's own choice
+    monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools: [other])
     answer = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
-    if answer.uncertainty.best != "list_alarms":
-        assert not answer.adapted and answer.rejected == {"another tool than the model's own choice": 3}
-        # a request meant to adapt that cannot says why, and is answered by the base model
-        assert answer.note == ("not adapted: all 3 candidate examples were rejected "
-                               "(3 another tool than the model's own choice)")
-        assert answer.method == "base" and answer.training is None
+    assert answer.uncertainty.best == own
+    assert not answer.adapted and answer.rejected == {"another tool than the model's own choice": 3}
+    # a request meant to adapt that cannot says why, and is answered by the base model
+    assert answer.note == ("not adapted: all 3 candidate examples were rejected "
+                           "(3 another tool than the model's own choice)")
+    assert answer.method == "base" and answer.training is None
 
 
 def test_one_tool_request_can_be_uncertain_about_its_arguments(agent):
@@ -213,3 +230,59 @@ def test_warm_caches_the_tools_prefix_without_changing_answers(agent):
     assert warm.tool_calls == cold.tool_calls
     assert [c["prob"] for c in warm.uncertainty.candidates] == pytest.approx(
         [c["prob"] for c in cold.uncertainty.candidates], abs=1e-5)
+
+
+@pytest.mark.parametrize("mode, options, expected", [
+    ("auto", {}, ("ttsi", True, "self-label", False)),
+    ("auto", {"has_teacher": True}, ("ttd", True, "teacher", False)),
+    ("ttsi", {}, ("ttsi", False, "self-label", False)),
+    ("ttsi", {"force": False}, ("ttsi", True, "self-label", False)),
+    ("ttsi", {"stored": True}, ("ttsi", False, "stored", False)),
+    ("ticl", {"stored": True}, ("ticl", False, "self-label", False)),  # demonstrations, not weights
+    ("auto", {"given": True}, ("ttsi", False, "given", False)),
+    ("base", {}, ("base", False, "self-label", True)),
+])
+def test_the_plan_of_a_request(mode, options, expected):
+    from mlx_ttsi.agent import plan_request
+
+    plan = plan_request(mode, **options)
+    assert (plan.method, plan.gated, plan.source, plan.stream_base) == expected
+    assert plan.self_check == (plan.source == "self-label" and plan.method in ("ttsi", "ticl"))
+
+
+@pytest.mark.parametrize("mode", ["base", "auto", "ttsi"])
+def test_streamed_pieces_add_up_to_the_answer(agent, mode):
+    pieces = []
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode=mode, on_piece=lambda *p: pieces.append(p))
+    assert [text for kind, text in pieces if kind == "call"] == [c["name"] for c in answer.tool_calls]
+    arguments = "".join(text for kind, text in pieces if kind == "arguments")
+    assert json.loads(arguments) == answer.tool_calls[0]["arguments"]
+    assert answer.finish_reason == "tool_calls" and answer.completion_tokens > 0
+
+
+def test_text_answers_stream_while_they_are_generated(agent):
+    heard = []
+    answer = agent.ask("Hello there", max_tokens=8, on_piece=lambda *p: heard.append(p),
+                       progress=lambda phase, *_: heard.append(("phase", phase)))
+    assert heard[-1] == ("phase", "answering") and {kind for kind, _ in heard[:-1]} == {"content"}
+    assert "".join(text for _, text in heard[:-1]).strip() == answer.answer
+    assert answer.completion_tokens == 8 and answer.finish_reason == "length"
+
+
+def test_a_cancelled_request_stops_during_training_and_leaves_the_model_clean(agent):
+    from mlx_ttsi.errors import Cancelled
+
+    before = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    phases, steps = [], []
+
+    def cancelled():  # gives up at the second training step
+        steps.append(phases[-1] if phases else None)
+        return steps.count("synthesis") >= 2
+
+    with pytest.raises(Cancelled):
+        agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", epochs=50,
+                  progress=lambda phase, *_: phases.append(phase), cancelled=cancelled)
+    assert phases[-1] == "synthesis" and "training" not in phases
+    assert agent.adapter.is_reset()
+    after = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")
+    assert after.tool_calls == before.tool_calls and after.uncertainty.score == pytest.approx(before.uncertainty.score)

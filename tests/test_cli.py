@@ -103,3 +103,14 @@ def test_ask_never_passes_training_examples(run, tools_file, train_on_seen):
     result = run("What is the weather in Paris?", "--tools", str(tools_file), "--mode", "ttsi", "--epochs", "1")
     assert result.exit_code == 0, result.stderr
     assert train_on_seen == [None]
+
+
+def test_log_level_debug_logs_each_phase_on_stderr(tiny_model_dir, tools_file):
+    result = CliRunner().invoke(cli, ["--log-level", "debug", "ask", "Set an alarm at 7", "--tools", str(tools_file),
+                                      "--model", str(tiny_model_dir), "--mode", "base", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert "DEBUG mlx_ttsi.agent: scoring" in result.stderr and "INFO mlx_ttsi.models: loading" in result.stderr
+    assert "mlx_ttsi" not in result.stdout  # the answer alone on stdout
+    quiet = CliRunner().invoke(cli, ["ask", "Set an alarm at 7", "--tools", str(tools_file),
+                                     "--model", str(tiny_model_dir), "--mode", "base", "-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -3,6 +3,8 @@ import pytest
 
 from mlx_ttsi.context import ContextState
 
+from conftest import scripted_sampler
+
 
 def full_logprob(model, ids, start):
     """Summed log-prob of ids[start:] computed from scratch, no cache."""
@@ -59,3 +61,37 @@ def test_long_contexts_score_one_by_one_with_the_same_results(tiny, monkeypatch)
     fresh = ContextState(tiny.model, tiny.tokenizer)
     fresh.sync(prefix)
     assert mx.allclose(state.logprobs, fresh.logprobs, atol=1e-4).item()
+
+
+def test_sample_stops_at_the_stop_text_and_feeds_what_it_wrote(tiny):
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.set_text("What is the weather in Paris?")
+    before = len(state.tokens)
+    text = state.sample(scripted_sampler(tiny.tokenizer, "Set an alarm\nat 7"), max_tokens=40)
+    assert text.rstrip("\n") == "Set an alarm" and text.endswith("\n")
+    # every token but the one that ended the text is in the context, logits computed
+    assert tiny.tokenizer.decode(state.tokens[before:]) == "Set an alarm"
+    assert state.logprobs is not None
+
+
+def test_sample_stops_at_end_of_turn_and_at_max_tokens(tiny):
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.set_text("Hello")
+    assert state.sample(scripted_sampler(tiny.tokenizer, "Paris"), max_tokens=40) == "Paris"  # then EOS
+    state.set_text("Hello")
+    ids = tiny.tokenizer.encode("What is the weather in Paris tomorrow", add_special_tokens=False)
+    text = state.sample(scripted_sampler(tiny.tokenizer, "What is the weather in Paris tomorrow"), max_tokens=3)
+    assert text == tiny.tokenizer.decode(ids[:3])
+
+
+def test_cancelled_context_stops_before_the_next_forward_pass(tiny):
+    from mlx_ttsi.errors import Cancelled
+
+    stop = []
+    state = ContextState(tiny.model, tiny.tokenizer, cancelled=lambda: bool(stop))
+    state.set_text("Hello")
+    fed = state.forward_tokens
+    stop.append(True)
+    with pytest.raises(Cancelled):
+        state.push(5)
+    assert state.forward_tokens == fed

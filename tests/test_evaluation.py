@@ -17,10 +17,11 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from mlx_ttsi import evaluation
+from mlx_ttsi.benchmark_rows import gold_examples, load_rows, row_input, select
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import DataError
-from mlx_ttsi.evaluation import Plan, evaluate, finish, load_rows, read_records, row_input, select
+from mlx_ttsi.evaluation import Plan, evaluate, finish
+from mlx_ttsi.results import read_records
 from mlx_ttsi.ranks import Ranks
 
 from conftest import TOOLS
@@ -324,9 +325,20 @@ def test_eval_command_writes_results_summary_and_plots(tiny_model_dir, tiny_data
     summary = json.loads((out / "summary.json").read_text())
     assert [p["tau"] for p in summary["sweep"][0]["points"]] == [0.5, 1.0]
     config = json.loads((out / "config.json").read_text())
-    assert config["max_calls"] == "per benchmark" and config["lr"] == 0.05 and config["model"] == str(tiny_model_dir)
+    assert config["max_calls"] == "per benchmark" and config["learning_rate"] == 0.05 and config["model"] == str(tiny_model_dir)
     again = run_eval(tiny_model_dir, tiny_data, out, *TINY_ARGS)  # finished: nothing runs, nothing loads
     assert again.exit_code == 0 and "loading" not in again.stderr and len(lines(out / "results.jsonl")) == 6
+
+
+def test_eval_without_matplotlib_says_no_plots_were_written(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    out = tmp_path / "run"
+    result = run_eval(tiny_model_dir, tiny_data, out, "--methods", "base", "--any-tool")
+    assert result.exit_code == 0, result.stderr
+    assert "plots need matplotlib" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no plots written" in last and "and plots" not in last
+    assert (out / "summary.md").exists() and not list(out.glob("*.png"))
 
 
 @pytest.mark.parametrize(
@@ -356,6 +368,7 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.launch
 def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data, tmp_path):
     launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
     if launcher is None:
@@ -422,8 +435,6 @@ def test_only_the_oracle_methods_ever_see_the_gold_answer(tmp_path):
 
 
 def test_oracle_examples_are_the_gold_call_and_its_twins():
-    from mlx_ttsi.evaluation import gold_examples
-
     row = make_row("r0", query="What is the weather in Lisbon?", answer=[call("get_weather", city="Lisbon")])
     own = gold_examples(row, "oracle", 3, 0)
     assert own == [{"messages": [{"role": "user", "content": row["query"]}], "request": row["query"],

@@ -16,7 +16,7 @@ from mlx_ttsi import models
 from mlx_ttsi.adaptation import Adapter, LoRASettings
 from mlx_ttsi.agent import Agent, Settings
 from mlx_ttsi.context import ContextState
-from mlx_ttsi.decoding import CallDecoder, name_candidates_choice
+from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.errors import CallError
 from mlx_ttsi.formats import call_format
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, render_prompt
@@ -324,7 +324,7 @@ def test_the_name_is_scored_where_the_format_puts_it(family, tools):
     name, loaded = family
     fmt, prompt = ask_prompt(loaded, tools)
     decoder = CallDecoder(ContextState(loaded.model, loaded.tokenizer), fmt)
-    choice, scores = name_candidates_choice(decoder, prompt, tools)
+    choice, scores = decoder.name_choice(prompt, tools)
     before, after = FAMILIES[name][6:8]
     assert choice.options == [t.name + after for t in tools]
     # each option's log-prob, recomputed with one plain forward pass over prompt + prefix + option
@@ -449,9 +449,12 @@ def test_a_model_that_writes_a_call_natively_is_read_by_mlx_lms_parser(name, tau
     tools = parse_tools(TAUGHT_TOOLS)
     loaded = models.load(str(taught_dirs(name)), precision="float32")
     fmt, prompt = ask_prompt(loaded, tools, TAUGHT_REQUEST)
-    decoded = CallDecoder(ContextState(loaded.model, loaded.tokenizer), fmt).decode(prompt, tools)
+    pieces = []
+    decoder = CallDecoder(ContextState(loaded.model, loaded.tokenizer), fmt)
+    decoded = decoder.decode(prompt, tools, on_piece=lambda kind, text: pieces.append((kind, text)))
     assert decoded.error is None and decoded.calls == [TAUGHT_CALL], decoded.text
     assert decoded.text == fmt.calls_text([TAUGHT_CALL])  # stopped right at the end marker
+    assert pieces == [("call", "set_alarm"), ("arguments", json.dumps(TAUGHT_CALL["arguments"]))]  # streamed once read
     assert mlx_lm_read(loaded.tokenizer, decoded.text) == [TAUGHT_CALL]
 
 
@@ -482,9 +485,13 @@ def test_self_improvement_trains_on_native_examples(name, family_dirs, taught_di
 def test_free_formats_give_no_calls_and_say_why_when_the_answer_does_not_read(name, family_dirs):
     # the random model writes gibberish after the tool name: no calls, a note, no adaptation on it
     loaded = models.load(str(family_dirs[name]), precision="float32")
-    answer = Agent(loaded, Settings(mode="ttsi")).ask("What is the weather in Paris?", tools=TOOLS, force=True)
-    assert answer.tool_calls == [] and not answer.adapted
+    agent = Agent(loaded, Settings(mode="ttsi"))
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, force=True)
+    assert answer.tool_calls == [] and not answer.adapted and answer.finish_reason == "stop"
     assert answer.note.startswith("not adapted: the model's own answer is not a readable tool call")
+    base = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="base")
+    assert base.tool_calls == [] and base.answer.startswith(FAMILIES[name][6])
+    assert base.note.startswith(f"the model's {name} tool call") and "\n" not in base.note
 
 
 # ---- a Hugging Face repo id, loaded offline from the hub cache ---------------------------------

@@ -173,3 +173,27 @@ def test_the_rival_tool_wins_only_when_it_uses_more_of_the_request():
     assert coverage(invented, tools, request) == 0  # one stated value, one required value made up
     assert better_tool(first, invented, tools, request) == first
     assert better_tool(first, first, tools, request) == first  # a tie keeps the model's choice
+
+
+def test_a_rival_that_repeats_a_call_already_made_is_never_taken():
+    from mlx_ttsi.grounding import calls_made
+    from mlx_ttsi.prompts import normalize_messages
+
+    tools = parse_tools([
+        {"name": "GetUserToken", "parameters": {"type": "object", "properties": {
+            "username": {"type": "string"}, "password": {"type": "string"}}, "required": ["username", "password"]}},
+        {"name": "DeleteAccount", "parameters": {"type": "object", "properties": {"token": {"type": "string"}},
+                                                 "required": ["token"]}},
+    ])
+    token = {"name": "GetUserToken", "arguments": {"username": "ann", "password": "pw1"}}
+    messages = normalize_messages([
+        {"role": "user", "content": "Delete my account. I am ann, password pw1."},
+        {"role": "assistant", "content": "", "tool_calls": [token]},
+        {"role": "tool", "content": "{'token': 'x9y8'}"},
+    ])
+    context = "\n".join(m["content"] for m in messages)
+    first = [{"name": "DeleteAccount", "arguments": {"token": "x9y8"}}]
+    assert coverage([token], tools, context) > coverage(first, tools, context)  # more stated values...
+    assert calls_made(messages) == [token]
+    assert better_tool(first, [token], tools, context, calls_made(messages)) == first  # ...but already done
+    assert better_tool(first, [token], tools, context) == [token]

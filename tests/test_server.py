@@ -13,8 +13,8 @@ import time
 import openai
 import pytest
 
-from mlx_ttsi.adaptation import LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.server import make_server
 from mlx_ttsi.tools import check_call, parse_tools
 

@@ -45,14 +45,24 @@ def test_admit_checks_every_example(tools):
     }
 
 
-def test_model_writer_labels_with_valid_calls(tiny, tools):
-    from mlx_ttsi.adaptation import Adapter  # noqa: F401
-
+def test_model_writer_writes_one_clean_line(tiny, tools, plausible_requests):
+    plausible_requests[:] = ['1. "Set an alarm at 7 for work."\nWhat is the weather?']
     writer = ModelWriter(tiny)
-    s = writer.synthesize("What is the weather in Paris?", tools, k=2, seed=1)
-    assert s.attempts >= 1
+    request = writer.write_request(writer.own_state(), "What is the weather in Paris?", tools)
+    assert request == "Set an alarm at 7 for work."  # numbering, quotes and the second line gone
+
+
+def test_model_writer_labels_its_requests_with_valid_calls(tiny, tools, plausible_requests):
+    from mlx_ttsi.tools import check_call
+
+    plausible_requests[:] = ["Set an alarm at 7 for work.", "weather", "What is the weather in Paris?",
+                             "Convert 100 USD to EUR."]
+    s = ModelWriter(tiny).synthesize("What is the weather in Paris?", tools, k=2, seed=1, max_attempts=4)
+    assert [e["request"] for e in s.examples] == ["Set an alarm at 7 for work.", "Convert 100 USD to EUR."]
+    assert s.rejected == {"request is incomplete": 1, "copy of the request": 1} and s.attempts == 4
     for example in s.examples:
-        assert example["source"] == "self" and example["calls"]
+        assert example["source"] == "self" and len(example["calls"]) == 1
+        assert check_call(example["calls"][0], tools) is None
 
 
 class Teacher(BaseHTTPRequestHandler):
@@ -103,10 +113,14 @@ def test_unreachable_teacher_is_a_clear_error(tools):
         teacher.synthesize("Weather in Paris?", tools, k=1, seed=0)
 
 
-def test_ttd_with_a_local_teacher_model(tiny, tiny_model_dir):
-    agent = Agent(tiny, teacher=str(tiny_model_dir))
+def test_ttd_with_a_local_teacher_model(tiny, tiny_model_dir, plausible_requests):
+    from mlx_ttsi.settings import Settings
+
+    plausible_requests[:] = ["Set an alarm at 7 for work.", "Convert 100 USD to EUR."]
+    agent = Agent(tiny, Settings(examples=2, same_tool=False), teacher=str(tiny_model_dir))
     answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
-    assert answer.method in ("ttd", "base")
+    assert answer.adapted and answer.method == "ttd" and answer.training["examples"] == 2
+    assert [e["request"] for e in answer.synthetic] == ["Set an alarm at 7 for work.", "Convert 100 USD to EUR."]
     assert all(e["source"] == "self" for e in answer.synthetic)  # a local teacher writes like TT-SI
     assert agent.adapter.is_reset()
 

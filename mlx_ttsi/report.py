@@ -1,0 +1,56 @@
+"""The summary written out: summary.json, summary.md (Markdown tables) and the plots of plots.py."""
+
+import json
+import sys
+
+from .results import replace_file
+
+NO_MATPLOTLIB = "note: plots need matplotlib (pip install 'mlx-ttsi[eval]')"
+
+
+def write_summary(out, summary):
+    """summary.json, summary.md and the plots; returns whether plots were written (not without matplotlib)."""
+    replace_file(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    replace_file(out / "summary.md", markdown(summary))
+    if not can_plot():
+        print(NO_MATPLOTLIB, file=sys.stderr)
+        return False
+    from .plots import write_plots
+
+    write_plots(summary, out)
+    return True
+
+
+def can_plot():
+    """Whether matplotlib, which the plots need, can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def markdown(summary, sweep=True):
+    """The summary as Markdown tables: benchmark x method, then (with `sweep`) the threshold sweep."""
+    lines = ["| benchmark | method | accuracy (%) | rows | adapted | synthetic samples | yield | self-label acc. (%) "
+             "| s/row |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in summary["table"]:
+        accuracy = f"{c['accuracy']:.2f}" + (f" ± {c['accuracy_std']:.2f}" if c["seeds"] > 1 else "")
+        rows = f"{c['rows']}" + (f" of {c['of']}" if c["rows"] < c["of"] else "")
+        rows += f" ({c['errors']} not asked)" if c["errors"] else ""
+        kept = "" if c.get("yield") is None else f"{100 * c['yield']:.0f}%"
+        label = "" if c.get("label_accuracy") is None else f"{c['label_accuracy']:.2f}"
+        lines.append(f"| {c['benchmark']} | {c['method']} | {accuracy} | {rows} | {100 * c['adapted']:.1f}% "
+                     f"| {c['synthetic']:g} | {kept} | {label} | {c['seconds_per_row']:.2f} |")
+    seeds = summary.get("seeds", [])
+    spread = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    lines += ["", f"Accuracy in % ({spread}); synthetic samples: total per run; yield: examples kept / asked; "
+              "self-label acc.: the grounded self-label's own accuracy (what the twins are made from). Scoring:"]
+    lines += [f"- {bench}: {text}" for bench, text in summary["scoring"].items()]
+    for s in summary["sweep"] if sweep else []:
+        lines += ["", f"Threshold sweep, {s['benchmark']} / {s['method']} ({s['rows']} rows):", "",
+                  "| tau | flagged (%) | accuracy (%) |", "|---|---|---|"]
+        for p in s["points"]:
+            accuracy = "n/a" if p["accuracy"] is None else f"{p['accuracy']:.2f}"
+            lines.append(f"| {p['tau']:g} | {p['flagged']:.1f} | {accuracy} |")
+    return "\n".join(lines) + "\n"
