@@ -22,7 +22,6 @@ from .errors import CallError
 from .prompts import end_of_turn
 from .uncertainty import margin, relative_softmax
 
-NAME_PREFIX = '{"name": "'  # before the tool name in JSON call objects (CallFormat.name_before)
 MAX_STRING_TOKENS = 48
 MAX_VALUE_TOKENS = 64
 MAX_CALL_TOKENS = 192  # a freely written call (non-JSON formats)
