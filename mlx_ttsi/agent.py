@@ -256,6 +256,8 @@ class Agent:
         with self._lock:
             try:
                 if not tools:
+                    if adapter_weights is not None:  # a saved adapter (--adapter-path) writes text answers too
+                        self.adapter.load(adapter_weights)
                     return self._text_answer(request, Clock(report))
                 return self._tool_answer(request, Clock(report))
             finally:
@@ -398,6 +400,8 @@ class Agent:
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
                                              same_tool=same_tool)
+        if not label:  # the model's own answer did not read as a call (formats.py)
+            return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         # the request itself with its self-label, and K-1 twins that teach copying its values
         own = {"messages": messages, "request": last_user_text(messages), "calls": label, "source": "self-label"}
         examples = [own] + twins(messages, label, tools, settings.examples - 1, settings.seed)
@@ -436,10 +440,10 @@ class Agent:
             adapter=adaptation.weights if adapted else None,
             asked=synthesis.attempts,
             label=label,
-            note=adaptation.note if adaptation else None,
+            note=(adaptation.note if adaptation else None) or decoded.error,
             prompt_tokens=len(tok.encode(prompt, add_special_tokens=False)),
             completion_tokens=len(tok.encode(decoded.text, add_special_tokens=False)),
-            finish_reason="tool_calls",
+            finish_reason="tool_calls" if decoded.calls else "stop",
         )
 
     def _training_examples(self, examples, tools):

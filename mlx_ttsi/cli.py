@@ -15,6 +15,7 @@ import click
 from .errors import RequestError, TTSIError
 
 EMBEDDED = "smollm2-135m"
+PRECISIONS = ["auto", "native", "float32", "float16", "bfloat16"]
 
 
 def model_option(f):
@@ -50,7 +51,7 @@ def adaptation_options(f):
                      help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."),
         click.option("--teacher-model", default="gpt-5-mini", show_default=True, envvar="MLX_TTSI_TEACHER_MODEL",
                      help="Model name sent to a teacher URL."),
-        click.option("--precision", type=click.Choice(["auto", "native", "float32", "float16", "bfloat16"]),
+        click.option("--precision", type=click.Choice(PRECISIONS),
                      default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
                      help="Weights dtype: auto = float32 on CPU, the model's own on a GPU."),
     ]
@@ -65,15 +66,37 @@ def setting_option(name, **extra):
     return table_option(BY_NAME[name], **extra)
 
 
-def build_agent(model, precision, teacher, teacher_model, **settings):
-    """Load the model and make an Agent from CLI option values."""
+def build_agent(model, precision, teacher, teacher_model, adapter_path=None, **settings):
+    """Load the model and make an Agent from CLI option values (with --adapter-path, one that answers with it)."""
     from .agent import Agent
     from .settings import Settings
 
-    return Agent.load(
+    kind = Agent
+    if adapter_path:
+        from . import saved_adapter
+
+        settings.update(saved_adapter.lora_options(adapter_path))  # the adapter fixes the LoRA's shape
+        kind = saved_adapter.SavedAdapterAgent
+    agent = kind.load(
         model, precision=precision, settings=Settings.from_options(settings),
         teacher=teacher, teacher_model=teacher_model, api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"),
     )
+    if adapter_path:
+        agent.saved = saved_adapter.load_weights(agent, adapter_path)
+    return agent
+
+
+def adapter_path_option(f):
+    return click.option(
+        "--adapter-path", type=click.Path(file_okay=False), envvar="MLX_TTSI_ADAPTER_PATH",
+        help="Answer with this saved LoRA adapter (from --save-adapter or mlx_lm.lora) instead of training "
+             "one; its adapter_config.json sets --rank, --alpha and --layers.",
+    )(f)
+
+
+def check_adapter_mode(adapter_path, mode):
+    if adapter_path and mode not in ("auto", "ttsi"):
+        raise click.UsageError(f"--adapter-path answers with the saved adapter: it does not go with --mode {mode}")
 
 
 def progress_printer(quiet):
@@ -135,6 +158,7 @@ def cli(log_level):
 @cli.command()
 @click.argument("request", required=False)
 @click.option("--tools", "-t", "tools_file", type=click.Path(dir_okay=False), help="JSON file of tool specs.")
+@click.option("-s", "--system-prompt", help="A system message before the request.")
 @click.option("--messages", "messages_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="JSON file with a conversation (a list of messages, or {messages, tools}).")
 @model_option
@@ -144,13 +168,19 @@ def cli(log_level):
 @setting_option("max_tokens")
 @click.option("--save-adapter", type=click.Path(file_okay=False),
               help="Keep the trained LoRA here as an mlx-lm adapter (nothing is written otherwise).")
+@adapter_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the full result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def ask(request, tools_file, messages_file, model, mode, precision, teacher, teacher_model, seed, save_adapter,
-        as_json, quiet, **settings):
-    """Answer REQUEST, self-improving first when the model is unsure."""
+def ask(request, tools_file, system_prompt, messages_file, model, mode, precision, teacher, teacher_model, seed,
+        save_adapter, adapter_path, as_json, quiet, **settings):
+    """Answer REQUEST (- reads it from stdin), self-improving first when the model is unsure."""
     from .tools import load_tools, parse_tools
 
+    check_adapter_mode(adapter_path, mode)
+    if adapter_path and save_adapter:
+        raise click.UsageError("--adapter-path answers without training: there is no new adapter to --save-adapter")
+    if request == "-":
+        request = sys.stdin.read()
     messages, tools = None, None
     if messages_file:
         data = read_json_file(messages_file, "messages")
@@ -163,11 +193,14 @@ def ask(request, tools_file, messages_file, model, mode, precision, teacher, tea
         raise RequestError("the request is empty: give REQUEST or --messages FILE")
     if tools_file:
         tools = load_tools(tools_file)
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}, *(messages or [{"role": "user", "content": request}])]
+        request = None
     if mode == "ttd" and not teacher:
         raise TTSIError("--mode ttd needs --teacher (a model or an OpenAI-compatible URL)")
     report = progress_printer(quiet)
     started = time.perf_counter()
-    agent = build_agent(model, precision, teacher, teacher_model, mode=mode, seed=seed, **settings)
+    agent = build_agent(model, precision, teacher, teacher_model, adapter_path, mode=mode, seed=seed, **settings)
     report("loading", time.perf_counter() - started, agent.name)
     answer = agent.ask(request, tools=tools, messages=messages, progress=report, save_adapter=save_adapter)
     if as_json:
@@ -189,7 +222,7 @@ def ask(request, tools_file, messages_file, model, mode, precision, teacher, tea
               help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N rows of each data file.")
 @click.option("--sample", type=click.IntRange(1), help="N random rows of each data file, drawn with the first seed.")
-@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True,
+@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True, metavar="SEEDS",
               help="Run seed; repeat or comma-separate (0,1,2) for mean and spread.")
 @click.option("--threshold-sweep", "sweep", metavar="TAUS",
               help="Taus for the sweep, e.g. 0.1,0.3,0.5 [default: 0,0.1,...,0.9,0.95,1].")
@@ -253,9 +286,10 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
               help="Requests that may wait for the model; more get 503 with Retry-After.")
 @adaptation_options
 @setting_option("seed")
+@adapter_path_option
 @click.option("-q", "--quiet", is_flag=True, help="No request log on stderr.")
 def serve(model, host, port, mode, api_key, memory, memory_size, memory_similarity, max_queue, precision, teacher,
-          teacher_model, seed, quiet, **settings):
+          teacher_model, seed, adapter_path, quiet, **settings):
     """Serve the model behind an OpenAI-compatible API (POST /v1/chat/completions)."""
     import ipaddress
     import signal
@@ -263,10 +297,13 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
     from .adapter_memory import AdapterMemory
     from .server import make_server
 
+    check_adapter_mode(adapter_path, mode)
+    if adapter_path and memory:
+        raise click.UsageError("--adapter-path answers every request with one adapter: it does not go with --memory")
     if mode == "ttd" and not teacher:
         raise TTSIError("--mode ttd needs --teacher (a model or an OpenAI-compatible URL)")
     started = time.perf_counter()
-    agent = build_agent(model, precision, teacher, teacher_model, mode=mode, seed=seed, **settings)
+    agent = build_agent(model, precision, teacher, teacher_model, adapter_path, mode=mode, seed=seed, **settings)
     progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
     store = AdapterMemory.for_agent(agent, memory_size, memory_similarity) if memory else None
     try:
@@ -292,6 +329,19 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
         click.echo("stopping: finishing the request being answered", err=True)
     finally:
         server.server_close()
+
+
+@cli.command()
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
+              help="The --precision to resolve to a dtype, as ask and serve would.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor(precision, as_json):
+    """Show the backend, BLAS, dtype, cache, embedded model and versions this install will use."""
+    from . import doctor as checks
+
+    info = checks.report(precision)
+    click.echo(json.dumps(info, indent=2) if as_json else checks.text(info))
 
 
 @cli.command("config-path")

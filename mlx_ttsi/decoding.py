@@ -4,6 +4,10 @@ The structure of a call is never left to chance: the tool name, which argument c
 and enum values are chosen by scoring the allowed options; only free values (strings, numbers,
 arrays) are generated token by token, greedily, within their type's characters. The result always
 parses and names an offered tool; required arguments are always present.
+
+Formats whose arguments are not JSON (formats.py: pythonic, Gemma...) are written by the model
+after the chosen tool name, greedily, and read back with mlx-lm's parser and the schema; an answer
+that does not read gives no calls and says why (`Decoded.error`).
 """
 
 import json
@@ -14,12 +18,13 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from .errors import CallError
 from .prompts import end_of_turn
 from .uncertainty import margin, relative_softmax
 
-NAME_PREFIX = '{"name": "'
 MAX_STRING_TOKENS = 48
 MAX_VALUE_TOKENS = 64
+MAX_CALL_TOKENS = 192  # a freely written call (non-JSON formats)
 _NUMBER_CHARS = re.compile(r"^ ?[0-9.\-]+$")
 
 
@@ -83,6 +88,7 @@ class Decoded:
     calls: list
     text: str  # assistant text, in the model's call format
     choices: list = field(default_factory=list)
+    error: str = None  # why a freely written answer gave no calls (non-JSON formats)
 
 
 def normalized(logprobs, lengths, norm):
@@ -302,17 +308,23 @@ class CallDecoder:
         return arguments
 
     # -- calls ------------------------------------------------------------------------------
-    def write_call(self, tools, name_choice=None):
-        self.emit(self.fmt.open + NAME_PREFIX)
+    def write_name(self, tools, name_choice=None):
+        """The tool name, scored among the offered ones (or the given choice), and what follows it."""
+        fmt = self.fmt
         if name_choice is None:
-            name_choice = self.choose([t.name + '"' for t in tools], self.name_norm, "name")
+            name_choice = self.choose(fmt.name_options(tools), self.name_norm, "name")
         else:
             self.choices.append(name_choice)
             self.emit(name_choice.chosen)
         tool = tools[name_choice.index]
         if self.on_piece:
             self.on_piece("call", tool.name)
-        self.emit(', "arguments": ')
+        self.emit(fmt.name_after[1:])
+        return tool
+
+    def write_call(self, tools, name_choice=None):
+        self.emit(self.fmt.open + self.fmt.name_before)
+        tool = self.write_name(tools, name_choice)
         self._in_arguments = True
         try:
             arguments = self.write_arguments(tool)
@@ -324,24 +336,63 @@ class CallDecoder:
     def decode(self, prompt, tools, name_choice=None, on_piece=None):
         """Write up to max_calls calls after `prompt`; returns the calls and the answer text.
 
-        `on_piece(kind, text)` hears each call's tool name and its arguments' JSON in pieces, as written."""
+        `on_piece(kind, text)` hears each call's tool name and its arguments' JSON in pieces, as written
+        (in formats the decoder does not write, each call once the answer is read)."""
         self._start(prompt, on_piece)
+        fmt = self.fmt
+        if not fmt.guided:
+            return self.generate_calls(prompt, tools, name_choice)
+        self.emit(fmt.start)
         calls = [self.write_call(tools, name_choice)]
         stop = end_of_turn(self.state.tokenizer)
         while len(calls) < self.max_calls and stop:
-            more = self.choose([stop, self.fmt.separator + self.fmt.open + NAME_PREFIX], "sum", "calls")
+            more = self.choose([fmt.end + stop, fmt.separator + fmt.open + fmt.name_before], "sum", "calls")
             self.text = self.text[: -len(more.chosen)]
             if more.index == 0:
                 break
-            self.emit(self.fmt.separator)
+            self.emit(fmt.separator)
             calls.append(self.write_call(tools))
+        self.emit(fmt.end)
         return Decoded(calls, self.text[len(prompt) :], list(self.choices))
 
+    def generate_calls(self, prompt, tools, name_choice=None):
+        """A non-JSON format: the name is chosen as in JSON formats, the model writes the rest
+        greedily (until the format's end marker or end of turn) and mlx-lm's parser reads it."""
+        fmt, on_piece = self.fmt, self.on_piece
+        self.on_piece = None  # the calls are told once they read
+        self.emit(fmt.name_prefix)
+        self.write_name(tools, name_choice)
+        self.on_piece = on_piece
+        self._sync()
+        stop_ids = set(self.state.tokenizer.eos_token_ids)
+        finish = fmt.markers[1]
+        generated, written = [], ""
+        for _ in range(MAX_CALL_TOKENS):
+            token = int(mx.argmax(self.state.logprobs).item())
+            if token in stop_ids:
+                break
+            generated.append(token)
+            written = self.state.tokenizer.decode(generated)
+            if finish and finish in written:
+                written = written[: written.index(finish) + len(finish)]
+                break
+            self.state.push(token)
+        self.emit(written)
+        text = self.text[len(prompt) :]
+        try:
+            calls = fmt.read(text, tools)[: self.max_calls]
+        except CallError as error:
+            return Decoded([], text, list(self.choices), str(error))
+        for call in calls if on_piece else []:
+            on_piece("call", call["name"])
+            on_piece("arguments", json.dumps(call["arguments"], ensure_ascii=False))
+        return Decoded(calls, text, list(self.choices))
+
     def name_choice(self, prompt, tools):
-        """Every offered tool name scored where the call's name begins: the candidates for
+        """Every offered tool name scored where the format puts it: the candidates for
         self-awareness, and the choice to answer with. Returns (choice, normalised scores)."""
-        options = [t.name + '"' for t in tools]
-        logprobs, lengths = self.score_after(prompt + self.fmt.open + NAME_PREFIX, options)
+        options = self.fmt.name_options(tools)
+        logprobs, lengths = self.score_after(prompt + self.fmt.name_prefix, options)
         scores = normalized(logprobs, lengths, self.name_norm)
         return Choice(options, logprobs, lengths, int(np.argmax(scores)), "name"), scores
 

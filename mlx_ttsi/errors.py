@@ -21,6 +21,12 @@ class RequestError(TTSIError):
     """The request itself is unusable: empty, too long, malformed messages."""
 
 
+class CallError(TTSIError):
+    """The model's answer cannot be read as a tool call in its own format, or breaks the schema."""
+
+    status = 422
+
+
 class TeacherError(TTSIError):
     """The TT-D teacher could not be reached or gave nothing usable."""
 

@@ -223,15 +223,21 @@ def import_gguf(gguf_path, out_dir):
     return out_dir
 
 
+def import_dir(gguf_path, cache_root):
+    """Where a GGUF file is (or will be) imported: one directory per file, size, mtime and importer."""
+    gguf_path = Path(gguf_path).resolve()
+    stat = gguf_path.stat()
+    key = f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}:{IMPORTER_VERSION}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_root) / "models" / f"{gguf_path.stem}-{digest}"
+
+
 def cached_import(gguf_path, cache_root):
     """The cached mlx-lm directory for a GGUF file, importing it on first use."""
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file not found: {gguf_path}")
-    stat = gguf_path.stat()
-    key = f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}:{IMPORTER_VERSION}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    out_dir = Path(cache_root) / "models" / f"{gguf_path.stem}-{digest}"
+    out_dir = import_dir(gguf_path, cache_root)
     if (out_dir / "config.json").exists():
         return out_dir
     logging.getLogger(__name__).info("importing %s into %s (once)", gguf_path, out_dir)

@@ -26,8 +26,6 @@ import json
 import random
 import re
 
-from .decoding import NAME_PREFIX
-from .prompts import calls_text
 from .tools import check_call
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
@@ -84,11 +82,14 @@ def _is_string(schema):
 def label_calls(decoder, prompt, tools, calls, context):
     """The model's calls, checked against the context (see the module's docstring).
 
-    `decoder` is a CallDecoder on the base weights; `prompt` ends where the answer begins."""
+    `decoder` is a CallDecoder on the base weights; `prompt` ends where the answer begins. Calls in
+    a format the decoder does not write (formats.py: not JSON) are taken as the model wrote them."""
+    if not decoder.fmt.guided:
+        return [dict(call) for call in calls]
     by_name = {tool.name: tool for tool in tools}
     labelled = []
     for call in calls:
-        before = prompt + (calls_text(labelled, decoder.fmt) + decoder.fmt.separator if labelled else "")
+        before = prompt + decoder.fmt.lead(labelled)
         labelled.append(_label_call(decoder, before, by_name[call["name"]], call, context))
     return labelled
 
@@ -167,7 +168,7 @@ def _blank(context, used):
 def _open_key(decoder, before, tool, arguments, key):
     # the call written so far, up to the new key's value, exactly as the decoder writes it
     written = json.dumps(arguments, ensure_ascii=False)[:-1] + (", " if arguments else "")
-    return f'{before}{decoder.fmt.open}{NAME_PREFIX}{tool.name}", "arguments": {written}"{key}": '
+    return f'{before}{decoder.fmt.head(tool.name)}{written}"{key}": '
 
 
 # ---- twins ----

