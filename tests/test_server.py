@@ -266,19 +266,25 @@ def test_client_that_disconnects_while_queued_is_skipped(server, client, name):
     assert fingerprint(base_request(client, name)) == before
 
 
-def test_client_that_disconnects_mid_adaptation_stops_it(server, client, agent, monkeypatch, name):
-    before = fingerprint(base_request(client, name))
-    stats = server.service.stats
-    cancelled, answered = stats["cancelled"], stats["answered"]
+def hold_training(agent, monkeypatch):
+    """Training waits for `release`; `training` is set once a request reaches it."""
     training, release = threading.Event(), threading.Event()
     train = agent.adapter.train
 
-    def slow_train(*args, **kwargs):
+    def held_train(*args, **kwargs):
         training.set()
         release.wait(30)
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(agent.adapter, "train", slow_train)
+    monkeypatch.setattr(agent.adapter, "train", held_train)
+    return training, release
+
+
+def test_client_that_disconnects_mid_adaptation_stops_it(server, client, agent, monkeypatch, name):
+    before = fingerprint(base_request(client, name))
+    stats = server.service.stats
+    cancelled, answered = stats["cancelled"], stats["answered"]
+    training, release = hold_training(agent, monkeypatch)
     sock = send_and_close(server, {"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}})
     assert training.wait(30)
     sock.close()  # while the LoRA is being trained
@@ -369,15 +375,7 @@ def test_an_error_before_the_body_is_read_closes_the_connection(server):
 
 
 def test_progress_comments_arrive_while_the_request_is_still_training(server, agent, monkeypatch):
-    training, release = threading.Event(), threading.Event()
-    train = agent.adapter.train
-
-    def held_train(*args, **kwargs):
-        training.set()
-        release.wait(30)
-        return train(*args, **kwargs)
-
-    monkeypatch.setattr(agent.adapter, "train", held_train)
+    training, release = hold_training(agent, monkeypatch)
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
     connection.request("POST", "/v1/chat/completions",
                        *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
