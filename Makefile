@@ -28,7 +28,7 @@ run: setup
 
 # the full suite, the embedded-model tests (marker `model`) included
 test: setup
-	MLX_TTSI_REQUIRE_EMBEDDED=1 $(BIN)/python -m pytest -q
+	MLX_TTSI_REQUIRE_EMBEDDED=1 $(BIN)/python -m pytest -q -rs
 
 # the unit tests only (tiny random models; no embedded model, no mlx.launch)
 test-fast: setup

@@ -119,7 +119,7 @@ def test_every_benchmark_has_a_documented_rule():
 BENCHMARKS = Path(os.environ.get("MLX_TTSI_BENCHMARKS", Path(__file__).parents[2] / "shared" / "benchmarks"))
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="the shared benchmark files are not here")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="the benchmark files are not beside the checkout (../shared/benchmarks) nor in MLX_TTSI_BENCHMARKS")
 def test_every_gold_answer_scores_correct_on_the_real_files():
     for path in sorted(BENCHMARKS.glob("*.jsonl")):
         for line in path.read_text().splitlines():
