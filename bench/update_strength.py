@@ -1,11 +1,12 @@
 """Does the LoRA reproduce what it was trained on? TT-SI answers against the self-label, per schedule.
 
-    python bench/update_strength.py [--schedules 3x1e-3,5x1e-3,3x3e-3] [--rows 3,17,24]
+    python bench/update_strength.py [--schedules 3x1e-3,5x1e-3,3x3e-3] [--rows 3,17,24] [--stop-losses 0,0.02]
 
 For the README's example request and a few SealTool requests, every request is adapted (mode ttsi,
 forced) with each schedule (epochs x learning rate) and the answer is compared with the self-label
 the LoRA was trained on (the request itself is one of its K examples). A schedule that cannot make
-the model say its own label back teaches it nothing.
+the model say its own label back teaches it nothing. `--stop-losses` runs each schedule with each
+early stop (0: every epoch runs), to see what stopping once the examples are fitted costs.
 """
 
 import argparse
@@ -24,6 +25,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedules", default="3x1e-3,5x1e-3,3x3e-3,5x1e-4")
     parser.add_argument("--rows", default="3,17,24", help="SealTool row indices")
+    parser.add_argument("--stop-losses", default="0", help="early stops to try per schedule (0: none)")
     parser.add_argument("--model", default="smollm2-135m")
     args = parser.parse_args()
 
@@ -32,17 +34,22 @@ def main():
     requests += [(rows[int(i)]["query"], rows[int(i)]["tools"]) for i in args.rows.split(",")]
     agent = Agent.load(args.model)
     print(f"machine: {machine()}")
-    print(f"{'schedule':<10} {'reproduced':>10} {'mean loss':>9} {'s/request':>9}")
+    print(f"{'schedule':<10} {'stop':>5} {'reproduced':>10} {'mean loss':>9} {'steps':>5} {'train s':>7} {'s/request':>9}")
     for schedule in args.schedules.split(","):
         epochs, lr = schedule.split("x")
-        lora = LoRASettings(epochs=int(epochs), learning_rate=float(lr))
-        same, losses, started = 0, [], time.perf_counter()
-        for request, tools in requests:
-            answer = agent.ask(request, tools=tools, mode="ttsi", force=True, lora=lora)
-            same += answer.tool_calls == answer.label
-            losses.append(answer.training["loss"])
-        seconds = (time.perf_counter() - started) / len(requests)
-        print(f"{schedule:<10} {same:>4} of {len(requests):<3} {sum(losses) / len(losses):9.3f} {seconds:9.1f}")
+        for stop in args.stop_losses.split(","):
+            lora = LoRASettings(epochs=int(epochs), learning_rate=float(lr), stop_loss=float(stop))
+            same, losses, steps, train, started = 0, [], [], [], time.perf_counter()
+            for request, tools in requests:
+                answer = agent.ask(request, tools=tools, mode="ttsi", force=True, lora=lora)
+                same += answer.tool_calls == answer.label
+                losses.append(answer.training["loss"])
+                steps.append(answer.training["steps"])
+                train.append(answer.timings["training"])
+            seconds = (time.perf_counter() - started) / len(requests)
+            n = len(requests)
+            print(f"{schedule:<10} {float(stop):>5} {same:>4} of {n:<3} {sum(losses) / n:9.3f} {sum(steps) / n:5.1f} "
+                  f"{sum(train) / n:7.2f} {seconds:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, c
             break
 
 
-def fit(model, optimizer, batches, loss, iters, cancelled=None):
-    """`iters` compiled optimizer steps; returns (mean loss, loss tokens). `cancelled()` is polled
+def fit(model, optimizer, batches, loss, iters, cancelled=None, epoch=None, stop_loss=0.0):
+    """Up to `iters` compiled optimizer steps; returns (mean loss, loss tokens, steps run).
+
+    With `stop_loss` > 0 it stops at the end of an epoch (`epoch` steps, every example once) whose
+    every loss was below it: the LoRA already says back what it is taught. `cancelled()` is polled
     before each step: True stops training (Cancelled)."""
     loss_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state]
@@ -104,18 +107,20 @@ def fit(model, optimizer, batches, loss, iters, cancelled=None):
         return value, tokens
 
     model.train()
-    total, tokens = 0.0, 0
+    losses, tokens = [], 0
     try:
         for _, batch in zip(range(iters), batches):
             if cancelled is not None and cancelled():
                 raise Cancelled("the request was cancelled during training")
             value, count = step(*batch)
             mx.eval(state, value, count)
-            total += value.item()
+            losses.append(value.item())
             tokens += count.item()
+            if stop_loss > 0 and epoch and len(losses) % epoch == 0 and max(losses[-epoch:]) < stop_loss:
+                break
     finally:
         model.eval()
-    return total / max(iters, 1), tokens
+    return sum(losses) / max(len(losses), 1), tokens, len(losses)
 
 
 class Adapter:
@@ -240,9 +245,10 @@ class Adapter:
         self.attach()
         self.trained = True  # from the first step on: a cancelled training still needs a reset
         started = time.perf_counter()
-        mean_loss, tokens = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled)
+        mean_loss, tokens, steps = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled,
+                                       epoch=len(examples) // s.batch_size, stop_loss=s.stop_loss)
         return {
-            "steps": iters,
+            "steps": steps,
             "examples": len(examples),
             "loss": round(mean_loss, 4),
             "trained_tokens": int(tokens),

@@ -82,12 +82,14 @@ OPTIONS = [
            int, 1, 100),
     Option("learning_rate", 1e-3, "LoRA learning rate (the paper's 1e-4 teaches this model nothing).",
            float, 1e-7, 1.0, flag="--lr"),
+    Option("stop_loss", 0.02, "Stop training after an epoch in which every example's loss was below this "
+           "(the LoRA already says them back); 0: run every epoch.", float, 0.0, 10.0),
     Option("rank", 8, "LoRA rank.", int, 1, 256),
     Option("alpha", 16.0, "LoRA alpha: scale = alpha / rank, as in the paper.", float, 0.0, 1024.0),
     Option("layers", 8, "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.", int, -1, 1024),
 ]
 BY_NAME = {option.name: option for option in OPTIONS}
-LORA_FIELDS = ("rank", "alpha", "epochs", "learning_rate", "layers")
+LORA_FIELDS = ("rank", "alpha", "epochs", "learning_rate", "stop_loss", "layers")
 
 
 def default(name):
@@ -107,6 +109,7 @@ class LoRASettings:
     alpha: float = default("alpha")
     epochs: int = default("epochs")
     learning_rate: float = default("learning_rate")
+    stop_loss: float = default("stop_loss")
     layers: int = default("layers")
     warmup: float = 0.03  # fraction of steps, then cosine decay
     batch_size: int = 1

@@ -159,3 +159,16 @@ def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
     hidden = lower_hidden(split[0], prefix, 1, prompt, answer)
     reused, _ = prefix_loss(prefix, split, lower=1)(tiny.model, hidden[None], mx.array(answer)[None])
     assert reused.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_training_stops_after_an_epoch_whose_every_loss_is_below_stop_loss(tiny):
+    two = examples(tiny) * 2  # two examples: an epoch is two steps
+    adapter = Adapter(tiny.model, LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=0))
+    full = adapter.train(two)
+    adapter.reset(seed=0)
+    assert full["steps"] == 12  # stop_loss 0: every epoch runs
+    stopped = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=10.0))
+    adapter.reset(seed=0)
+    assert stopped["steps"] == 2  # every loss is below 10: the first whole epoch is the last
+    fitted = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=full["loss"]))
+    assert fitted["steps"] % 2 == 0 and 2 <= fitted["steps"] <= 12  # stops only at an epoch's end
