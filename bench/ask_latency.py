@@ -1,11 +1,12 @@
 """Benchmark 1 and 5: TT-SI `ask` latency by phase against a base ask of the same requests, and peak RSS.
 
-    python bench/ask_latency.py [--requests 20] [--model smollm2-135m] [--every]
+    python bench/ask_latency.py [--requests 20] [--model smollm2-135m] [--every] [--stop-losses 0,0.02]
 
 Takes the first N SealTool requests the model is uncertain about (or, with --every, the first N
 requests, all adapted) and answers each twice, both from the cached tools prefix (computed before
 the clock starts, as for a second request with the same tools): in base mode and with TT-SI (mode ttsi). Prints p50/p90 per phase, TT-SI / base ratios of the same requests, and
-the process's peak resident memory.
+the process's peak resident memory. With `--stop-losses`, TT-SI runs once per early stop on every
+request (side by side, same requests), and a table is printed for each.
 """
 
 import argparse
@@ -25,29 +26,40 @@ def main():
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--every", action="store_true", help="the first N requests, each adapted (ttsi-all)")
+    parser.add_argument("--stop-losses", help="TT-SI once per early stop, e.g. 0,0.02 (default: the setting's)")
     args = parser.parse_args()
 
     started = time.perf_counter()
     agent = Agent.load(args.model)
     load_seconds = time.perf_counter() - started
     rows = sealtool_rows()[: args.requests] if args.every else [row for row, _ in uncertain_rows(agent, args.requests)]
-    timings = {phase: [] for phase in PHASES}
+    stops = [float(v) for v in args.stop_losses.split(",")] if args.stop_losses else [None]
+    timings = {stop: {phase: [] for phase in PHASES} for stop in stops}
     base_totals, adapted = [], 0
     for row in rows:
         agent.warm(row["tools"])
         base = agent.ask(row["query"], tools=row["tools"], mode="base")
-        answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None)
         base_totals.append(base.timings["total"])
-        adapted += answer.adapted
-        for phase in PHASES:
-            timings[phase].append(answer.timings.get(phase, 0.0))
-        print(f"  {row['id']:<32} base {base.timings['total']:6.2f}s  ttsi {answer.timings['total']:6.2f}s "
-              f"adapted={answer.adapted}", file=sys.stderr)
+        for stop in stops:
+            extra = {} if stop is None else {"stop_loss": stop}
+            answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None, **extra)
+            adapted += answer.adapted
+            for phase in PHASES:
+                timings[stop][phase].append(answer.timings.get(phase, 0.0))
+            print(f"  {row['id']:<32} base {base.timings['total']:6.2f}s  ttsi {answer.timings['total']:6.2f}s "
+                  f"adapted={answer.adapted} stop_loss={stop}", file=sys.stderr)
 
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {machine()}")
     print(f"model: {args.model}, loaded in {load_seconds:.2f}s; {len(rows)} "
           f"{'first' if args.every else 'uncertain'} SealTool requests, {adapted} adapted; tools prefix cached")
+    for stop in stops:
+        print(f"TT-SI{'' if stop is None else f' with stop_loss {stop}'}:")
+        report(timings[stop], base_totals)
+    print(f"peak RSS of the whole process (load, selection, {len(rows)} x {1 + len(stops)} asks): {peak_mib:.0f} MiB")
+
+
+def report(timings, base_totals):
     print(f"{'phase':<10} {'p50 s':>7} {'p90 s':>7} {'mean s':>7}")
     for phase in PHASES:
         values = timings[phase]
@@ -57,7 +69,6 @@ def main():
     ratios = [t / b for t, b in zip(timings["total"], base_totals)]
     print(f"TT-SI / base, same requests: p50 of totals {percentile(timings['total'], 50) / percentile(base_totals, 50):.2f}, "
           f"median per-request ratio {percentile(ratios, 50):.2f}")
-    print(f"peak RSS of the whole process (load, selection, {len(rows)} x 2 asks): {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":
