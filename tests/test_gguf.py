@@ -1,13 +1,12 @@
 import mlx.core as mx
 import pytest
 from mlx_lm.gguf import permute_weights, translate_weight_names
-from mlx.utils import tree_flatten
 
 from mlx_ttsi import models
 from mlx_ttsi.errors import ModelError
 from mlx_ttsi.gguf_import import cached_import, unpermute
 
-from conftest import CHATML, write_tiny_model
+from conftest import CHATML
 
 
 def bytes_tokens(tokenizer):
