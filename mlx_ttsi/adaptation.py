@@ -183,11 +183,25 @@ class Adapter:
             f"{name}.{leaf}": getattr(layer, leaf) for name, layer in self._lora for leaf in ("lora_a", "lora_b")
         }
 
+    def fitted(self, weights, what="adapter weights do not match this model's LoRA layers"):
+        """`weights` checked against this LoRA's layers (names and shapes) and cast to their dtype;
+        TTSIError `what: the first problem` otherwise."""
+        expected = self.weights()
+        missing = [name for name in expected if name not in weights]
+        wrong = [name for name in expected if name in weights and weights[name].shape != expected[name].shape]
+        extra = sorted(set(weights) - set(expected))
+        if missing:
+            raise TTSIError(f"{what}: it has no {missing[0]}")
+        if wrong:
+            name = wrong[0]
+            raise TTSIError(f"{what}: {name} is {tuple(weights[name].shape)}, the model needs {tuple(expected[name].shape)}")
+        if extra:
+            raise TTSIError(f"{what}: unexpected {extra[0]}")
+        return {name: weights[name].astype(value.dtype) for name, value in expected.items()}
+
     def load(self, weights):
         """Install LoRA weights saved by `weights()` (same model, same LoRA settings)."""
-        expected = {name: value.shape for name, value in self.weights().items()}
-        if set(weights) != set(expected) or any(weights[n].shape != s for n, s in expected.items()):
-            raise TTSIError("adapter weights do not match this model's LoRA layers")
+        weights = self.fitted(weights)
         for name, layer in self._lora:
             layer.lora_a = weights[f"{name}.lora_a"]
             layer.lora_b = weights[f"{name}.lora_b"]

@@ -256,8 +256,6 @@ class Agent:
         with self._lock:
             try:
                 if not tools:
-                    if adapter_weights is not None:  # a saved adapter (--adapter-path) writes text answers too
-                        self.adapter.load(adapter_weights)
                     return self._text_answer(request, Clock(report))
                 return self._tool_answer(request, Clock(report))
             finally:
@@ -272,6 +270,8 @@ class Agent:
 
     def _text_answer(self, request, clock):
         settings = request.settings
+        if request.plan.source == "stored":  # a saved adapter (--adapter-path) writes text answers too
+            self.adapter.load(request.given)
         prompt = render_prompt(self.loaded.tokenizer, request.messages, [], self.fmt)
         ids = self.loaded.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) > self.loaded.context_length:

@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 
 from .errors import RequestError, TTSIError
+from .settings import PRECISIONS
 
 EMBEDDED = "smollm2-135m"
-PRECISIONS = ["auto", "native", "float32", "float16", "bfloat16"]
 
 
 def model_option(f):

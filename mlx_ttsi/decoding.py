@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.sample_utils import make_sampler
 
 from .errors import CallError
 from .prompts import end_of_turn
@@ -364,19 +365,10 @@ class CallDecoder:
         self.write_name(tools, name_choice)
         self.on_piece = on_piece
         self._sync()
-        stop_ids = set(self.state.tokenizer.eos_token_ids)
         finish = fmt.markers[1]
-        generated, written = [], ""
-        for _ in range(MAX_CALL_TOKENS):
-            token = int(mx.argmax(self.state.logprobs).item())
-            if token in stop_ids:
-                break
-            generated.append(token)
-            written = self.state.tokenizer.decode(generated)
-            if finish and finish in written:
-                written = written[: written.index(finish) + len(finish)]
-                break
-            self.state.push(token)
+        written = self.state.sample(make_sampler(temp=0.0), MAX_CALL_TOKENS, stop=finish)  # greedy
+        if finish and finish in written:
+            written = written[: written.index(finish) + len(finish)]
         self.emit(written)
         text = self.text[len(prompt) :]
         try:

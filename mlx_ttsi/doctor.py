@@ -11,17 +11,9 @@ import sys
 
 import mlx.core as mx
 
-from . import __version__, _blas
+from . import __version__, _blas, models
 from .config import cache_dir, config_path
 from .errors import ModelError
-
-
-def backend():
-    if mx.metal.is_available():
-        return "metal"
-    if hasattr(mx, "cuda") and mx.cuda.is_available():
-        return "cuda"
-    return "cpu"
 
 
 def blas():
@@ -69,7 +61,7 @@ def report(precision="auto"):
 
     dtype = resolve_precision(precision)
     return {
-        "backend": backend(),
+        "backend": models.backend(),
         "device": str(mx.default_device()),
         "blas": blas(),
         "precision": precision,

@@ -20,6 +20,7 @@ from mlx.utils import tree_map
 from .errors import ModelError
 from .gguf_import import cached_import
 from .config import cache_dir
+from .settings import PRECISIONS
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_ALIASES = {EMBEDDED_NAME, "smollm2", "embedded", "SmolLM2-135M-Instruct"}
@@ -105,9 +106,18 @@ def _download(repo):
         raise ModelError(f"cannot get model {repo!r} from Hugging Face: {reason}") from None
 
 
+def backend():
+    """Where MLX runs here: "metal", "cuda" or "cpu"."""
+    if mx.metal.is_available():
+        return "metal"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def on_cpu():
     """True when MLX has no GPU here (Linux CPU build), where float32 is the fast path."""
-    return not mx.metal.is_available() and not (hasattr(mx, "cuda") and mx.cuda.is_available())
+    return backend() == "cpu"
 
 
 def resolve_precision(precision):
@@ -124,8 +134,8 @@ def set_precision(model, precision):
     precision = resolve_precision(precision)
     if precision == "native":
         return precision
-    if precision not in ("float32", "float16", "bfloat16"):
-        raise ModelError(f"unknown precision {precision!r} (auto, native, float32, float16, bfloat16)")
+    if precision not in PRECISIONS[2:]:
+        raise ModelError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     dequantize_model(model)
     dtype = getattr(mx, precision)
     model.update(

@@ -48,17 +48,7 @@ def load_weights(agent, directory):
         weights = mx.load(str(path))
     except (OSError, ValueError, RuntimeError) as error:
         raise TTSIError(f"cannot read adapter weights {path}: {error}") from None
-    expected = agent.adapter.weights()
-    for name, value in expected.items():
-        if name not in weights:
-            raise TTSIError(f"adapter {directory} does not fit this model: it has no {name}")
-        if weights[name].shape != value.shape:
-            raise TTSIError(f"adapter {directory} does not fit this model: {name} is "
-                            f"{tuple(weights[name].shape)}, the model needs {tuple(value.shape)}")
-    extra = sorted(set(weights) - set(expected))
-    if extra:
-        raise TTSIError(f"adapter {directory} does not fit this model: unexpected {extra[0]}")
-    return {name: weights[name].astype(value.dtype) for name, value in expected.items()}
+    return agent.adapter.fitted(weights, f"adapter {directory} does not fit this model")
 
 
 class SavedAdapterAgent(Agent):

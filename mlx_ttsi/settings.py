@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from .errors import TTSIError
 
 MODES = ("auto", "base", "ttsi", "ttd", "ticl")
+PRECISIONS = ("auto", "native", "float32", "float16", "bfloat16")  # auto: float32 on CPU, native on a GPU
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,10 @@ TOOLS = [
 ]
 
 
-def build_tokenizer(vocab_size=400):
+def build_tokenizer(template=CHATML, special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos="<|im_start|>",
+                    eos="<|im_end|>", vocab_size=400):
+    """A small byte-level BPE tokenizer trained on CORPUS, with a chat template and its special tokens
+    (the first is the unknown token)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,22 +69,11 @@ def build_tokenizer(vocab_size=400):
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|im_end|>",
-        chat_template=CHATML,
-        clean_up_tokenization_spaces=False,
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=special[0],
+                                   pad_token=eos, chat_template=template, clean_up_tokenization_spaces=False)
 
 
 def tiny_config(vocab_size):
@@ -100,16 +92,17 @@ def tiny_config(vocab_size):
     }
 
 
-def write_tiny_model(path, seed=0):
-    """A random 2-layer llama and its tokenizer, saved as an mlx-lm directory."""
+def write_tiny_model(path, seed=0, tokenizer=None):
+    """A random 2-layer llama and its tokenizer (by default the small BPE one), saved as an mlx-lm directory."""
     from mlx_lm.models import llama
     from mlx_lm.utils import save_model
 
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     config = tiny_config(len(tokenizer))
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
+    path.mkdir(parents=True, exist_ok=True)
     save_model(path, model)
     config["eos_token_id"] = tokenizer.eos_token_id
     (path / "config.json").write_text(json.dumps(config))

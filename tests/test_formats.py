@@ -13,16 +13,17 @@ import mlx.core as mx
 import pytest
 
 from mlx_ttsi import models
-from mlx_ttsi.adaptation import Adapter, LoRASettings
-from mlx_ttsi.agent import Agent, Settings
+from mlx_ttsi.adaptation import Adapter
+from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.errors import CallError
 from mlx_ttsi.formats import call_format
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, render_prompt
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call
 
-from conftest import CORPUS, TOOLS, tiny_config
+from conftest import TOOLS, build_tokenizer, write_tiny_model
 
 # ---- templates -------------------------------------------------------------------------------
 
@@ -207,38 +208,9 @@ CALLS = [
 ]
 
 
-def build_tokenizer(template, special, bos, eos):
-    from tokenizers import Tokenizer, decoders, models as bpe, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(bpe.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=special[0],
-                                   pad_token=eos, chat_template=template, clean_up_tokenization_spaces=False)
-
-
 def write_family_model(path, family, seed=0):
-    from mlx_lm.models import llama
-    from mlx_lm.utils import save_model
-
     template, special, bos, eos = FAMILIES[family][:4]
-    tokenizer = build_tokenizer(template, special, bos, eos)
-    config = tiny_config(len(tokenizer))
-    mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    mx.eval(model.parameters())
-    path.mkdir(parents=True, exist_ok=True)
-    save_model(path, model)
-    config["eos_token_id"] = tokenizer.eos_token_id
-    (path / "config.json").write_text(json.dumps(config))
-    tokenizer.save_pretrained(str(path))
-    return path
+    return write_tiny_model(path, seed, build_tokenizer(template, special, bos, eos))
 
 
 @pytest.fixture(scope="module")
