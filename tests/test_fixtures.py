@@ -18,7 +18,7 @@ def test_a_missing_embedded_model_fails_only_when_required(monkeypatch, required
     from mlx_ttsi import models
     from mlx_ttsi.errors import ModelError
 
-    def missing():
+    def missing(name=None):
         raise ModelError("the embedded model is not installed")
 
     monkeypatch.setattr(models, "embedded_gguf_path", missing)
