@@ -22,9 +22,9 @@ from mlx_lm import stream_generate
 from . import models
 from .adaptation import Adapter
 from .context import ContextState
-from .decoding import CallDecoder, argument_margin, normalized
+from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .grounding import better_tool, calls_made, context_text, label_calls, twins
+from .grounding import better_tool, calls_made, context_text, label_calls, twins, weigh_changes
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
 from .settings import LORA_FIELDS, Settings
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
@@ -74,8 +74,9 @@ class Plan:
 
     @property
     def self_check(self):
-        """TT-SI and TT-ICL check the base answer against the request and learn from the checked one."""
-        return self.source == "self-label" and self.method in ("ttsi", "ticl")
+        """TT-SI and TT-ICL check the base answer against the request and learn from the checked one
+        (mode check answers with the checked one, no learning)."""
+        return self.source == "self-label" and self.method in ("ttsi", "ticl", "check")
 
     def adapts(self, uncertainty):
         return self.method != "base" and (uncertainty.uncertain or not self.gated)
@@ -299,14 +300,18 @@ class Agent:
         clock.lap("scoring", f"name margin {names.score:.3f}")
         base = decoder.decode(prompt, tools, name_choice, request.on_piece if plan.stream_base else None)
         clock.lap("decoding")
-        label = self._self_label(decoder, prompt, tools, base, names, name_choice, request.messages) \
-            if plan.self_check else None
+        label = self._self_label(decoder, prompt, tools, base, names, name_choice, request.messages,
+                                 settings.check_odds) if plan.self_check else None
         uncertainty = names.with_arguments(argument_margin(base.choices), None if label is None else label == base.calls)
         doubt = f"u {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})"
         if label is None:
             clock.say("gate", doubt)
         else:
             clock.lap("labelling", f"{doubt}, self-label {'agrees' if uncertainty.label_agrees else 'differs'}")
+        if plan.method == "check":  # the checked answer itself: what TT-SI's LoRA is trained to say
+            checked = base if not label or label == base.calls else Decoded(label, self.fmt.calls_text(label))
+            return self._answer(request, prompt, checked, uncertainty, label, clock,
+                                method="check" if checked is not base else None)
         if not plan.adapts(uncertainty):
             return self._answer(request, prompt, base, uncertainty, label, clock, streamed=plan.stream_base)
         adaptation = self._adapt(request, prompt, prefix, uncertainty, label, clock)
@@ -357,17 +362,26 @@ class Agent:
         best = max(range(len(tools)), key=lambda i: scores[i])
         return uncertainty, replace(choice, index=best)
 
-    def _self_label(self, decoder, prompt, tools, base, names, name_choice, messages):
+    def _self_label(self, decoder, prompt, tools, base, names, name_choice, messages, odds):
         """The base calls checked against the request (grounding.py); when the tool name is
-        uncertain, the runner-up tool's checked call instead if it uses more of the request."""
+        uncertain, the runner-up tool's checked call instead if it uses more of the request. Each
+        change is kept only when the model itself finds it likely enough (`odds`, weigh_changes)."""
         context = context_text(messages)
         label = label_calls(decoder, prompt, tools, base.calls, context)
-        if names.score >= names.threshold or len(tools) < 2 or len(base.calls) != 1:
+        if names.score < names.threshold and len(tools) >= 2 and len(base.calls) == 1:
+            runner_up = next(c["name"] for c in names.candidates if c["name"] != base.calls[0]["name"])
+            forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
+            rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
+            label = better_tool(label, rival, tools, context, calls_made(messages))
+        if not self.fmt.guided:  # free formats: the label is the model's call as written
             return label
-        runner_up = next(c["name"] for c in names.candidates if c["name"] != base.calls[0]["name"])
-        forced = replace(name_choice, index=[t.name for t in tools].index(runner_up))
-        rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
-        return better_tool(label, rival, tools, context, calls_made(messages))
+
+        def score(options):
+            logprobs, _ = decoder.score_after(prompt, [self.fmt.calls_text(calls) + end_of_turn(self.loaded.tokenizer)
+                                                       for calls in options])
+            return logprobs
+
+        return weigh_changes(score, base.calls, label, odds)
 
     def _adapt(self, request, prompt, prefix, uncertainty, label, clock):
         """The stored adapter installed, or examples synthesized and then trained on (or, for
@@ -416,7 +430,8 @@ class Agent:
                                   self.loaded.context_length, prefix=frozen, settings=settings.lora,
                                   cancelled=request.cancelled)
 
-    def _answer(self, request, prompt, decoded, uncertainty, label, clock, adaptation=None, streamed=False):
+    def _answer(self, request, prompt, decoded, uncertainty, label, clock, adaptation=None, streamed=False,
+                method=None):
         """The Answer for the decoded calls; a base answer decoded before the gate is replayed to on_piece."""
         if request.on_piece and not streamed:
             for call in decoded.calls:
@@ -430,7 +445,7 @@ class Agent:
             tool_calls=decoded.calls,
             uncertainty=uncertainty,
             adapted=adapted,
-            method=request.plan.method if adapted else "base",
+            method=method or (request.plan.method if adapted else "base"),
             synthetic=synthesis.examples,
             rejected=synthesis.rejected,
             timings=clock.total(),

@@ -15,6 +15,11 @@ against the request:
 When the model is unsure of the tool (its name margin is below tau), the runner-up tool's call is
 written and checked too, and taken when it uses more of what the user said (`coverage`).
 
+Each change the check makes is then weighed by the model itself (`weigh_changes`): applied one at a
+time, a change is kept only when the base model finds the changed call at least `odds` times as
+likely as the call before it, so a rewrite the model finds absurd (a value cut short, a number
+replaced) is undone while one it finds plausible (a stated value it had left out) stays.
+
 A twin of a labelled request swaps every value that appears in the conversation for another value
 of the same kind (digits for digits, a date for a date, a name for a name), in the conversation and
 in the call alike, so a LoRA trained on twins learns to copy the request's spans into the
@@ -23,6 +28,7 @@ arguments instead of learning the values themselves.
 
 import datetime
 import json
+import math
 import random
 import re
 
@@ -114,6 +120,49 @@ def better_tool(labelled, rival, tools, context, made=()):
     if any(call in made for call in rival):
         return labelled
     return rival if coverage(rival, tools, context) > coverage(labelled, tools, context) else labelled
+
+
+def changes(base, label):
+    """The self-check's edits of `base` into `label`, one call argument (or one whole call) at a time:
+    a list of functions call list -> call list, applied in order they give `label`."""
+    if len(base) != len(label):
+        return [lambda calls: [dict(c) for c in label]]
+    edits = []
+    for i, (old, new) in enumerate(zip(base, label)):
+        if old["name"] != new["name"]:
+            edits.append(lambda calls, i=i, new=new: calls[:i] + [new] + calls[i + 1:])
+            continue
+        before, after = old["arguments"], new["arguments"]
+        for key in list(before) + [k for k in after if k not in before]:
+            if before.get(key, _ABSENT) != after.get(key, _ABSENT):
+                edits.append(lambda calls, i=i, key=key, value=after.get(key, _ABSENT): _edit(calls, i, key, value))
+    return edits
+
+
+_ABSENT = object()
+
+
+def _edit(calls, i, key, value):
+    arguments = {k: v for k, v in calls[i]["arguments"].items() if k != key or value is not _ABSENT}
+    if value is not _ABSENT:
+        arguments[key] = value
+    return calls[:i] + [{"name": calls[i]["name"], "arguments": arguments}] + calls[i + 1:]
+
+
+def weigh_changes(score, base, label, odds):
+    """The label with only the changes the model accepts: each edit (in order) is kept when
+    score(changed) - score(current) >= log(odds), `score` being the base model's summed log-prob of
+    a call list as the answer. odds 0 keeps every change."""
+
+    if odds <= 0 or label == base:
+        return label
+    current = [dict(c) for c in base]
+    for edit in changes(base, label):
+        candidate = edit(current)
+        now, then = score([current, candidate])
+        if then - now >= math.log(odds):
+            current = candidate
+    return current
 
 
 def calls_made(messages):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from .errors import TTSIError
 
-MODES = ("auto", "base", "ttsi", "ttd", "ticl")
+MODES = ("auto", "base", "ttsi", "ttd", "ticl", "check")
 PRECISIONS = ("auto", "native", "float32", "float16", "bfloat16")  # auto: float32 on CPU, native on a GPU
 
 
@@ -62,7 +62,8 @@ class Option:
 
 
 OPTIONS = [
-    Option("mode", "auto", "auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never.",
+    Option("mode", "auto", "auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never; "
+           "check: answer with the self-checked answer, without training.",
            choices=MODES, env=True, request=True),
     Option("threshold", 0.5, "Uncertain when u = min(name margin, argument margin) is below this (tau); u = 0 "
            "when the self-label disagrees.", float, 0, 1, env=True, request=True),
@@ -72,6 +73,9 @@ OPTIONS = [
            choices=("name", "call")),
     Option("norm", "sum", "Length normalisation of candidate log-likelihoods (sum measured better).",
            choices=("sum", "mean")),
+    Option("check_odds", 0.1, "A self-check change (a value added, dropped or rewritten, another tool) is kept only "
+           "when the base model finds the changed call at least this likely against the call before it; 0 keeps "
+           "every change.", float, 0.0, 1.0, env=True, request=True),
     Option("max_calls", 1, "Most tool calls in one answer.", int, 1, 16),
     Option("max_tokens", 256, "Most tokens of a text answer (requests without tools).", int, 1, 4096),
     Option("temperature", 0.8, "Sampling temperature of a local TT-D teacher writing requests.", float, 0, 2),
@@ -128,6 +132,7 @@ class Settings:
     examples: int = default("examples")
     candidates: str = default("candidates")
     norm: str = default("norm")
+    check_odds: float = default("check_odds")
     max_calls: int = default("max_calls")
     max_tokens: int = default("max_tokens")
     temperature: float = default("temperature")

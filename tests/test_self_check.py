@@ -1,0 +1,95 @@
+"""The self-check's changes weighed by the model itself (grounding.weigh_changes, Agent's check_odds)."""
+
+import math
+
+import pytest
+
+from mlx_ttsi.grounding import changes, weigh_changes
+
+BASE = [{"name": "convert", "arguments": {"amount": 250, "currency": "EUR", "note": "soon"}}]
+LABEL = [{"name": "convert", "arguments": {"amount": 25, "currency": "euros", "date": "2024-05-01"}}]
+
+
+def scorer(logprob_of):
+    """A score function over call lists from a {frozenset of (key, value)} -> log-prob table."""
+    seen = []
+
+    def score(options):
+        seen.append(options)
+        return [logprob_of(calls) for calls in options]
+
+    return score, seen
+
+
+def test_changes_apply_one_argument_at_a_time_and_end_at_the_label():
+    edits = changes(BASE, LABEL)
+    calls, steps = BASE, []
+    for edit in edits:
+        calls = edit(calls)
+        steps.append(calls[0]["arguments"])
+    assert len(edits) == 4  # amount rewritten, currency rewritten, note dropped, date added
+    assert steps[0] == {"amount": 25, "currency": "EUR", "note": "soon"}
+    assert calls[0]["arguments"] == LABEL[0]["arguments"] and BASE[0]["arguments"]["amount"] == 250  # base untouched
+
+
+def test_another_tool_is_one_change():
+    rival = [{"name": "quote", "arguments": {"pair": "EURUSD"}}]
+    edits = changes(BASE, rival)
+    assert len(edits) == 1 and edits[0](BASE) == rival
+
+
+def test_only_changes_the_model_finds_likely_enough_are_kept():
+    # the model finds "25" for 250 and "euros" for "EUR" absurd, dropping the note and adding the date fine
+    penalty = {("amount", 25): -9.0, ("currency", "euros"): -6.0, ("note", None): +0.5, ("date", "2024-05-01"): -1.0}
+
+    def logprob(calls):
+        arguments = calls[0]["arguments"]
+        total = sum(p for (k, v), p in penalty.items() if v is not None and arguments.get(k) == v)
+        return total + (penalty[("note", None)] if "note" not in arguments else 0.0)
+
+    score, seen = scorer(logprob)
+    kept = weigh_changes(score, BASE, LABEL, odds=0.1)  # log 0.1 = -2.3: -1.0 passes, -6 and -9 do not
+    assert kept == [{"name": "convert", "arguments": {"amount": 250, "currency": "EUR", "date": "2024-05-01"}}]
+    assert len(seen) == 4 and all(len(options) == 2 for options in seen)
+    assert weigh_changes(score, BASE, LABEL, odds=math.exp(-10)) == LABEL  # odds low enough: every change
+    assert weigh_changes(score, BASE, LABEL, odds=0) == LABEL  # 0: no weighing at all
+    assert len(seen) == 8
+
+
+def test_an_unchanged_label_costs_no_scoring():
+    score, seen = scorer(lambda calls: pytest.fail("scored"))
+    assert weigh_changes(score, BASE, [dict(c) for c in BASE], odds=0.5) == BASE and seen == []
+
+
+@pytest.mark.parametrize("odds, kept", [(0.0, "label"), (1.0, "weighed")])
+def test_the_agent_weighs_its_self_label_with_the_requests_check_odds(tiny, tools, monkeypatch, odds, kept):
+    from mlx_ttsi import agent as agent_module
+    from mlx_ttsi.agent import Agent
+
+    calls = []
+    original = agent_module.weigh_changes
+
+    def spy(score, base, label, given_odds):
+        calls.append(given_odds)
+        if given_odds > 0:  # the score really is the base model's: a list of floats, one per option
+            values = score([base, label])
+            assert len(values) == 2 and all(isinstance(v, float) and v <= 0 for v in values)
+        return original(score, base, label, given_odds)
+
+    monkeypatch.setattr(agent_module, "weigh_changes", spy)
+    agent = Agent(tiny)
+    answer = agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="ttsi", force=True, check_odds=odds,
+                       examples=1, epochs=1)
+    assert calls == [odds] and answer.label is not None
+
+
+def test_mode_check_answers_with_the_checked_answer_and_never_trains(tiny, tools, monkeypatch):
+    from mlx_ttsi.agent import Agent
+
+    agent = Agent(tiny)
+    monkeypatch.setattr(Agent, "_train", lambda *a, **k: pytest.fail("mode check trained"))
+    request = "Set an alarm at 07:30 for the gym"
+    checked = agent.ask(request, tools=tools, mode="check", check_odds=0)
+    ttsi_label = agent.ask(request, tools=tools, mode="base")
+    assert checked.tool_calls == checked.label and not checked.adapted and "training" not in checked.timings
+    assert checked.method == ("base" if checked.label == ttsi_label.tool_calls else "check")
