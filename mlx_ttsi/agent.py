@@ -32,6 +32,10 @@ from .tools import parse_tools
 from .uncertainty import estimate
 
 log = logging.getLogger(__name__)
+# the brief-reasoning baseline (arXiv 2604.02155): a short plan line written before the call
+PLAN_ASK = "\n\nFirst write one short line \"Function: <tool name> / <key arguments>\", then the tool call."
+PLAN_LEAD = "Function:"
+PLAN_TOKENS = 32
 METHODS = ("base", "ttsi", "ttd", "ticl")
 MAX_REQUEST_CHARS = 200_000
 
@@ -79,7 +83,7 @@ class Plan:
         return self.source == "self-label" and self.method in ("ttsi", "ticl", "check")
 
     def adapts(self, uncertainty):
-        return self.method != "base" and (uncertainty.uncertain or not self.gated)
+        return self.method not in ("base", "plan") and (uncertainty.uncertain or not self.gated)
 
 
 def plan_request(mode, has_teacher=False, force=None, stored=False, given=False):
@@ -293,6 +297,8 @@ class Agent:
     def _tool_answer(self, request, clock):
         """The request path: the plan's stages, each returning what the next one needs."""
         plan, tools, settings = request.plan, request.tools, request.settings
+        if plan.method == "plan":
+            return self._planned_answer(request, clock)
         prompt = render_prompt(self.loaded.tokenizer, request.messages, tools, self.fmt)
         decoder, prefix = self._context(prompt, tools, settings, request.cancelled)
         names, name_choice = self._score(decoder, prompt, tools, settings)
@@ -322,6 +328,26 @@ class Agent:
         answer = decoder.decode(adaptation.prompt, tools, on_piece=request.on_piece)
         clock.lap("answering")
         return self._answer(request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True)
+
+    def _planned_answer(self, request, clock):
+        """Brief reasoning: the model writes "Function: name / key arguments" (at most PLAN_TOKENS),
+        then its call after that line; no self-check, no adaptation."""
+        tools, settings = request.tools, request.settings
+        messages = list(request.messages)
+        if messages[-1]["role"] == "user":
+            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + PLAN_ASK}
+        prompt = render_prompt(self.loaded.tokenizer, messages, tools, self.fmt) + PLAN_LEAD
+        decoder, prefix = self._context(prompt, tools, settings, request.cancelled)
+        line = decoder.write_line(prompt, PLAN_TOKENS).split("\n")[0].rstrip()
+        self._keep_prefix(decoder, prefix)
+        clock.lap("planning", PLAN_LEAD + line)
+        prompt += line + "\n"
+        names, name_choice = self._score(decoder, prompt, tools, settings)
+        clock.lap("scoring", f"name margin {names.score:.3f}")
+        answer = decoder.decode(prompt, tools, name_choice)
+        clock.lap("decoding")
+        uncertainty = names.with_arguments(argument_margin(answer.choices), None)
+        return self._answer(request, prompt, answer, uncertainty, None, clock, method="plan")
 
     def _context(self, prompt, tools, settings=None, cancelled=None):
         """A decoder over a fresh context that starts from the cached tools prefix when there is one;

@@ -122,6 +122,11 @@ class CallDecoder:
         """A copy of the context's KV arrays for its first n tokens (see ContextState.prefix_arrays)."""
         return self.state.prefix_arrays(n, copy=True)
 
+    def write_line(self, text, max_tokens):
+        """Greedy free text after `text`, up to a newline or `max_tokens` (the brief-reasoning plan)."""
+        self.state.set_text(text)
+        return self.state.sample(lambda logprobs: mx.argmax(logprobs, axis=-1), max_tokens)
+
     def restart(self, n):
         """Forget everything in the context after its first n tokens (the weights changed)."""
         self.state.truncate(n)

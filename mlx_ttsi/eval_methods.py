@@ -6,11 +6,11 @@ from .errors import DataError
 # oracle and oracle-twin are ceilings that read the row's gold answer (see benchmark_rows.gold_examples);
 # they exist only here, and no other method is ever given the gold answer.
 METHODS = {"base": ("base", None), "ttsi": ("ttsi", False), "ttd": ("ttd", False), "ticl": ("ticl", False),
-           "ttsi-all": ("ttsi", True), "self-label": ("check", None), "oracle": ("ttsi", True), "oracle-twin": ("ttsi", True)}
+           "ttsi-all": ("ttsi", True), "self-label": ("check", None), "plan": ("plan", None), "oracle": ("ttsi", True), "oracle-twin": ("ttsi", True)}
 ORACLES = ("oracle", "oracle-twin")
 GOLD_TWINS = 3  # K twins of the gold call for oracle-twin when the run's settings give no K
 GOLD_FIELDS = ("answer", "meta")  # what a method other than an oracle never sees
-SEEDLESS = ("base", "self-label")  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
+SEEDLESS = ("base", "self-label", "plan")  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
 ADAPTIVE = ("ttsi", "ttd", "ticl")  # methods the threshold sweep is computed for
 
 

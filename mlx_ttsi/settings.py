@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from .errors import TTSIError
 
-MODES = ("auto", "base", "ttsi", "ttd", "ticl", "check")
+MODES = ("auto", "base", "ttsi", "ttd", "ticl", "check", "plan")
 PRECISIONS = ("auto", "native", "float32", "float16", "bfloat16")  # auto: float32 on CPU, native on a GPU
 
 
@@ -63,7 +63,8 @@ class Option:
 
 OPTIONS = [
     Option("mode", "auto", "auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never; "
-           "check: answer with the self-checked answer, without training.",
+           "check: answer with the self-checked answer, without training; plan: brief reasoning (a 'Function: "
+           "name / key arguments' line, then the call), never adapts.",
            choices=MODES, env=True, request=True),
     Option("threshold", 0.5, "Uncertain when u = min(name margin, argument margin) is below this (tau); u = 0 "
            "when the self-label disagrees.", float, 0, 1, env=True, request=True),

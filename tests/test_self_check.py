@@ -93,3 +93,21 @@ def test_mode_check_answers_with_the_checked_answer_and_never_trains(tiny, tools
     ttsi_label = agent.ask(request, tools=tools, mode="base")
     assert checked.tool_calls == checked.label and not checked.adapted and "training" not in checked.timings
     assert checked.method == ("base" if checked.label == ttsi_label.tool_calls else "check")
+
+
+def test_brief_reasoning_writes_a_plan_line_then_a_schema_valid_call(tiny, tools, monkeypatch):
+    from mlx_ttsi.agent import PLAN_LEAD, PLAN_TOKENS, Agent
+    from mlx_ttsi.tools import check_call
+
+    agent = Agent(tiny)
+    monkeypatch.setattr(Agent, "_train", lambda *a, **k: pytest.fail("brief reasoning trained"))
+    seen = []
+    answer = agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="plan",
+                       progress=lambda phase, seconds, detail="": seen.append((phase, detail)))
+    planning = dict(seen)["planning"]
+    assert planning.startswith(PLAN_LEAD) and "\n" not in planning
+    assert len(tiny.tokenizer.encode(planning[len(PLAN_LEAD):], add_special_tokens=False)) <= PLAN_TOKENS + 1
+    assert [p for p, _ in seen] == ["planning", "scoring", "decoding"]
+    assert answer.method == "plan" and not answer.adapted and check_call(answer.tool_calls[0], tools) is None
+    # the call is decoded after the plan line: the prompt it was decoded from holds it
+    assert answer.prompt_tokens > agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="base").prompt_tokens
