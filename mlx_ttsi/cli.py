@@ -217,7 +217,7 @@ def ask(request, tools_file, system_prompt, messages_file, model, mode, precisio
               help="Benchmark JSONL file; repeat for several (e.g. ../shared/benchmarks/sealtool.jsonl).")
 @click.option("--methods", default="base,ttsi", show_default=True,
               help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
-                   "and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).")
+                   "self-label (the checked answer, no training), plan (brief reasoning), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N rows of each data file.")

@@ -1,0 +1,51 @@
+"""Row-by-row comparison of eval runs: accuracy per benchmark, and what each column fixed or broke
+against the first one.
+
+    python bench/compare_runs.py runs/q-main:base runs/q-main:ttsi runs/q-main:label runs/q-label:self-label
+
+A column is DIR:METHOD (a method of that run's results.jsonl) or DIR:label (the self-label recorded
+on that run's ttsi lines: the checked answer TT-SI trains on). Only rows present in every column count.
+"""
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def column(spec):
+    folder, method = spec.rsplit(":", 1)
+    source, field = ("ttsi", "label_correct") if method == "label" else (method, "correct")
+    rows = {}
+    for line in (Path(folder) / "results.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["method"] == source and record.get(field) is not None and record["seed"] == 0:
+            rows[(record["benchmark"], record["id"])] = bool(record[field])
+    return rows
+
+
+def main(specs):
+    columns = [column(spec) for spec in specs]
+    common = set.intersection(*(set(c) for c in columns))
+    benchmarks = defaultdict(list)
+    for key in sorted(common):
+        benchmarks[key[0]].append(key)
+    print("| benchmark | rows | " + " | ".join(specs) + " |")
+    print("|---|---|" + "---|" * len(specs))
+    for name, keys in sorted(benchmarks.items()):
+        cells = [f"{100 * sum(c[k] for k in keys) / len(keys):.1f}" for c in columns]
+        print(f"| {name} | {len(keys)} | " + " | ".join(cells) + " |")
+    keys = sorted(common)
+    cells = [f"{100 * sum(c[k] for k in keys) / max(len(keys), 1):.1f}" for c in columns]
+    print("| **all** | " + f"{len(keys)} | " + " | ".join(cells) + " |")
+    first = columns[0]
+    for spec, other in zip(specs[1:], columns[1:]):
+        fixed = sum(other[k] and not first[k] for k in keys)
+        broken = sum(first[k] and not other[k] for k in keys)
+        print(f"{spec} vs {specs[0]}: fixed {fixed}, broke {broken}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
