@@ -24,11 +24,12 @@ from .adaptation import Adapter
 from .context import ContextState
 from .decoding import CallDecoder, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .grounding import better_tool, calls_made, context_text, label_calls, twins
+from .grounding import better_tool, calls_made, context_text, label_calls
 from .prompts import call_format, calls_text, end_of_turn, last_user_text, normalize_messages, render_prompt
 from .settings import LORA_FIELDS, Settings
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
+from .twins import twins
 from .uncertainty import estimate
 
 log = logging.getLogger(__name__)
