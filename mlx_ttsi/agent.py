@@ -223,7 +223,7 @@ class Agent:
             if spec.startswith(("http://", "https://")):
                 self._teacher = EndpointTeacher(spec, self.teacher_model, self.api_key)
             else:
-                self._teacher = ModelWriter(models.load(spec), decoder_options=self._decoder_options())
+                self._teacher = ModelWriter(models.load(spec))
         return self._teacher
 
     def _decoder_options(self, settings=None):
@@ -400,7 +400,8 @@ class Agent:
         if request.plan.source == "teacher":  # a teacher may well know better than our own first choice
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
-                                             same_tool=same_tool)
+                                             same_tool=same_tool, temperature=settings.temperature,
+                                             decoder_options=self._decoder_options(settings))
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         # the request itself with its self-label, and K-1 twins that teach copying its values
