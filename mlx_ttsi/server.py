@@ -40,12 +40,12 @@ import mlx.core as mx
 from .errors import Cancelled, TTSIError
 from .adapter_memory import tools_key
 from .prompts import last_user_text, normalize_messages
-from .settings import BY_NAME, OPTIONS
+from .settings import BY_NAME, OPTIONS, default
 from .tools import parse_tools
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
-MAX_QUEUE = 16  # requests that may wait for the model; more get 503
+MAX_QUEUE = default("max_queue")  # requests that may wait for the model; more get 503
 PIECE = 16  # characters per replayed delta (an answer the agent did not stream)
 POLL = 0.25  # seconds between checks that a waiting request's client is still there
 WORDS = ("gate", "note")  # progress reports that are words about the request, not timed phases

@@ -153,7 +153,7 @@ class ModelWriter:
 class EndpointTeacher:
     """An OpenAI-compatible chat endpoint (e.g. `mlx-ttsi serve`, Ollama, OpenAI) as TT-D teacher."""
 
-    def __init__(self, url, model="gpt-5-mini", api_key=None, timeout=120):
+    def __init__(self, url, model=default("teacher_model"), api_key=None, timeout=120):
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model

@@ -171,7 +171,7 @@ def train_on_seen(monkeypatch):
     seen, original = [], Agent._synthesize
 
     def spy(self, request, *args):
-        seen.append(request.given if request.plan.source == "given" else None)
+        seen.append(request.examples if request.plan.source == "given" else None)
         return original(self, request, *args)
 
     monkeypatch.setattr(Agent, "_synthesize", spy)
