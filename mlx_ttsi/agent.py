@@ -33,7 +33,6 @@ from .twins import twins
 from .uncertainty import estimate
 
 log = logging.getLogger(__name__)
-MAX_REQUEST_CHARS = 200_000
 
 
 @dataclass
@@ -253,8 +252,6 @@ class Agent:
         if adapter_weights is None and self.saved is not None and settings.mode != "base":
             adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")
         messages = normalize_messages(messages if messages is not None else _request_messages(request))
-        if sum(len(m["content"]) for m in messages) > MAX_REQUEST_CHARS:
-            raise RequestError(f"the request is over {MAX_REQUEST_CHARS} characters")
         tools = parse_tools(tools) if tools else []
         report = progress or (lambda phase, seconds, detail="": None)
         plan = plan_request(settings.mode, self.teacher_spec is not None, force,

@@ -1,6 +1,5 @@
 """Grounded self-labels and the argument-aware uncertainty (twins: test_twins.py)."""
 
-import json
 import re
 
 import pytest

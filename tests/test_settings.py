@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import TTSIError
-from mlx_ttsi.server import APIError, _ttsi_options
+from mlx_ttsi.service import APIError, _ttsi_options
 from mlx_ttsi.settings import BY_NAME, OPTIONS, LoRASettings, Settings, markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
