@@ -26,6 +26,8 @@ from .service import MAX_QUEUE, APIError, Service, api_error, error_event
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
 POLL = 0.25  # seconds between checks that a waiting request's client is still there
+BODY_IDLE = 1.0  # seconds a request body may pause before it gets 408
+BODY_SECONDS, BODY_RATE = 2.0, 256 << 10  # a body's deadline: 2 s plus 1 s per 256 KiB
 
 
 def connected(sock):
@@ -66,9 +68,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.unread = True  # the body is still on the socket: an error now must close the connection
+        self.oversize = 0  # bytes of an oversize body, dropped after its 413 is sent
         self.service.count("inflight")
         try:
             self._post()
+            if self.oversize:
+                self._discard(self.oversize)
         finally:
             self.service.count("inflight", -1)
 
@@ -182,24 +187,46 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, AssertionError):
             raise APIError(411, "a Content-Length header is required") from None
         if length > self.server.max_body:
-            self._discard(length)
+            self.oversize = length
             raise APIError(413, f"the request body is over {self.server.max_body} bytes", "request_too_large")
-        try:
-            data = self.rfile.read(length)
-        except OSError:
-            raise APIError(408, "timed out reading the request body") from None
-        self.unread = len(data) < length
+        data = self._read_body(length)
         try:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as error:
             raise APIError(400, f"the request body is not valid JSON: {error}", "invalid_json") from None
 
-    def _discard(self, length):
-        """Read and drop an oversize body (up to DRAIN), so the client reads the 413, not a reset."""
-        left = min(length, DRAIN)
+    def _read_body(self, length):
+        """The body, arriving without a pause over BODY_IDLE seconds and by its deadline (BODY_SECONDS
+        plus a second per BODY_RATE bytes): a slow or stalled sender gets 408, a cut-off body 400."""
+        deadline = time.monotonic() + BODY_SECONDS + length / BODY_RATE
+        pieces, left = [], length
+        self.connection.settimeout(BODY_IDLE)
         try:
             while left > 0:
-                data = self.rfile.read(min(left, 1 << 16))
+                if time.monotonic() > deadline:
+                    raise APIError(408, "the request body was sent too slowly", "request_timeout")
+                piece = self.rfile.read1(min(left, 1 << 16))
+                if not piece:
+                    raise APIError(400, f"the request body ended after {length - left} of its {length} bytes "
+                                   "(Content-Length)", "incomplete_body")
+                pieces.append(piece)
+                left -= len(piece)
+        except OSError:  # a pause over BODY_IDLE (TimeoutError) or a reset
+            raise APIError(408, f"the request body stopped after {length - left} of its {length} bytes "
+                           "(Content-Length)", "request_timeout") from None
+        finally:
+            self.connection.settimeout(self.timeout)
+        self.unread = False
+        return b"".join(pieces)
+
+    def _discard(self, length):
+        """After a 413, read and drop what comes of the body (up to DRAIN), so the client reads the 413,
+        not a reset; a client that stops sending is left after BODY_IDLE seconds."""
+        left = min(length, DRAIN)
+        self.connection.settimeout(BODY_IDLE)
+        try:
+            while left > 0:
+                data = self.rfile.read1(min(left, 1 << 16))
                 if not data:
                     break
                 left -= len(data)

@@ -205,13 +205,16 @@ class Service:
                 options[name] = _setting(name, body[key], key)
         if body.get("temperature") is not None:  # accepted, but answers are greedy (docs/server.md)
             _number(body["temperature"], "temperature", 0, 2)
-        if body.get("n") not in (None, 1):
+        if body.get("n") is not None and _number(body["n"], "n", integer=True) != 1:
             raise APIError(400, "only n=1 is supported", param="n")
         tools = _choose_tools(tools, body.get("tool_choice"))
         options.update(_ttsi_options(body.get("ttsi")))
-        stream_options = body.get("stream_options") or {}
-        return ChatRequest(messages, tools, options, bool(body.get("stream")),
-                           isinstance(stream_options, dict) and bool(stream_options.get("include_usage")))
+        stream = _flag(body.get("stream"), "stream")
+        stream_options = body.get("stream_options")
+        if stream_options is not None and not isinstance(stream_options, dict):
+            raise APIError(400, "stream_options must be an object", param="stream_options")
+        usage = _flag((stream_options or {}).get("include_usage"), "stream_options.include_usage")
+        return ChatRequest(messages, tools, options, stream, usage)
 
     def submit(self, request):
         """Admit a parsed request to the model thread's queue (503 when `max_queue` already wait); its Job."""
@@ -309,6 +312,13 @@ def _number(value, name, low=None, high=None, integer=False):
     if (low is not None and value < low) or (high is not None and value > high):
         raise APIError(400, f"{name} must be between {low} and {high}", param=name)
     return value
+
+
+def _flag(value, name):
+    """An optional boolean field (False when absent)."""
+    if value is not None and not isinstance(value, bool):
+        raise APIError(400, f"{name} must be true or false", param=name)
+    return bool(value)
 
 
 def _parsed(parse, value, param):
