@@ -185,36 +185,19 @@ class Service:
         it takes a place in the queue, and the agent gets the parsed messages and tools."""
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
-        model = body.get("model")
+        self._check_model(body.get("model"))
+        messages = _messages(body.get("messages"))
+        tools = _choose_tools(_tools(body.get("tools")), body.get("tool_choice"))
+        options = {**_sampling_options(body), **_ttsi_options(body.get("ttsi"))}
+        stream, usage = _streaming(body)
+        return ChatRequest(messages, tools, options, stream, usage)
+
+    def _check_model(self, model):
         if model is not None and not isinstance(model, str):
             raise APIError(400, "model must be a string", param="model")
         if model and model not in self.names:
             raise APIError(404, f"the model {model!r} does not exist here; this server serves {self.agent.name!r}",
                            "model_not_found", "model")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise APIError(400, "messages must be a non-empty list", param="messages")
-        messages = _parsed(normalize_messages, messages, "messages")
-        tools = body.get("tools") or None
-        if tools is not None and not isinstance(tools, list):
-            raise APIError(400, "tools must be a list", param="tools")
-        tools = _parsed(parse_tools, tools, "tools") if tools else None
-        options = {}
-        for key, name in (("seed", "seed"), ("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens")):
-            if body.get(key) is not None:
-                options[name] = _setting(name, body[key], key)
-        if body.get("temperature") is not None:  # accepted, but answers are greedy (docs/server.md)
-            _number(body["temperature"], "temperature", 0, 2)
-        if body.get("n") is not None and _number(body["n"], "n", integer=True) != 1:
-            raise APIError(400, "only n=1 is supported", param="n")
-        tools = _choose_tools(tools, body.get("tool_choice"))
-        options.update(_ttsi_options(body.get("ttsi")))
-        stream = _flag(body.get("stream"), "stream")
-        stream_options = body.get("stream_options")
-        if stream_options is not None and not isinstance(stream_options, dict):
-            raise APIError(400, "stream_options must be an object", param="stream_options")
-        usage = _flag((stream_options or {}).get("include_usage"), "stream_options.include_usage")
-        return ChatRequest(messages, tools, options, stream, usage)
 
     def submit(self, request):
         """Admit a parsed request to the model thread's queue (503 when `max_queue` already wait); its Job."""
@@ -312,6 +295,42 @@ def _number(value, name, low=None, high=None, integer=False):
     if (low is not None and value < low) or (high is not None and value > high):
         raise APIError(400, f"{name} must be between {low} and {high}", param=name)
     return value
+
+
+def _messages(messages):
+    """The conversation, normalised (prompts.normalize_messages)."""
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages must be a non-empty list", param="messages")
+    return _parsed(normalize_messages, messages, "messages")
+
+
+def _tools(specs):
+    """The offered Tools, each schema checked (tools.parse_tools), or None."""
+    if specs is not None and not isinstance(specs, list):
+        raise APIError(400, "tools must be a list", param="tools")
+    return _parsed(parse_tools, specs, "tools") if specs else None
+
+
+def _sampling_options(body):
+    """seed and max_tokens as Settings fields; temperature and n checked (answers are greedy, n=1)."""
+    options = {}
+    for key, name in (("seed", "seed"), ("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens")):
+        if body.get(key) is not None:
+            options[name] = _setting(name, body[key], key)
+    if body.get("temperature") is not None:  # accepted, but answers are greedy (docs/server.md)
+        _number(body["temperature"], "temperature", 0, 2)
+    if body.get("n") is not None and _number(body["n"], "n", integer=True) != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    return options
+
+
+def _streaming(body):
+    """(stream, stream_options.include_usage)."""
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise APIError(400, "stream_options must be an object", param="stream_options")
+    return _flag(body.get("stream"), "stream"), _flag((stream_options or {}).get("include_usage"),
+                                                      "stream_options.include_usage")
 
 
 def _flag(value, name):
