@@ -26,7 +26,7 @@ from .service import MAX_QUEUE, APIError, Service, api_error, error_event
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
 POLL = 0.25  # seconds between checks that a waiting request's client is still there
-BODY_IDLE = 1.0  # seconds a request body may pause before it gets 408
+BODY_IDLE = 0.5  # seconds a request body may pause before it gets 408
 BODY_SECONDS, BODY_RATE = 2.0, 256 << 10  # a body's deadline: 2 s plus 1 s per 256 KiB
 
 
