@@ -26,9 +26,10 @@ import numpy as np
 
 from .errors import TTSIError
 from .config import cache_dir
+from .settings import default
 
-SIMILARITY = 0.95  # calibrated on SmolLM2-135M; see docs/server.md
-SIZE = 32  # entries; one SmolLM2-135M adapter (rank 8, all layers) is about 10 MB
+SIMILARITY = default("memory_similarity")  # calibrated on SmolLM2-135M; see docs/server.md
+SIZE = default("memory_size")  # entries; one SmolLM2-135M adapter (rank 8, all layers) is about 10 MB
 EMBED_TOKENS = 512  # the request's first tokens are enough to recognise it
 STALE_SECONDS = 3600  # unreferenced files older than this are left-overs of a crash
 

@@ -24,11 +24,12 @@ from .adaptation import Adapter
 from .context import ContextState
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .grounding import better_tool, calls_made, context_text, label_calls, twins, weigh_changes
+from .grounding import better_tool, calls_made, context_text, label_calls, weigh_changes
 from .prompts import call_format, calls_text, last_user_text, normalize_messages, render_prompt
-from .settings import LORA_FIELDS, Settings
+from .settings import LORA_FIELDS, Settings, default
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
 from .tools import parse_tools
+from .twins import twins
 from .uncertainty import estimate
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 PLAN_ASK = "\n\nFirst write one short line \"Function: <tool name> / <key arguments>\", then the tool call."
 PLAN_LEAD = "Function:"
 PLAN_TOKENS = 32
-METHODS = ("base", "ttsi", "ttd", "ticl")
-MAX_REQUEST_CHARS = 200_000
 
 
 @dataclass
@@ -109,7 +108,8 @@ class Request:
     tools: list
     settings: Settings
     plan: Plan
-    given: list = None  # examples to train on (eval's oracles), or adapter weights to answer with (stored)
+    examples: list = None  # examples to train on instead of synthesizing them (eval's oracles)
+    adapter_weights: dict = None  # LoRA weights to answer with instead of training (stored)
     keep_adapter: bool = False
     save_adapter: str = None
     on_piece: object = None  # (kind, text) -> None: hears the answer as it is decoded
@@ -169,10 +169,15 @@ class Clock:
 
 
 class Agent:
-    def __init__(self, loaded, settings=None, teacher=None, teacher_model="gpt-5-mini", api_key=None):
+    """The model, its one LoRA and its settings; `saved` LoRA weights (`--adapter-path`) answer every
+    request that is not in mode base, instead of training a LoRA for it."""
+
+    def __init__(self, loaded, settings=None, teacher=None, teacher_model=default("teacher_model"), api_key=None,
+                 saved=None):
         self.loaded = loaded
         self.settings = (settings or Settings()).check()
         self.adapter = Adapter(loaded.model, self.settings.lora)
+        self.saved = None if saved is None else self.adapter.fitted(saved, "the saved adapter does not fit this model")
         self.fmt = call_format(loaded.tokenizer)
         self.teacher_spec = teacher
         self.teacher_model = teacher_model
@@ -227,7 +232,7 @@ class Agent:
             if spec.startswith(("http://", "https://")):
                 self._teacher = EndpointTeacher(spec, self.teacher_model, self.api_key)
             else:
-                self._teacher = ModelWriter(models.load(spec), decoder_options=self._decoder_options())
+                self._teacher = ModelWriter(models.load(spec))
         return self._teacher
 
     def _decoder_options(self, settings=None):
@@ -249,15 +254,16 @@ class Agent:
         decoding and training step, stops the request (Cancelled) when it returns True.
         Any other keyword overrides a Settings field for this request."""
         settings = self._settings(overrides)
+        if adapter_weights is None and self.saved is not None and settings.mode != "base":
+            adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")
         messages = normalize_messages(messages if messages is not None else _request_messages(request))
-        if sum(len(m["content"]) for m in messages) > MAX_REQUEST_CHARS:
-            raise RequestError(f"the request is over {MAX_REQUEST_CHARS} characters")
         tools = parse_tools(tools) if tools else []
         report = progress or (lambda phase, seconds, detail="": None)
         plan = plan_request(settings.mode, self.teacher_spec is not None, force,
                             stored=adapter_weights is not None, given=train_on is not None)
-        given = train_on if plan.source == "given" else adapter_weights if plan.source == "stored" else None
-        request = Request(messages, tools, settings, plan, given, keep_adapter, save_adapter, on_piece, cancelled)
+        request = Request(messages, tools, settings, plan, train_on if plan.source == "given" else None,
+                          adapter_weights if plan.source == "stored" else None, keep_adapter, save_adapter, on_piece,
+                          cancelled)
         with self._lock:
             try:
                 if not tools:
@@ -276,7 +282,7 @@ class Agent:
     def _text_answer(self, request, clock):
         settings = request.settings
         if request.plan.source == "stored":  # a saved adapter (--adapter-path) writes text answers too
-            self.adapter.load(request.given)
+            self.adapter.load(request.adapter_weights)
         prompt = render_prompt(self.loaded.tokenizer, request.messages, [], self.fmt)
         ids = self.loaded.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) > self.loaded.context_length:
@@ -414,7 +420,7 @@ class Agent:
         """The stored adapter installed, or examples synthesized and then trained on (or, for
         TT-ICL, put in the prompt)."""
         if request.plan.source == "stored":
-            self.adapter.load(request.given)
+            self.adapter.load(request.adapter_weights)
             clock.lap("adapter_load", "reused stored adapter")
             return Adaptation(Synthesis(), prompt, reused=True)
         synthesis = self._synthesize(request, uncertainty, label)
@@ -435,12 +441,13 @@ class Agent:
         """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or twins of the self-label."""
         settings, messages, tools = request.settings, request.messages, request.tools
         if request.plan.source == "given":
-            given = list(request.given)
+            given = list(request.examples)
             return Synthesis(examples=given, attempts=len(given), reason=None if given else "no examples were given to train on")
         if request.plan.source == "teacher":  # a teacher may well know better than our own first choice
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
-                                             same_tool=same_tool)
+                                             same_tool=same_tool, temperature=settings.temperature,
+                                             decoder_options=self._decoder_options(settings))
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         # the request itself with its self-label, and K-1 twins that teach copying its values

@@ -92,7 +92,7 @@ def gold_examples(row, method, k, seed):
     if method == "oracle":
         return [{"messages": messages, "request": request or messages[-1]["content"], "calls": row["answer"],
                  "source": "gold"}]
-    from .grounding import twins
+    from .twins import twins
     from .tools import parse_tools
 
     return twins(normalize_messages(messages), row["answer"], parse_tools(row["tools"]), k, seed, source="gold twin")

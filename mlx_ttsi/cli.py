@@ -14,7 +14,6 @@ import click
 
 from .embedded import DEFAULT as DEFAULT_MODEL, EMBEDDED
 from .errors import RequestError, TTSIError
-from .settings import PRECISIONS
 
 
 
@@ -37,24 +36,19 @@ def table_option(option, **extra):
         kind = None
     env = {"envvar": "MLX_TTSI_" + option.name.upper()} if option.env else {}
     flags = [option.cli_flag] + ([option.short] if option.short else [])
-    return click.option(*flags, option.name, type=kind, default=option.default, show_default=True,
-                        help=option.help, **env, **extra)
+    return click.option(*flags, option.name, **{"type": kind, "default": option.default, "show_default": True,
+                                                "help": option.help, **env, **extra})
 
 
 def adaptation_options(f):
-    """Options shared by ask, eval and serve: how and when to self-improve (mode and seed apart)."""
+    """Options shared by ask, eval and serve: how and when to self-improve (mode and seed apart), and
+    how the model and the teacher are loaded."""
     from .settings import OPTIONS
 
-    options = [table_option(o) for o in OPTIONS if o.name not in ("mode", "seed", "max_tokens")]
-    options += [
-        click.option("--teacher", envvar="MLX_TTSI_TEACHER",
-                     help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."),
-        click.option("--teacher-model", default="gpt-5-mini", show_default=True, envvar="MLX_TTSI_TEACHER_MODEL",
-                     help="Model name sent to a teacher URL."),
-        click.option("--precision", type=click.Choice(PRECISIONS),
-                     default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
-                     help="Weights dtype: auto = float32 on CPU, the model's own on a GPU."),
-    ]
+    options = [table_option(o) for o in OPTIONS
+               if o.group in ("agent", "lora", "load") and o.name not in ("mode", "seed", "max_tokens")]
+    options.append(click.option("--teacher", envvar="MLX_TTSI_TEACHER",
+                                help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."))
     for option in reversed(options):
         f = option(f)
     return f
@@ -71,19 +65,16 @@ def build_agent(model, precision, teacher, teacher_model, adapter_path=None, **s
     from .agent import Agent
     from .settings import Settings
 
-    kind = Agent
+    saved = None
     if adapter_path:
         from . import saved_adapter
 
         settings.update(saved_adapter.lora_options(adapter_path))  # the adapter fixes the LoRA's shape
-        kind = saved_adapter.SavedAdapterAgent
-    agent = kind.load(
-        model, precision=precision, settings=Settings.from_options(settings),
-        teacher=teacher, teacher_model=teacher_model, api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"),
+        saved = saved_adapter.load_weights(adapter_path)
+    return Agent.load(
+        model, precision=precision, settings=Settings.from_options(settings), teacher=teacher,
+        teacher_model=teacher_model, api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"), saved=saved,
     )
-    if adapter_path:
-        agent.saved = saved_adapter.load_weights(agent, adapter_path)
-    return agent
 
 
 def adapter_path_option(f):
@@ -278,12 +269,9 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
 @click.option("--api-key", envvar="MLX_TTSI_API_KEY",
               help="Require `Authorization: Bearer KEY` on every /v1 request.")
 @click.option("--memory", is_flag=True, help="Keep the adapters trained for uncertain requests and reuse them.")
-@click.option("--memory-size", type=click.IntRange(1), default=32, show_default=True,
-              help="Most adapters kept (least recently used dropped).")
-@click.option("--memory-similarity", type=click.FloatRange(-1, 1), default=0.95, show_default=True,
-              help="Reuse an adapter when the request's embedding is at least this close (cosine).")
-@click.option("--max-queue", type=click.IntRange(1), default=16, show_default=True, envvar="MLX_TTSI_MAX_QUEUE",
-              help="Requests that may wait for the model; more get 503 with Retry-After.")
+@setting_option("memory_size")
+@setting_option("memory_similarity")
+@setting_option("max_queue")
 @adaptation_options
 @setting_option("seed")
 @adapter_path_option
@@ -332,9 +320,7 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
 
 
 @cli.command()
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              default="auto", show_default=True, envvar="MLX_TTSI_PRECISION",
-              help="The --precision to resolve to a dtype, as ask and serve would.")
+@setting_option("precision", help="The --precision to resolve to a dtype, as ask and serve would.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def doctor(precision, as_json):
     """Show the backend, BLAS, dtype, cache, embedded model and versions this install will use."""

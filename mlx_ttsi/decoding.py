@@ -13,6 +13,7 @@ that does not read gives no calls and says why (`Decoded.error`).
 import json
 import math
 import re
+import weakref
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -32,7 +33,7 @@ _NUMBER_CHARS = re.compile(r"^ ?[0-9.\-]+$")
 class Vocabulary:
     """Per-tokenizer token tables the decoder needs: text of every token and a few masks."""
 
-    _cache = {}
+    _cache = weakref.WeakKeyDictionary()  # tokenizer -> its Vocabulary, dropped with the tokenizer
 
     def __init__(self, tokenizer):
         hf = getattr(tokenizer, "_tokenizer", tokenizer)
@@ -59,10 +60,10 @@ class Vocabulary:
 
     @classmethod
     def of(cls, tokenizer):
-        key = id(tokenizer)
-        if key not in cls._cache:
-            cls._cache[key] = cls(tokenizer)
-        return cls._cache[key]
+        vocabulary = cls._cache.get(tokenizer)
+        if vocabulary is None:
+            vocabulary = cls._cache[tokenizer] = cls(tokenizer)
+        return vocabulary
 
 
 def _masked_argmax(logprobs, allowed):

@@ -1,4 +1,4 @@
-"""Self-labels grounded in the user's words, and twins: the same request with other values.
+"""Self-labels grounded in the user's words: the model's calls checked against the request.
 
 Most argument values of a tool call are words of the conversation: in the gold calls of the five
 benchmark files, 79% of the required string and number values and 92% of the optional ones that are
@@ -20,31 +20,16 @@ time, a change is kept only when the base model finds the changed call at least 
 likely as the call before it, so a rewrite the model finds absurd (a value cut short, a number
 replaced) is undone while one it finds plausible (a stated value it had left out) stays.
 
-A twin of a labelled request swaps every value that appears in the conversation for another value
-of the same kind (digits for digits, a date for a date, a name for a name), in the conversation and
-in the call alike, so a LoRA trained on twins learns to copy the request's spans into the
-arguments instead of learning the values themselves.
+Twins of a labelled request (the same request with other values) are made in twins.py.
 """
 
-import datetime
 import json
 import math
-import random
 import re
 
 from .tools import check_call
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
-KEEP_WORDS = {"a", "an", "the", "of", "on", "in", "at", "for", "to", "and", "or", "with", "by", "from", "de"}
-CAPITALISED = (
-    "Alice Bruno Carmen Daniel Elena Farid Grace Hiro Ines Jonas Keiko Lucas Maya Nora Oscar Priya Rafael Sofia "
-    "Tomas Uma Victor Wen Yusuf Zara Oslo Lima Kyoto Porto Dakar Quito Austin Bergen Cairo Denver Geneva Hanoi "
-    "Leeds Malmo Nairobi Perth Seville Tunis Valencia Zurich Amber Cedar Harbor Summit Willow Falcon Orion"
-).split()
-LOWER = (
-    "river garden market silver yellow window winter summer village engine orange planet ticket bridge forest "
-    "island violin carpet rocket candle harbor meadow castle mirror pepper tunnel ladder basket canyon puzzle"
-).split()
 
 
 def context_text(messages):
@@ -218,117 +203,3 @@ def _open_key(decoder, before, tool, arguments, key):
     # the call written so far, up to the new key's value, exactly as the decoder writes it
     written = json.dumps(arguments, ensure_ascii=False)[:-1] + (", " if arguments else "")
     return f'{before}{decoder.fmt.head(tool.name)}{written}"{key}": '
-
-
-# ---- twins ----
-
-def spans(calls, tools, messages):
-    """The argument values (as text) that the conversation states verbatim, longest first."""
-    by_name = {tool.name: tool for tool in tools}
-    text = context_text(messages)
-    found = []
-    for call in calls:
-        properties = by_name[call["name"]].properties if call["name"] in by_name else {}
-        for key, value in call["arguments"].items():
-            if not _free_value(properties.get(key, {})) or isinstance(value, bool):
-                continue
-            value = str(value).strip()
-            if value and _find(value, text) and value not in found:
-                found.append(value)
-    return sorted(found, key=len, reverse=True)
-
-
-def _find(value, text):
-    return re.search(_pattern(value), text, flags=re.IGNORECASE)
-
-
-def _pattern(value):
-    edge = lambda c: r"(?<!\w)" if c.isalnum() else ""  # noqa: E731
-    tail = r"(?!\w)" if value[-1:].isalnum() else ""
-    return edge(value[:1]) + re.escape(value) + tail
-
-
-def swapped(value, rng):
-    """Another value of the same kind: a date for a date, digits for digits, a word for a word."""
-    date = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})(.*)", value)
-    if date:
-        day = datetime.date(2020, 1, 1) + datetime.timedelta(days=rng.randrange(3000))
-        return day.isoformat() + re.sub(r"\d", lambda _: str(rng.randrange(10)), date.group(4))
-    if re.search(r"\d", value) or not re.search(r"[A-Za-z]", value):
-        return "".join(_same_class(c, rng, first=i == 0) for i, c in enumerate(value))
-    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.+-]*@[A-Za-z0-9.-]+", value):
-        return rng.choice(LOWER) + "@" + value.split("@", 1)[1]
-    return re.sub(r"[A-Za-z][A-Za-z'-]*", lambda m: _word(m.group(0), rng), value)
-
-
-def _same_class(char, rng, first=False):
-    if char.isdigit():
-        return str(rng.randrange(1 if first else 0, 10))
-    if char.isalpha() and char.isascii():
-        letter = chr(rng.randrange(26) + ord("a"))
-        return letter.upper() if char.isupper() else letter
-    return char
-
-
-def _word(word, rng):
-    if word.lower() in KEEP_WORDS:
-        return word
-    if word.isupper() and len(word) > 1:
-        return "".join(_same_class(c, rng) for c in word)
-    if word[0].isupper():
-        return rng.choice(CAPITALISED)
-    return rng.choice(LOWER)
-
-
-def twins(messages, calls, tools, k, seed=0, source="twin"):
-    """Up to k examples {"messages", "request", "calls", "source"} with every stated value swapped."""
-    values = spans(calls, tools, messages)
-    if not values:
-        return []
-    rng = random.Random(seed)
-    made, seen = [], set()
-    for _ in range(4 * k):
-        if len(made) >= k:
-            break
-        mapping = {value: swapped(value, rng) for value in values}
-        if any(new == old for old, new in mapping.items()):
-            continue
-        twin_messages = [_swap_message(m, mapping) for m in messages]
-        twin_calls = [{"name": c["name"], "arguments": {key: _swap_value(v, mapping) for key, v in c["arguments"].items()}}
-                      for c in calls]
-        key = json.dumps([twin_messages, twin_calls], sort_keys=True)
-        if key in seen or any(check_call(call, tools) for call in twin_calls):
-            continue
-        seen.add(key)
-        request = next((m["content"] for m in reversed(twin_messages) if m["role"] == "user"), "")
-        made.append({"messages": twin_messages, "request": request, "calls": twin_calls, "source": source})
-    return made
-
-
-def _swap_text(text, mapping):
-    for old, new in mapping.items():  # longest first (spans() sorts them), so parts of a value stay put
-        text = re.sub(_pattern(old), lambda _: new, text, flags=re.IGNORECASE)
-    return text
-
-
-def _swap_message(message, mapping):
-    calls = [{"name": c["name"], "arguments": {k: _swap_value(v, mapping) for k, v in c.get("arguments", {}).items()}}
-             for c in message.get("tool_calls") or []]
-    return {**message, "content": _swap_text(message.get("content") or "", mapping), "tool_calls": calls}
-
-
-def _swap_value(value, mapping):
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return value
-    text = str(value).strip()
-    if text not in mapping:
-        return _swap_text(value, mapping) if isinstance(value, str) else value
-    new = mapping[text]
-    if isinstance(value, int):
-        return int(new) if new.lstrip("-").isdigit() else new
-    if isinstance(value, float):
-        try:
-            return float(new)
-        except ValueError:
-            return new
-    return new

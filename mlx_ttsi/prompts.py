@@ -16,6 +16,7 @@ FALLBACK_SYSTEM = (
     '"arguments": {{"argument": "value"}}}}, using only the tools and arguments listed.'
 )
 ROLES = {"system", "user", "assistant", "tool"}
+MAX_REQUEST_CHARS = 200_000
 
 
 def tool_line(tool):
@@ -27,8 +28,14 @@ def calls_text(calls, fmt):
     return fmt.calls_text(calls)
 
 
+class Messages(list):
+    """A conversation normalize_messages has checked: it is not checked again."""
+
+
 def normalize_messages(messages):
     """Check a conversation and bring tool calls to {name, arguments} (OpenAI shape accepted)."""
+    if isinstance(messages, Messages):
+        return messages
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if not isinstance(messages, list) or not messages:
@@ -46,7 +53,9 @@ def normalize_messages(messages):
         clean.append({"role": message["role"], "content": content or "", "tool_calls": calls})
     if clean[-1]["role"] == "system" or not any(m["role"] == "user" and m["content"].strip() for m in clean):
         raise RequestError("the conversation needs a non-empty user message and must not end with a system message")
-    return clean
+    if sum(len(m["content"]) for m in clean) > MAX_REQUEST_CHARS:
+        raise RequestError(f"the request is over {MAX_REQUEST_CHARS} characters")
+    return Messages(clean)
 
 
 def _plain_call(call, index):

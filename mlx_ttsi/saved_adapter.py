@@ -2,7 +2,7 @@
 
 DIR is an mlx-lm adapter directory: `adapters.safetensors` and `adapter_config.json`, written by
 `mlx-ttsi ask --save-adapter` or by `mlx_lm.lora`. Its config fixes the LoRA's shape (rank, scale,
-layers), so the agent's LoRA is built from it before the weights are loaded.
+layers), so the agent's LoRA is built from it, then given the weights (`Agent(saved=...)`).
 """
 
 import json
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .agent import Agent
 from .errors import TTSIError
 
 CONFIG = "adapter_config.json"
@@ -41,24 +40,10 @@ def lora_options(directory):
     return {"rank": rank, "alpha": scale * rank, "layers": layers}
 
 
-def load_weights(agent, directory):
-    """DIR/adapters.safetensors as LoRA weights for `agent`, checked against its LoRA layers."""
+def load_weights(directory):
+    """DIR/adapters.safetensors as LoRA weights (Agent(saved=...) checks they fit its LoRA)."""
     path = Path(directory) / WEIGHTS
     try:
-        weights = mx.load(str(path))
+        return mx.load(str(path))
     except (OSError, ValueError, RuntimeError) as error:
         raise TTSIError(f"cannot read adapter weights {path}: {error}") from None
-    return agent.adapter.fitted(weights, f"adapter {directory} does not fit this model")
-
-
-class SavedAdapterAgent(Agent):
-    """An Agent that answers every request with one saved LoRA instead of training one.
-
-    A request in mode `base` is answered by the plain model."""
-
-    saved = None  # LoRA weights from load_weights()
-
-    def ask(self, request=None, tools=None, messages=None, adapter_weights=None, **options):
-        if adapter_weights is None and self.saved is not None and options.get("mode", self.settings.mode) != "base":
-            adapter_weights, options["force"], options["mode"] = self.saved, True, "ttsi"
-        return super().ask(request, tools, messages, adapter_weights=adapter_weights, **options)

@@ -1,68 +1,33 @@
 """An OpenAI-compatible HTTP server over one Agent: POST /v1/chat/completions, GET /v1/models, /health.
 
-Standard library only, like mlx-lm's server: a ThreadingHTTPServer speaks HTTP/1.1 (keep-alive) on
-one thread per connection and hands requests to a single model thread, which answers them one at a
-time in arrival order (the Agent resets its LoRA after each, so no request sees another's adapter).
-
-- At most `max_queue` requests wait for the model; one more gets 503 with Retry-After.
-- The model thread pushes each request's events (phases ended, answer pieces, the response) into the
-  request's own queue and its connection thread writes them as they come: a stream shows the phases
-  as SSE comments, then the answer token by token.
-- A request whose client has gone is dropped from the queue, or stopped at its next forward pass or
-  training step (the agent polls `Job.cancelled`), freeing the model for the next one.
+The HTTP transport of service.py, on the standard library like mlx-lm's server: a
+ThreadingHTTPServer speaks HTTP/1.1 (keep-alive) on one thread per connection. That thread reads
+and parses the body (service.parse: a bad request is refused before it is queued), admits it, then
+relays the model thread's events as they come. It alone uses its socket: while it waits it checks
+every POLL seconds that the client is still there, and when it is not, sets the job's `gone` flag,
+which the model thread reads before each forward pass and training step.
 
     server = make_server(agent, "127.0.0.1", 8080, api_key="secret", max_queue=16)
     server.serve_forever()
 """
 
-import atexit
-import hmac
 import json
-import math
 import queue
 import select
 import socket
 import socketserver
 import sys
-import threading
 import time
-import traceback
-import uuid
-from collections import Counter
-from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
-from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import mlx.core as mx
-
-from .errors import Cancelled, TTSIError
-from .adapter_memory import tools_key
-from .prompts import last_user_text, normalize_messages
-from .settings import BY_NAME, OPTIONS
-from .tools import parse_tools
+from .service import MAX_QUEUE, APIError, Service, api_error, error_event
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413
-MAX_QUEUE = 16  # requests that may wait for the model; more get 503
-PIECE = 16  # characters per replayed delta (an answer the agent did not stream)
 POLL = 0.25  # seconds between checks that a waiting request's client is still there
-WORDS = ("gate", "note")  # progress reports that are words about the request, not timed phases
-TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
-
-    def __init__(self, status, message, code=None, param=None, retry_after=None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-        self.retry_after = retry_after  # seconds, sent as a Retry-After header
-
-    def body(self):
-        kind = "server_error" if self.status >= 500 else "invalid_request_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+BODY_IDLE = 0.5  # seconds a request body may pause before it gets 408
+BODY_SECONDS, BODY_RATE = 2.0, 256 << 10  # a body's deadline: 2 s plus 1 s per 256 KiB
 
 
 def connected(sock):
@@ -75,406 +40,6 @@ def connected(sock):
         return sock.recv(1, socket.MSG_PEEK) != b""
     except (OSError, ValueError):  # ValueError: the socket is already closed here
         return False
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """A chat completion request, checked."""
-
-    messages: list
-    tools: list  # the OpenAI tool specs to offer (after tool_choice), or None
-    options: dict  # Settings fields for this request
-    stream: bool = False
-    usage_chunk: bool = False  # stream_options.include_usage
-
-
-class Job:
-    """One admitted request: its events for the connection thread, its Future on the model thread,
-    and whether its client is still there."""
-
-    def __init__(self, request, sock):
-        self.request, self.sock = request, sock
-        self.events = queue.Queue()  # (kind, payload): progress, piece, then done or error
-        self.received = time.perf_counter()
-        self.gone = False
-        self.future = None
-
-    def cancelled(self):
-        """Polled by the agent before every forward pass and training step."""
-        return self.gone or not connected(self.sock)
-
-    def abandon(self):
-        """The client went away: a waiting job is dropped, a running one stops at its next step."""
-        self.gone = True
-        if self.future is not None:
-            self.future.cancel()
-
-
-class ModelThread:
-    """The one thread that uses the model: jobs run one at a time, in the order they came."""
-
-    def __init__(self):
-        self.jobs = queue.Queue()
-        self.busy = False  # a job is running
-        self.thread = threading.Thread(target=self._loop, name="mlx-ttsi-model", daemon=True)
-        self.thread.start()
-        atexit.register(self.close)
-
-    def submit(self, fn, *args):
-        future = Future()
-        self.jobs.put((future, fn, args))
-        return future
-
-    def _loop(self):
-        try:
-            while (job := self.jobs.get()) is not None:
-                future, fn, args = job
-                if future.set_running_or_notify_cancel():
-                    self.busy = True
-                    try:
-                        future.set_result(fn(*args))
-                    except BaseException as error:
-                        future.set_exception(error)
-                    finally:
-                        self.busy = False
-        finally:
-            mx.clear_streams()  # MLX needs each thread to free its own streams, or the process aborts at exit
-
-    def close(self):
-        """Cancel what is queued, let the running job finish, and stop the thread."""
-        atexit.unregister(self.close)
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job[0].cancel()
-        self.jobs.put(None)
-        self.thread.join()
-
-
-class Service:
-    """The model side: checks a request body, admits it to the model thread's bounded queue, and
-    runs it there, pushing its events to its Job."""
-
-    def __init__(self, agent, api_key=None, memory=None, names=(), max_body=MAX_BODY, max_queue=MAX_QUEUE):
-        self.agent = agent
-        self.api_key = api_key
-        self.memory = memory
-        self.names = {agent.name, *names}  # model names a request may ask for (compared, never loaded)
-        self.max_body = max_body
-        self.max_queue = max_queue
-        self.worker = ModelThread()
-        self.stats = Counter()
-        self.waiting = 0  # admitted jobs not yet started
-        self.typical = 1.0  # seconds per request, a moving average (for Retry-After)
-        self._lock = threading.Lock()
-
-    def count(self, key, step=1):
-        with self._lock:
-            self.stats[key] += step
-
-    def close(self, grace=10):
-        """Drop queued requests (503), finish the one being answered and give its client the answer."""
-        self.worker.close()
-        deadline = time.monotonic() + grace
-        while self.stats["inflight"] > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def health(self):
-        counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
-        return {"status": "ok", "model": self.agent.name, "loaded": self.worker.thread.is_alive(),
-                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue, **counters}
-
-    def model_card(self):
-        return {"id": self.agent.name, "object": "model", "created": 0, "owned_by": "mlx-ttsi"}
-
-    def parse(self, body):
-        """The request's fields, checked; anything a request may not set is refused here."""
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise APIError(400, "model must be a string", param="model")
-        if model and model not in self.names:
-            raise APIError(404, f"the model {model!r} does not exist here; this server serves {self.agent.name!r}",
-                           "model_not_found", "model")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise APIError(400, "messages must be a non-empty list", param="messages")
-        tools = body.get("tools") or None
-        if tools is not None and not isinstance(tools, list):
-            raise APIError(400, "tools must be a list", param="tools")
-        options = {}
-        for key, name in (("seed", "seed"), ("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens")):
-            if body.get(key) is not None:
-                options[name] = _setting(name, body[key], key)
-        if body.get("temperature") is not None:  # accepted, but answers are greedy (docs/server.md)
-            _number(body["temperature"], "temperature", 0, 2)
-        if body.get("n") not in (None, 1):
-            raise APIError(400, "only n=1 is supported", param="n")
-        tools = _choose_tools(tools, body.get("tool_choice"))
-        options.update(_ttsi_options(body.get("ttsi")))
-        stream_options = body.get("stream_options") or {}
-        return ChatRequest(messages, tools, options, bool(body.get("stream")),
-                           isinstance(stream_options, dict) and bool(stream_options.get("include_usage")))
-
-    def submit(self, request, sock):
-        """Admit a request to the model thread's queue (503 when `max_queue` already wait); its Job."""
-        job = Job(request, sock)
-        with self._lock:
-            if self.waiting >= self.max_queue:
-                self.stats["rejected"] += 1
-                wait = math.ceil(min(600, self.typical * (self.waiting + 1)))
-                raise APIError(503, f"the server is busy: {self.waiting} requests are already waiting; retry later",
-                               "server_busy", retry_after=max(1, wait))
-            self.waiting += 1
-            self.stats["received"] += 1
-        job.future = self.worker.submit(self._answer, job)
-        job.future.add_done_callback(partial(self._finished, job))
-        return job
-
-    def _finished(self, job, future):
-        """The job's last event: its response, or the error that ended it (also when it never ran)."""
-        if future.cancelled():  # dropped while waiting: its client went, or the server is stopping
-            with self._lock:
-                self.waiting -= 1
-                self.stats["cancelled" if job.gone else "failed"] += 1
-            job.events.put(("error", CancelledError()))
-        elif future.exception() is not None:
-            job.events.put(("error", future.exception()))
-        else:
-            job.events.put(("done", future.result()))
-
-    def _answer(self, job):
-        """Runs on the model thread: every use of the model happens here, one request at a time."""
-        started = time.perf_counter()
-        with self._lock:
-            self.waiting -= 1
-        try:
-            if job.cancelled():
-                raise Cancelled("the client went away before its turn")
-            response = self._run(job, started)
-        except Cancelled:  # the agent has reset its LoRA
-            self.count("cancelled")
-            raise
-        except Exception:
-            self.count("failed")
-            raise
-        with self._lock:
-            self.stats["answered"] += 1
-            self.typical = 0.7 * self.typical + 0.3 * (time.perf_counter() - started)
-        return response
-
-    def _run(self, job, started):
-        """Ask the agent, telling a stream's job each phase and answer piece as it happens."""
-        request, agent, options = job.request, self.agent, dict(job.request.options)
-        queued = started - job.received
-        heard = {"progress": partial(_tell, job, "progress"), "on_piece": partial(_tell, job, "piece")} \
-            if request.stream else {}
-        tools = parse_tools(request.tools) if request.tools else []
-        recall, reuse = self._recall(request, tools, options)
-        answer = agent.ask(messages=request.messages, tools=tools or None, adapter_weights=reuse,
-                           keep_adapter=recall.get("memory") == "miss", cancelled=job.cancelled, **heard,
-                           **options)
-        clock = time.perf_counter()
-        key, vector = recall.pop("key", None), recall.pop("vector", None)
-        if answer.reused:
-            recall["memory"] = "reused"
-        elif answer.adapter is not None:
-            stored = self.memory.store(key, vector, answer.adapter, answer.method)
-            recall["memory"] = "stored" if stored else "miss"
-        elif recall.get("memory") == "hit":
-            recall["memory"] = "unused"  # a close adapter exists, but this request was not adapted
-        if recall:
-            recall["memory_seconds"] = round(recall["memory_seconds"] + time.perf_counter() - clock, 3)
-        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-        timings = {"queue": round(queued, 3), **answer.timings, "server": round(time.perf_counter() - started, 3)}
-        return _completion(agent, answer, usage, timings, recall, options)
-
-    def _recall(self, request, tools, options):
-        """Look the request up in the adapter memory (only when it might be trained)."""
-        mode = options.get("mode", self.agent.mode)
-        if self.memory is None or not tools or mode in ("base", "ticl"):
-            return {}, None
-        started = time.perf_counter()
-        text = last_user_text(normalize_messages(request.messages))
-        vector = self.agent.embed(text)
-        key = tools_key(tools)
-        hit = self.memory.lookup(key, vector)
-        recall = {"memory": "miss" if hit is None else "hit", "key": key, "vector": vector}
-        if hit:
-            recall["similarity"] = hit[2]
-        recall["memory_seconds"] = time.perf_counter() - started
-        return recall, hit[1] if hit else None
-def _number(value, name, low=None, high=None, integer=False):
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise APIError(400, f"{name} must be {'an integer' if integer else 'a number'}", param=name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise APIError(400, f"{name} must be between {low} and {high}", param=name)
-    return value
-
-
-def _choose_tools(tools, choice):
-    """tool_choice: "none" answers in text; "auto"/"required" call a tool; a named one calls it."""
-    if choice in (None, "auto", "required"):
-        return tools
-    if choice == "none":
-        return None
-    name = _tool_name(choice) if isinstance(choice, dict) else None
-    if not isinstance(name, str):
-        raise APIError(400, 'tool_choice must be "none", "auto", "required" or a named function',
-                       param="tool_choice")
-    named = [t for t in tools or [] if isinstance(t, dict) and _tool_name(t) == name]
-    if not named:
-        raise APIError(400, f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
-    return named
-
-
-def _tool_name(spec):
-    body = spec.get("function", spec)
-    return body.get("name") if isinstance(body, dict) else None
-
-
-def _ttsi_options(fields):
-    """The request's own `ttsi` settings (the table's request options), nothing else."""
-    if fields is None:
-        return {}
-    if not isinstance(fields, dict) or set(fields) - TTSI_FIELDS:
-        raise APIError(400, f"ttsi must be an object with only {', '.join(sorted(TTSI_FIELDS))}", param="ttsi")
-    return {name: _setting(name, value, f"ttsi.{name}") for name, value in fields.items() if value is not None}
-
-
-def _setting(name, value, param):
-    """A request's value for a setting, checked against the settings table (400 if out of range)."""
-    try:
-        return BY_NAME[name].check(value, param)
-    except TTSIError as error:
-        raise APIError(400, str(error), param=param) from None
-
-
-def _completion(agent, answer, usage, timings, recall, options):
-    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-              "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}), ensure_ascii=False)}}
-             for c in answer.tool_calls]
-    message = {"role": "assistant", "content": None if calls else answer.answer}
-    if calls:
-        message["tool_calls"] = calls
-    finish = answer.finish_reason
-    ttsi = {"mode": options.get("mode", agent.mode), "method": answer.method,
-            "uncertainty": answer.uncertainty.as_dict() if answer.uncertainty else None,
-            "adapted": answer.adapted, "reused": answer.reused, "synthetic": len(answer.synthetic),
-            "rejected": answer.rejected, "timings": timings, **recall}
-    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": agent.name, "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                                              "logprobs": None}],
-            "usage": usage, "ttsi": ttsi}
-
-
-def _tell(job, kind, *payload):
-    """From the model thread to the job's connection thread."""
-    job.events.put((kind, payload))
-
-
-class Stream:
-    """One streamed answer as SSE text: a comment per phase as it ends, then OpenAI chunks made from
-    the answer's pieces as they are decoded, the finish chunk, usage, and [DONE]."""
-
-    def __init__(self, model, usage_chunk=False):
-        self.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model}
-        self.usage_chunk = usage_chunk
-        self.began = False  # the role delta is sent
-        self.call = -1  # index of the tool call being streamed
-        self.text = Trim()
-
-    def event(self, kind, payload):
-        """The SSE lines for one event from the model thread."""
-        if kind == "progress":
-            return [progress_comment(*payload)]
-        kind, text = payload
-        lines = [] if self.began else [self._data({"role": "assistant", "content": "" if kind == "content" else None})]
-        self.began = True
-        if kind == "content":
-            text = self.text.piece(text)
-            return lines + ([self._data({"content": text})] if text else [])
-        if kind == "call":
-            self.call += 1
-            return lines + [self._data({"tool_calls": [{
-                "index": self.call, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                "function": {"name": text, "arguments": ""}}]})]
-        return lines + [self._data({"tool_calls": [{"index": self.call, "function": {"arguments": text}}]})]
-
-    def finish(self, response):
-        """The last lines: the answer replayed if the agent streamed none of it, finish, usage, [DONE]."""
-        lines = [] if self.began else self._replay(response["choices"][0]["message"])
-        lines.append(self._data({}, response["choices"][0]["finish_reason"], ttsi=response["ttsi"]))
-        if self.usage_chunk:
-            lines.append(_sse({**self.base, "choices": [], "usage": response["usage"]}))
-        return lines + ["data: [DONE]\n\n"]
-
-    def _replay(self, message):
-        calls = message.get("tool_calls") or []
-        pieces = [piece for call in calls for piece in [("call", call["function"]["name"])]
-                  + [("arguments", text) for text in _pieces(call["function"]["arguments"])]]
-        if not calls:
-            pieces = [("content", text) for text in _pieces(message.get("content") or "")] or [("content", "")]
-        return [line for piece in pieces for line in self.event("piece", piece)]
-
-    def _data(self, delta, finish=None, **extra):
-        return _sse({**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                               "logprobs": None}], **extra})
-
-
-class Trim:
-    """Text pieces as they come, less the whitespace around the whole (the answer is stripped)."""
-
-    def __init__(self):
-        self.began, self.held = False, ""
-
-    def piece(self, text):
-        if not self.began:
-            text = text.lstrip()
-            self.began = bool(text)
-        text = self.held + text
-        kept = text.rstrip()
-        self.held = text[len(kept):]  # trailing whitespace waits for what follows it
-        return kept
-
-
-def progress_comment(phase, seconds, detail=""):
-    """`: scoring 0.27s name margin 0.941` (a timed phase) or `: gate u 0.312 (uncertain)` (a word)."""
-    words = [phase] + ([] if phase in WORDS else [f"{seconds:.2f}s"]) + ([str(detail)] if detail else [])
-    return ": " + " ".join(words).replace("\r", " ").replace("\n", " ") + "\n\n"
-
-
-def error_event(error):
-    return _sse(error.body()) + "data: [DONE]\n\n"
-
-
-def _sse(data):
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _pieces(text):
-    return [text[i : i + PIECE] for i in range(0, len(text), PIECE)]
-
-
-def _api_error(error):
-    """What a client is told when its request failed on the model thread (None: it is gone)."""
-    if isinstance(error, Cancelled):
-        return None
-    if isinstance(error, APIError):
-        return error
-    if isinstance(error, TTSIError):  # the agent refused the request (bad tools, messages, length ...)
-        return APIError(error.status, str(error))
-    if isinstance(error, CancelledError):
-        return APIError(503, "the server is shutting down")
-    traceback.print_exception(error, file=sys.stderr)
-    return APIError(500, "internal server error")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -495,16 +60,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/v1/models":
             return self._json(200, {"object": "list", "data": [self.service.model_card()]})
-        if path.startswith("/v1/models/") and path[len("/v1/models/"):] in self.service.names:
-            return self._json(200, self.service.model_card())
+        card = self.service.model_card(path[len("/v1/models/"):]) if path.startswith("/v1/models/") else None
+        if card is not None:
+            return self._json(200, card)
         code = "model_not_found" if path.startswith("/v1/models/") else "not_found"
         self._error(APIError(404, f"no such endpoint or model: GET {path}", code))
 
     def do_POST(self):
         self.unread = True  # the body is still on the socket: an error now must close the connection
+        self.oversize = 0  # bytes of an oversize body, dropped after its 413 is sent
         self.service.count("inflight")
         try:
             self._post()
+            if self.oversize:
+                self._discard(self.oversize)
         finally:
             self.service.count("inflight", -1)
 
@@ -516,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         try:
-            job = self.service.submit(self.service.parse(self._read_json()), self.connection)
+            job = self.service.submit(self.service.parse(self._read_json()))
         except APIError as error:
             return self._error(error)
         try:
@@ -530,11 +99,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _respond(self, job):
         """Relay the job's events: a plain request gets its JSON at the end, a stream each event as it comes."""
-        stream = Stream(self.service.agent.name, job.request.usage_chunk) if job.request.stream else None
+        stream = self.service.stream(job)
         self.streaming = False  # the 200 and SSE headers are sent
         for kind, payload in self._events(job):
             if kind == "error":
-                return self._failed(None if job.gone else _api_error(payload))
+                return self._failed(None if job.cancelled() else api_error(payload))
             if kind == "done" and stream is None:
                 return self._json(200, payload)
             if stream is not None:
@@ -543,16 +112,22 @@ class Handler(BaseHTTPRequestHandler):
                     return self._end_stream()
 
     def _events(self, job):
-        """The job's events as the model thread sends them; stops early if the client goes away."""
+        """The job's events as the model thread sends them; this thread owns the socket and checks
+        it every POLL seconds: when the client has gone, the job is abandoned (Job.gone)."""
+        checked = time.monotonic()
         while True:
             try:
                 kind, payload = job.events.get(timeout=POLL)
             except queue.Empty:
+                kind = payload = None
+            if kind is None or time.monotonic() - checked >= POLL:
+                checked = time.monotonic()
                 if not connected(self.connection):
                     job.abandon()
                     self.close_connection = True
                     self.log_message("client went away, request dropped")
                     return
+            if kind is None:
                 continue
             yield kind, payload
             if kind in ("done", "error"):
@@ -597,9 +172,7 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = _not_allowed
 
     def _authorized(self):
-        key = self.service.api_key
-        given = self.headers.get("Authorization", "")
-        if key is None or hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        if self.service.authorized(self.headers.get("Authorization", "")):
             return True
         self._error(APIError(401, "invalid or missing API key (Authorization: Bearer KEY)", "invalid_api_key"),
                     {"WWW-Authenticate": "Bearer"})
@@ -613,25 +186,47 @@ class Handler(BaseHTTPRequestHandler):
             assert length >= 0
         except (ValueError, AssertionError):
             raise APIError(411, "a Content-Length header is required") from None
-        if length > self.service.max_body:
-            self._discard(length)
-            raise APIError(413, f"the request body is over {self.service.max_body} bytes", "request_too_large")
-        try:
-            data = self.rfile.read(length)
-        except OSError:
-            raise APIError(408, "timed out reading the request body") from None
-        self.unread = len(data) < length
+        if length > self.server.max_body:
+            self.oversize = length
+            raise APIError(413, f"the request body is over {self.server.max_body} bytes", "request_too_large")
+        data = self._read_body(length)
         try:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as error:
             raise APIError(400, f"the request body is not valid JSON: {error}", "invalid_json") from None
 
-    def _discard(self, length):
-        """Read and drop an oversize body (up to DRAIN), so the client reads the 413, not a reset."""
-        left = min(length, DRAIN)
+    def _read_body(self, length):
+        """The body, arriving without a pause over BODY_IDLE seconds and by its deadline (BODY_SECONDS
+        plus a second per BODY_RATE bytes): a slow or stalled sender gets 408, a cut-off body 400."""
+        deadline = time.monotonic() + BODY_SECONDS + length / BODY_RATE
+        pieces, left = [], length
+        self.connection.settimeout(BODY_IDLE)
         try:
             while left > 0:
-                data = self.rfile.read(min(left, 1 << 16))
+                if time.monotonic() > deadline:
+                    raise APIError(408, "the request body was sent too slowly", "request_timeout")
+                piece = self.rfile.read1(min(left, 1 << 16))
+                if not piece:
+                    raise APIError(400, f"the request body ended after {length - left} of its {length} bytes "
+                                   "(Content-Length)", "incomplete_body")
+                pieces.append(piece)
+                left -= len(piece)
+        except OSError:  # a pause over BODY_IDLE (TimeoutError) or a reset
+            raise APIError(408, f"the request body stopped after {length - left} of its {length} bytes "
+                           "(Content-Length)", "request_timeout") from None
+        finally:
+            self.connection.settimeout(self.timeout)
+        self.unread = False
+        return b"".join(pieces)
+
+    def _discard(self, length):
+        """After a 413, read and drop what comes of the body (up to DRAIN), so the client reads the 413,
+        not a reset; a client that stops sending is left after BODY_IDLE seconds."""
+        left = min(length, DRAIN)
+        self.connection.settimeout(BODY_IDLE)
+        try:
+            while left > 0:
+                data = self.rfile.read1(min(left, 1 << 16))
                 if not data:
                     break
                 left -= len(data)
@@ -673,14 +268,22 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, service, quiet=False):
+    def __init__(self, address, service, quiet=False, max_body=MAX_BODY):
         self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0]
-        self.service, self.quiet = service, quiet
+        self.service, self.quiet, self.max_body = service, quiet, max_body
         super().__init__(address, Handler)
 
     def server_bind(self):  # skip HTTPServer's reverse DNS lookup of the host
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request, client_address):
+        """A client that resets or times out its connection is not a server fault: no traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            if not self.quiet:
+                sys.stderr.write(f"{client_address[0]} - connection ended: {sys.exc_info()[1]}\n")
+            return
+        super().handle_error(request, client_address)
 
     def server_close(self):
         super().server_close()
@@ -696,9 +299,9 @@ def make_server(agent, host="127.0.0.1", port=8080, api_key=None, memory=None, n
                 max_queue=MAX_QUEUE, quiet=False):
     """A bound server (port 0 picks a free one; see `.url`); run it with `.serve_forever()`.
     `max_queue`: requests that may wait for the model; more get 503 with Retry-After."""
-    service = Service(agent, api_key=api_key, memory=memory, names=names, max_body=max_body, max_queue=max_queue)
+    service = Service(agent, api_key=api_key, memory=memory, names=names, max_queue=max_queue)
     try:
-        return Server((host, port), service, quiet)
+        return Server((host, port), service, quiet, max_body)
     except BaseException:
         service.close()
         raise

@@ -1,7 +1,8 @@
 """Every setting a user can give: its default, range and help, in one table.
 
-The CLI's options, the server's request checks, `Settings`/`LoRASettings` and the README's option
-table (`python -m mlx_ttsi.settings`) are all made from OPTIONS.
+The CLI's options, the server's request checks, the fields of `Settings`/`LoRASettings`, the
+defaults of the modules they configure (server queue, adapter memory, teacher endpoint) and the
+README's option table (`python -m mlx_ttsi.settings`) are all made from OPTIONS.
 """
 
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,8 @@ class Option:
     short: str = None  # a one-letter CLI flag too
     env: bool = False  # also read from MLX_TTSI_<NAME>
     request: bool = False  # a server request may set it (in its `ttsi` object)
+    group: str = "agent"  # agent: a Settings field; lora: a LoRASettings field; load: how the model and
+    # teacher are loaded (ask, eval, serve); serve: `mlx-ttsi serve` only
 
     @property
     def cli_flag(self):
@@ -38,6 +41,8 @@ class Option:
             return "on | off"
         if self.low is None and self.high is None:
             return "any"
+        if self.high is None:
+            return f">= {self.low}"
         return f"{'' if self.low is None else self.low} .. {'' if self.high is None else self.high}"
 
     def check(self, value, label=None):
@@ -56,7 +61,8 @@ class Option:
             if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
                 raise TTSIError(f"{label} must be {'an integer' if integer else 'a number'}")
             if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-                raise TTSIError(f"{label} must be between {self.range_text.replace(' .. ', ' and ')}")
+                bounds = f"at least {self.low}" if self.high is None else f"between {self.low} and {self.high}"
+                raise TTSIError(f"{label} must be {bounds}")
             return self.kind(value)
         return value
 
@@ -85,17 +91,27 @@ OPTIONS = [
     Option("seed", 0, "Seed of the LoRA's initialisation, example order and sampling: the same seed gives the "
            "same answer.", int, 0, 2**32 - 1),
     Option("epochs", 5, "LoRA epochs over the K examples (the paper's 5; at lr 1e-3, see docs/results.md).",
-           int, 1, 100),
+           int, 1, 100, group="lora"),
     Option("learning_rate", 1e-3, "LoRA learning rate (the paper's 1e-4 teaches this model nothing).",
-           float, 1e-7, 1.0, flag="--lr"),
+           float, 1e-7, 1.0, flag="--lr", group="lora"),
     Option("stop_loss", 0.02, "Stop training after an epoch in which every example's loss was below this "
-           "(the LoRA already says them back); 0: run every epoch.", float, 0.0, 10.0),
-    Option("rank", 8, "LoRA rank.", int, 1, 256),
-    Option("alpha", 16.0, "LoRA alpha: scale = alpha / rank, as in the paper.", float, 0.0, 1024.0),
-    Option("layers", 8, "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.", int, -1, 1024),
+           "(the LoRA already says them back); 0: run every epoch.", float, 0.0, 10.0, group="lora"),
+    Option("rank", 8, "LoRA rank.", int, 1, 256, group="lora"),
+    Option("alpha", 16.0, "LoRA alpha: scale = alpha / rank, as in the paper.", float, 0.0, 1024.0, group="lora"),
+    Option("layers", 8, "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.", int, -1, 1024,
+           group="lora"),
+    Option("precision", "auto", "Weights dtype: auto = float32 on CPU, the model's own on a GPU.", choices=PRECISIONS,
+           env=True, group="load"),
+    Option("teacher_model", "gpt-5-mini", "Model name sent to a TT-D teacher URL.", env=True, group="load"),
+    Option("max_queue", 16, "serve: requests that may wait for the model; more get 503 with Retry-After.", int, 1,
+           env=True, group="serve"),
+    Option("memory_size", 32, "serve --memory: most adapters kept (least recently used dropped).", int, 1,
+           group="serve"),
+    Option("memory_similarity", 0.95, "serve --memory: reuse an adapter when the request's embedding is at least "
+           "this close (cosine).", float, -1, 1, group="serve"),
 ]
 BY_NAME = {option.name: option for option in OPTIONS}
-LORA_FIELDS = ("rank", "alpha", "epochs", "learning_rate", "stop_loss", "layers")
+LORA_FIELDS = tuple(o.name for o in OPTIONS if o.group == "lora")
 
 
 def default(name):
@@ -109,14 +125,21 @@ def _checked(obj):
     return obj
 
 
-@dataclass
+def from_table(group):
+    """A class decorator: a dataclass whose first fields are the table's rows of `group`, with their defaults."""
+
+    def make(cls):
+        rows = [o for o in OPTIONS if o.group == group]
+        cls.__annotations__ = {**{o.name: o.kind for o in rows}, **cls.__dict__.get("__annotations__", {})}
+        for o in rows:
+            setattr(cls, o.name, o.default)
+        return dataclass(cls)
+
+    return make
+
+
+@from_table("lora")
 class LoRASettings:
-    rank: int = default("rank")
-    alpha: float = default("alpha")
-    epochs: int = default("epochs")
-    learning_rate: float = default("learning_rate")
-    stop_loss: float = default("stop_loss")
-    layers: int = default("layers")
     warmup: float = 0.03  # fraction of steps, then cosine decay
     batch_size: int = 1
 
@@ -126,19 +149,8 @@ class LoRASettings:
         return _checked(self)
 
 
-@dataclass
+@from_table("agent")
 class Settings:
-    mode: str = default("mode")
-    threshold: float = default("threshold")
-    examples: int = default("examples")
-    candidates: str = default("candidates")
-    norm: str = default("norm")
-    check_odds: float = default("check_odds")
-    max_calls: int = default("max_calls")
-    max_tokens: int = default("max_tokens")
-    temperature: float = default("temperature")
-    same_tool: bool = default("same_tool")
-    seed: int = default("seed")
     lora: LoRASettings = field(default_factory=LoRASettings)
 
     @classmethod

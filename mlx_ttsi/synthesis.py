@@ -1,6 +1,6 @@
 """Self-data augmentation by a teacher (TT-D), and the checks every written example passes.
 
-TT-SI's own examples are the request with its grounded self-label and twins of it (grounding.py).
+TT-SI's own examples are the request with its grounded self-label and twins of it (grounding.py, twins.py).
 TT-D: a teacher writes new requests and their calls, either another local model (it samples a
 request, then labels it with its schema-guided call) or an OpenAI-compatible endpoint asked for
 JSON examples. Every example is checked (it parses, names an offered tool, its
@@ -21,7 +21,10 @@ from .decoding import CallDecoder
 from .errors import TeacherError
 from .prompts import call_format, render_prompt, tool_line
 from .context import ContextState
+from .settings import default
 from .tools import check_call, parse_calls
+
+TEMPERATURE = default("temperature")
 
 WRITER_USER = (
     'Here is a request for these tools:\n"{request}"\n\nWrite another request like it, about a different '
@@ -105,15 +108,14 @@ class ModelWriter:
     """A local model that writes requests (sampled) and labels them (schema-guided).
 
     Both prompts start with the same system prompt (the tools) as the request's own prompt, so
-    with the request's ContextState the cached prefix is computed only once."""
+    with the request's ContextState the cached prefix is computed only once. How it samples and
+    decodes is given with each request (`synthesize`), so one writer serves requests of any settings."""
 
-    def __init__(self, loaded, temperature=0.8, top_p=0.95, max_request_tokens=48, decoder_options=None):
+    def __init__(self, loaded, top_p=0.95, max_request_tokens=48):
         self.loaded = loaded
         self.fmt = call_format(loaded.tokenizer)
-        self.temperature = temperature
         self.top_p = top_p
         self.max_request_tokens = max_request_tokens
-        self.decoder_options = decoder_options or {}
         self._state = None
 
     def own_state(self):
@@ -121,18 +123,20 @@ class ModelWriter:
             self._state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
         return self._state
 
-    def write_request(self, state, original, tools):
+    def write_request(self, state, original, tools, temperature=TEMPERATURE):
         ask = [{"role": "user", "content": WRITER_USER.format(request=original)}]
         state.set_text(render_prompt(self.loaded.tokenizer, ask, tools, self.fmt))
-        text = state.sample(make_sampler(temp=self.temperature, top_p=self.top_p), self.max_request_tokens)
+        text = state.sample(make_sampler(temp=temperature, top_p=self.top_p), self.max_request_tokens)
         line = text.strip().split("\n")[0]
         return re.sub(r"^(\d+[.)]|[-*])\s+", "", line.strip()).strip().strip('"')
 
-    def label(self, state, request, tools):
+    def label(self, state, request, tools, decoder_options=None):
         prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": request}], tools, self.fmt)
-        return CallDecoder(state, self.fmt, **self.decoder_options).decode(prompt, tools).calls
+        return CallDecoder(state, self.fmt, **(decoder_options or {})).decode(prompt, tools).calls
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None,
+                   temperature=TEMPERATURE, decoder_options=None):
+        """Up to k examples: requests sampled at `temperature`, labelled by a CallDecoder with `decoder_options`."""
         state = state or self.own_state()
         synthesis = Synthesis()
         mx.random.seed(seed)
@@ -140,8 +144,8 @@ class ModelWriter:
             if len(synthesis.examples) >= k:
                 break
             synthesis.attempts += 1
-            request = self.write_request(state, original, tools)
-            calls = self.label(state, request, tools) if request_problem(request, original) is None else []
+            request = self.write_request(state, original, tools, temperature)
+            calls = self.label(state, request, tools, decoder_options) if request_problem(request, original) is None else []
             admit(synthesis, request, calls, original, tools, "self", same_tool)
         return synthesis
 
@@ -149,7 +153,7 @@ class ModelWriter:
 class EndpointTeacher:
     """An OpenAI-compatible chat endpoint (e.g. `mlx-ttsi serve`, Ollama, OpenAI) as TT-D teacher."""
 
-    def __init__(self, url, model="gpt-5-mini", api_key=None, timeout=120):
+    def __init__(self, url, model=default("teacher_model"), api_key=None, timeout=120):
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model
@@ -177,7 +181,10 @@ class EndpointTeacher:
         except (KeyError, IndexError, TypeError):
             raise TeacherError(f"teacher endpoint {self.url} gave no chat completion") from None
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None, temperature=None,
+                   decoder_options=None):
+        """Up to k examples from the endpoint; `temperature` and `decoder_options` are a local writer's
+        (an endpoint samples and writes calls as it is set up)."""
         synthesis = Synthesis()
         tools_text = "\n".join(tool_line(t) for t in tools)
         for attempt in range(max_attempts or 2):

@@ -36,7 +36,10 @@ class Tool:
 
 
 def parse_tools(specs):
-    """Accept OpenAI-style `{"type": "function", "function": {...}}` or bare `{name, ...}` specs."""
+    """Accept OpenAI-style `{"type": "function", "function": {...}}` or bare `{name, ...}` specs.
+    A list of Tools (made here, so already checked) is taken as it is."""
+    if isinstance(specs, list) and specs and all(isinstance(spec, Tool) for spec in specs):
+        return list(specs)
     if isinstance(specs, dict) and "tools" in specs:
         specs = specs["tools"]
     if isinstance(specs, dict):

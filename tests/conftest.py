@@ -128,11 +128,15 @@ def scripted_sampler(tokenizer, text):
     return lambda logprobs: mx.array([next(ids)])
 
 
+SAMPLERS = []  # the make_sampler options of each request the writer wrote in this test
+
+
 @pytest.fixture(autouse=True)
 def plausible_requests(monkeypatch):
     """The tiny random model writes gibberish that the synthesis checks rightly refuse, so its
     request writer samples these texts in turn instead (a test may replace the list): the real
-    writer, sampling, labelling, training and answering all run. The embedded model writes its own."""
+    writer, sampling, labelling, training and answering all run (the sampler's options are kept in
+    SAMPLERS). The embedded model writes its own."""
     from unittest import mock
 
     from mlx_ttsi.models import EMBEDDED_NAME
@@ -141,13 +145,19 @@ def plausible_requests(monkeypatch):
     script = list(PLAUSIBLE_REQUESTS)
     original = ModelWriter.write_request
     counter = iter(range(10**9))
+    SAMPLERS.clear()
 
-    def write_request(self, state, request, tools):
+    def write_request(self, state, request, tools, *args):
         if self.loaded.name == EMBEDDED_NAME:
-            return original(self, state, request, tools)
+            return original(self, state, request, tools, *args)
         text = script[next(counter) % len(script)]
-        with mock.patch("mlx_ttsi.synthesis.make_sampler", lambda **options: scripted_sampler(self.loaded.tokenizer, text)):
-            return original(self, state, request, tools)
+
+        def sampler(**options):
+            SAMPLERS.append(options)
+            return scripted_sampler(self.loaded.tokenizer, text)
+
+        with mock.patch("mlx_ttsi.synthesis.make_sampler", sampler):
+            return original(self, state, request, tools, *args)
 
     monkeypatch.setattr(ModelWriter, "write_request", write_request)
     return script
@@ -161,7 +171,7 @@ def train_on_seen(monkeypatch):
     seen, original = [], Agent._synthesize
 
     def spy(self, request, *args):
-        seen.append(request.given if request.plan.source == "given" else None)
+        seen.append(request.examples if request.plan.source == "given" else None)
         return original(self, request, *args)
 
     monkeypatch.setattr(Agent, "_synthesize", spy)

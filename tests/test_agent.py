@@ -190,7 +190,7 @@ def test_same_tool_check_refuses_teacher_examples_for_another_tool(tiny, tiny_mo
     own = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="base").uncertainty.best
     other = next(c for c in ({"name": "list_alarms", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}})
                  if c["name"] != own)  # a valid call of another tool than the model's own choice
-    monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools: [other])
+    monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools, options=None: [other])
     answer = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
     assert answer.uncertainty.best == own
     assert not answer.adapted and answer.rejected == {"another tool than the model's own choice": 3}

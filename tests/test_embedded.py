@@ -40,7 +40,7 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
     # the saved adapter answers the same without synthesis or training (ask --adapter-path)
     from mlx_ttsi.saved_adapter import load_weights
 
-    weights = load_weights(embedded_agent, tmp_path / "adapter")
+    weights = load_weights(tmp_path / "adapter")
     again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True)
     assert again.reused and again.tool_calls == [flight] and "training" not in again.timings
     assert embedded_agent.adapter.is_reset()

@@ -1,17 +1,14 @@
-"""Grounded self-labels, twins and the argument-aware uncertainty."""
+"""Grounded self-labels and the argument-aware uncertainty (twins: test_twins.py)."""
 
-import datetime
-import json
-import random
 import re
 
 import pytest
 
 from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
-from mlx_ttsi.grounding import better_tool, coverage, grounded, label_calls, swapped, twins
+from mlx_ttsi.grounding import better_tool, coverage, grounded, label_calls
 from mlx_ttsi.prompts import call_format
 from mlx_ttsi.context import ContextState
-from mlx_ttsi.tools import check_call, parse_tools
+from mlx_ttsi.tools import parse_tools
 from mlx_ttsi.uncertainty import estimate
 
 BOOKING = parse_tools([{
@@ -38,56 +35,6 @@ def user(text):
 ])
 def test_grounded_means_a_whole_span_of_the_request(value, expected):
     assert grounded(value, REQUEST) is expected
-
-
-def test_swapped_values_keep_their_kind():
-    rng = random.Random(0)
-    for _ in range(20):
-        date = swapped("2024-05-01", rng)
-        datetime.date.fromisoformat(date)
-        digits = swapped("4096", rng)
-        assert re.fullmatch(r"[1-9]\d{3}", digits)
-        ident = swapped("AB12-x9", rng)
-        assert re.fullmatch(r"[A-Z]{2}\d{2}-[a-z]\d", ident)
-        name = swapped("Casa of Lisboa", rng)
-        words = name.split()
-        assert len(words) == 3 and words[1] == "of" and words[0][0].isupper() and words[2][0].isupper()
-        assert swapped("ana@example.com", rng).endswith("@example.com")
-
-
-def test_twins_swap_every_stated_value_in_request_and_call_alike():
-    made = twins(user(REQUEST), [CALL], BOOKING, k=3, seed=1)
-    assert len(made) == 3
-    assert len({json.dumps(t["calls"]) for t in made}) == 3
-    for twin in made:
-        call = twin["calls"][0]
-        assert check_call(call, BOOKING) is None
-        assert isinstance(call["arguments"]["people"], int)
-        assert call["arguments"]["seating"] == "outside"  # enum values are never swapped
-        for key in ("restaurant", "date", "email"):
-            assert call["arguments"][key] != CALL["arguments"][key]
-            assert str(call["arguments"][key]) in twin["request"]  # still a span of the twin's request
-        assert str(call["arguments"]["people"]) in twin["request"]
-        assert "Casa Lisboa" not in twin["request"] and "2024-05-01" not in twin["request"]
-        assert twin["request"] == twin["messages"][-1]["content"] and twin["source"] == "twin"
-
-
-def test_twins_of_a_conversation_swap_values_in_earlier_turns_too():
-    conversation = [
-        {"role": "user", "content": "I want a table at Casa Lisboa.", "tool_calls": []},
-        {"role": "assistant", "content": "For how many people?", "tool_calls": []},
-        {"role": "user", "content": "4 people.", "tool_calls": []},
-    ]
-    call = {"name": "book_table", "arguments": {"restaurant": "Casa Lisboa", "people": 4}}
-    twin = twins(conversation, [call], BOOKING, k=1, seed=0)[0]
-    restaurant = twin["calls"][0]["arguments"]["restaurant"]
-    assert restaurant in twin["messages"][0]["content"] and "Casa Lisboa" not in twin["messages"][0]["content"]
-    assert twin["messages"][1]["content"] == "For how many people?"
-
-
-def test_no_twin_when_no_value_is_stated():
-    call = {"name": "book_table", "arguments": {"restaurant": "Somewhere", "people": 2}}
-    assert twins(user("Book me a table"), [call], BOOKING, k=3) == []
 
 
 class ScriptedDecoder:
@@ -134,7 +81,7 @@ def test_copied_strings_are_pieces_of_the_source(tiny, tools):
     decoder = CallDecoder(state, call_format(tiny.tokenizer))
     source = "Set an alarm at 07:30 for the gym on Friday"
     value = decoder.value_after('{"name": "set_alarm", "arguments": {"time": ', {"type": "string"}, copy_from=source)
-    assert isinstance(value, str) and value in source
+    assert isinstance(value, str) and value.strip() and value in source  # "" is in every source: not a copy
 
 
 def test_argument_margin_ignores_the_tool_name_choice():

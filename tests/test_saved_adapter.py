@@ -56,16 +56,16 @@ def write_mlx_lm_adapter(model_dir, directory, rank=4, scale=10.0, num_layers=1)
 
 
 def test_adapter_written_by_mlx_lm_lora_is_used(ask, tiny_model_dir, tmp_path):
-    from mlx_ttsi.saved_adapter import SavedAdapterAgent, load_weights, lora_options
+    from mlx_ttsi.agent import Agent
+    from mlx_ttsi.saved_adapter import load_weights, lora_options
     from mlx_ttsi.settings import LoRASettings, Settings
 
     directory = tmp_path / "mlx-lm-adapter"
     written = write_mlx_lm_adapter(tiny_model_dir, directory)
     assert lora_options(directory) == {"rank": 4, "alpha": 40.0, "layers": 1}
-    agent = SavedAdapterAgent.load(str(tiny_model_dir), precision="float32",
-                                   settings=Settings(lora=LoRASettings(rank=4, alpha=40.0, layers=1)))
-    loaded = load_weights(agent, directory)
-    assert set(loaded) == set(written)  # mlx-lm's parameter names are ours
+    agent = Agent.load(str(tiny_model_dir), precision="float32", saved=load_weights(directory),
+                       settings=Settings(lora=LoRASettings(rank=4, alpha=40.0, layers=1)))
+    assert set(agent.saved) == set(written)  # mlx-lm's parameter names are ours
     _, base = ask("--mode", "base")
     result, answer = ask("--adapter-path", str(directory))
     assert result.exit_code == 0, result.stderr
@@ -121,7 +121,7 @@ def test_served_requests_use_the_adapter_unless_they_ask_for_base(tiny_model_dir
 
     directory = tmp_path / "mlx-lm-adapter"
     write_mlx_lm_adapter(tiny_model_dir, directory)
-    agent = build_agent(str(tiny_model_dir), "float32", None, "gpt-5-mini", str(directory))
+    agent = build_agent(str(tiny_model_dir), "float32", None, None, str(directory))
     messages = [{"role": "user", "content": REQUEST}]
     served = agent.ask(messages=messages, tools=tools, adapter_weights=None, keep_adapter=False)  # as the server calls it
     plain = agent.ask(messages=messages, tools=tools, mode="base")

@@ -16,7 +16,7 @@ import pytest
 
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.settings import LoRASettings, Settings
-from mlx_ttsi.server import make_server
+from mlx_ttsi.server import POLL, make_server
 from mlx_ttsi.tools import check_call, parse_tools
 
 from conftest import TOOLS
@@ -200,6 +200,10 @@ def test_models_and_health(client, server, agent):
         (json.dumps({"messages": ASK, "tools": [{"name": "two words"}]}).encode(), 400, None),
         (json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}).encode(), 400, None),
         (json.dumps({"messages": ASK, "max_tokens": 0}).encode(), 400, None),
+        (json.dumps({"messages": ASK, "stream": "yes"}).encode(), 400, None),
+        (json.dumps({"messages": ASK, "stream_options": 5}).encode(), 400, None),
+        (json.dumps({"messages": ASK, "n": True}).encode(), 400, None),
+        (json.dumps({"messages": ASK, "tool_choice": ["auto"]}).encode(), 400, None),
     ],
 )
 def test_bad_requests_get_openai_shaped_errors(server, body, status, code):
@@ -210,7 +214,7 @@ def test_bad_requests_get_openai_shaped_errors(server, body, status, code):
 
 
 def test_oversize_body_gets_413(server, client, name):
-    big = json.dumps({"messages": [{"role": "user", "content": "x" * (server.service.max_body + 10)}]}).encode()
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (server.max_body + 10)}]}).encode()
     status, data = raw(server, "POST", "/v1/chat/completions", big)
     assert status == 413 and data["error"]["code"] == "request_too_large"
     with pytest.raises(openai.APIStatusError) as error:
@@ -261,6 +265,7 @@ def test_client_that_disconnects_while_queued_is_skipped(server, client, name):
     sock = send_and_close(server, {"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}})
     wait_for(lambda: stats["received"] > received)  # queued behind the busy model thread
     sock.close()
+    time.sleep(4 * POLL)  # the connection thread notices within POLL seconds and flags the job
     release.set()
     wait_for(lambda: stats["cancelled"] > cancelled)
     assert fingerprint(base_request(client, name)) == before
@@ -288,6 +293,7 @@ def test_client_that_disconnects_mid_adaptation_stops_it(server, client, agent, 
     sock = send_and_close(server, {"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}})
     assert training.wait(30)
     sock.close()  # while the LoRA is being trained
+    time.sleep(4 * POLL)  # the connection thread notices within POLL seconds and flags the job
     release.set()
     wait_for(lambda: stats["cancelled"] > cancelled)
     assert stats["answered"] == answered  # stopped after training, not answered
@@ -530,3 +536,83 @@ def test_a_stream_the_agent_refuses_gets_a_status_not_a_200(server):
     error = json.loads(response.read())["error"]
     assert response.status == 400 and "context" in error["message"]
     connection.close()
+
+
+BAD_WHILE_BUSY = [
+    {"messages": ASK, "tools": [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "nonsense"}}}}]},
+    {"messages": [{"role": "robot", "content": "hi"}], "tools": TOOLS},
+    {"messages": ASK, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+    {"messages": ASK, "tools": TOOLS, "ttsi": {"threshold": "high"}},
+]
+
+
+@pytest.mark.parametrize("body", BAD_WHILE_BUSY)
+def test_a_bad_request_is_refused_at_once_while_the_model_is_busy(server, agent, monkeypatch, body):
+    training, release = hold_training(agent, monkeypatch)
+    busy = threading.Thread(target=raw, args=(server, "POST", "/v1/chat/completions",
+                                               *post_body({"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}})))
+    busy.start()
+    try:
+        assert training.wait(30)  # the model thread is held in a training
+        received = server.service.stats["received"]
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=5)
+        connection.request("POST", "/v1/chat/completions", *post_body(body))
+        response = connection.getresponse()
+        error = json.loads(response.read())["error"]
+        connection.close()
+        assert response.status == 400 and time.perf_counter() - started < 1.0, error
+        assert error["type"] == "invalid_request_error" and "\n" not in error["message"]
+        assert server.service.stats["received"] == received  # refused before it took a place in the queue
+    finally:
+        release.set()
+        busy.join(60)
+
+
+def raw_socket(server, head, body=b"", length=None):
+    """A POST written by hand: its headers with Content-Length `length` (default: the body's)."""
+    sock = socket.create_connection(server.server_address[:2], timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                 + b"\r\nContent-Length: " + str(len(body) if length is None else length).encode() + b"\r\n\r\n"
+                 + head)
+    return sock
+
+
+def status_of(sock):
+    """The status of the response on `sock` and the seconds it took ("" if the server just closed)."""
+    started = time.perf_counter()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    sock.close()
+    return data.split(b" ")[1].decode() if data else "", time.perf_counter() - started
+
+
+def test_a_body_that_stops_short_or_trickles_gets_a_clear_error_soon(server):
+    from mlx_ttsi.server import BODY_IDLE, BODY_SECONDS
+
+    whole = json.dumps({"messages": ASK}).encode()
+    stalled = raw_socket(server, whole[:10], whole)  # says more than it sends, and waits
+    status, seconds = status_of(stalled)
+    assert status == "408" and seconds < BODY_IDLE + 1
+    cut = raw_socket(server, whole[:10], whole)  # sends half and hangs up its sending side
+    cut.shutdown(socket.SHUT_WR)
+    assert status_of(cut)[0] == "400"
+    slow = raw_socket(server, b"", whole)
+    started = time.perf_counter()
+    try:
+        for byte in whole:  # one byte every 0.1 s: never idle, but too slow
+            slow.sendall(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:  # the server answered and closed
+        pass
+    assert status_of(slow)[0] == "408" and time.perf_counter() - started < BODY_SECONDS + 1.5
+
+
+def test_an_oversize_body_gets_413_even_if_it_never_comes(server):
+    sock = raw_socket(server, b"", length=50 << 20)  # claims 50 MB, sends nothing
+    status, seconds = status_of(sock)
+    assert status == "413" and seconds < 1

@@ -140,3 +140,20 @@ def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url,
     quiet = CliRunner().invoke(cli, [*args, "--json", "-q"])
     data = json.loads(quiet.stdout)
     assert data["adapted"] is False and data["note"].startswith("not adapted: all 2 candidate examples")
+
+
+def test_each_requests_settings_reach_a_cached_local_teacher(tiny, tiny_model_dir, monkeypatch):
+    from conftest import SAMPLERS
+    from mlx_ttsi.decoding import CallDecoder
+    from mlx_ttsi.settings import Settings
+
+    built = []
+    monkeypatch.setattr("mlx_ttsi.synthesis.CallDecoder", lambda *args, **options: built.append(options) or
+                        CallDecoder(*args, **options))
+    agent = Agent(tiny, Settings(examples=1, same_tool=False), teacher=str(tiny_model_dir))
+    agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", temperature=0.2, norm="mean")
+    first = len(SAMPLERS)
+    agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", temperature=1.5, max_calls=2)
+    assert first >= 1 and len(SAMPLERS) > first
+    assert {s["temp"] for s in SAMPLERS[:first]} == {0.2} and {s["temp"] for s in SAMPLERS[first:]} == {1.5}
+    assert built[0]["name_norm"] == "mean" and built[-1] == {"name_norm": "sum", "max_calls": 2}
