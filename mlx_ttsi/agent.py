@@ -507,7 +507,8 @@ class Agent:
             conversation = example.get("messages") or [{"role": "user", "content": example["request"]}]
             prompt = render_prompt(tok, normalize_messages(conversation), tools, fmt)
             text = calls_text(example["calls"], fmt)
-            body = text[len(lead): len(text) - len(tail)]
+            # no wrapper (the fallback prompt): the model itself ends its turn, so end-of-turn stays in the loss
+            body = text[len(lead): len(text) - len(tail)] if lead or tail else text + (tok.eos_token or "")
             prompt_ids = tok.encode(prompt, add_special_tokens=False) + tok.encode(lead, add_special_tokens=False)
             pairs.append((prompt_ids + tok.encode(body, add_special_tokens=False), len(prompt_ids)))
         return pairs

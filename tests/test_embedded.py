@@ -26,12 +26,16 @@ def test_embedded_model_ranks_the_right_tool_first_on_easy_requests(embedded_age
 
 
 def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embedded_requests, tmp_path):
-    # the base model asks for the local time in Denver; the self-check finds the flight search uses
-    # more of the request, and the LoRA trained on it and its twins answers with it
+    # the base model asks for the local time in Denver; the flight search uses more of the request,
+    # but with the weighed self-check (check_odds 0.1) the model vetoes that switch; with every change
+    # kept (check_odds 0) the LoRA trained on the flight search and its twins answers with it
     row = embedded_requests["flight"]
     flight = {"name": "search_flights", "arguments": {"origin": "Boston", "destination": "Denver", "date": "2025-03-14"}}
+    weighed = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi")
+    assert weighed.label[0]["name"] == "get_local_time" and weighed.tool_calls == weighed.label
     base = embedded_agent.ask(row["request"], tools=row["tools"], mode="base")
-    answer = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", save_adapter=tmp_path / "adapter")
+    answer = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", save_adapter=tmp_path / "adapter",
+                                check_odds=0)
     assert base.tool_calls[0]["name"] == "get_local_time"
     assert answer.adapted is True and answer.method == "ttsi"
     assert answer.tool_calls == [flight] and check_call(answer.tool_calls[0], parse_tools(row["tools"])) is None
@@ -41,7 +45,8 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
     from mlx_ttsi.saved_adapter import load_weights
 
     weights = load_weights(tmp_path / "adapter")
-    again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True)
+    again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True,
+                               check_odds=0)
     assert again.reused and again.tool_calls == [flight] and "training" not in again.timings
     assert embedded_agent.adapter.is_reset()
 
@@ -66,7 +71,10 @@ def test_ttsi_learns_an_argument_the_request_states(embedded_agent):
     tools = json.loads(EXAMPLE_TOOLS.read_text())
     request = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."
     base = embedded_agent.ask(request, tools=tools, mode="base")
-    answer = embedded_agent.ask(request, tools=tools, mode="auto")
+    # with the default weighing (check_odds 0.1) this 135M model vetoes adding the unit; with every change kept, it learns it
+    weighed = embedded_agent.ask(request, tools=tools, mode="auto")
+    assert weighed.label == base.tool_calls and weighed.tool_calls == base.tool_calls
+    answer = embedded_agent.ask(request, tools=tools, mode="auto", check_odds=0)
     assert base.tool_calls == [{"name": "get_weather", "arguments": {"city": "Lisbon"}}]
     assert answer.label == [{"name": "get_weather", "arguments": {"city": "Lisbon", "unit": "celsius"}}]
     assert answer.uncertainty.label_agrees is False and answer.adapted

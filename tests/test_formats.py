@@ -447,8 +447,8 @@ def test_self_improvement_trains_on_native_examples(name, family_dirs, taught_di
     for (ids, offset), example in zip(seen, answer.synthetic):
         # the loss covers the calls the model writes, not the wrapper the decoder writes around them
         text = fmt.calls_text(example["calls"])
-        assert tok.decode(ids[offset:]) == text[len(lead): len(text) - len(tail)]
-        assert tok.decode(ids[:offset]).endswith(lead) and tok.eos_token not in tok.decode(ids[offset:])
+        trained = text[len(lead): len(text) - len(tail)] if lead or tail else text + tok.eos_token
+        assert tok.decode(ids[offset:]) == trained and tok.decode(ids[:offset]).endswith(lead)
     assert answer.tool_calls and all(check_call(call, tools) is None for call in answer.tool_calls)
     if free:
         assert answer.label == [TAUGHT_CALL] and len(seen) == 2
