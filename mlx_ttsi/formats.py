@@ -70,6 +70,12 @@ class CallFormat:
             return ""
         return self.start + self.separator.join(self.call_text(call) for call in calls) + self.end
 
+    def written(self, calls):
+        """The calls as the model writes them: `calls_text` without the wrapper the decoder writes
+        around them (start and first open ... last close and end)."""
+        text, lead, tail = self.calls_text(calls), self.start + self.open, self.close + self.end
+        return text[len(lead): len(text) - len(tail)]
+
     def lead(self, calls):
         """The answer's text before the next call's head, after these calls."""
         return self.start + "".join(self.call_text(call) + self.separator for call in calls)

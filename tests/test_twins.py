@@ -10,18 +10,7 @@ import pytest
 from mlx_ttsi.tools import check_call, parse_tools
 from mlx_ttsi.twins import CITIES, CODES, FIRST_NAMES, LAST_NAMES, fresh, kind_of, twins
 
-BOOKING = parse_tools([{
-    "name": "book_table",
-    "description": "Book a restaurant table",
-    "parameters": {"type": "object", "properties": {
-        "restaurant": {"type": "string"}, "people": {"type": "integer"}, "date": {"type": "string"},
-        "email": {"type": "string"}, "seating": {"type": "string", "enum": ["inside", "outside"]},
-        "note": {"type": "string"}},
-        "required": ["restaurant", "people"]},
-}])
-REQUEST = "Book a table for 4 at Casa Lisboa on 2024-05-01, outside please; confirm to ana@example.com"
-CALL = {"name": "book_table", "arguments": {"restaurant": "Casa Lisboa", "people": 4, "date": "2024-05-01",
-                                            "email": "ana@example.com", "seating": "outside"}}
+from test_grounding import BOOKING, CALL, REQUEST  # noqa: E402  (the same booking request)
 FLIGHT = parse_tools([{"name": "book_flight", "parameters": {"type": "object", "properties": {
     "origin": {"type": "string", "description": "Departure city"},
     "destination": {"type": "string", "description": "Arrival city"},
