@@ -1,6 +1,7 @@
 """Benchmark 1 and 5: TT-SI `ask` latency by phase against a base ask of the same requests, and peak RSS.
 
     python bench/ask_latency.py [--requests 20] [--model smollm2-135m] [--every] [--stop-losses 0,0.02]
+                                [--batch-sizes 1,3]
 
 Takes the first N SealTool requests the model is uncertain about (or, with --every, the first N
 requests, all adapted) and answers each twice, both from the cached tools prefix (computed before
@@ -27,6 +28,7 @@ def main():
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--every", action="store_true", help="the first N requests, each adapted (ttsi-all)")
     parser.add_argument("--stop-losses", help="TT-SI once per early stop, e.g. 0,0.02 (default: the setting's)")
+    parser.add_argument("--batch-sizes", help="TT-SI once per training batch size, e.g. 1,3 (default: the setting's)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -34,29 +36,40 @@ def main():
     load_seconds = time.perf_counter() - started
     rows = sealtool_rows()[: args.requests] if args.every else [row for row, _ in uncertain_rows(agent, args.requests)]
     stops = [float(v) for v in args.stop_losses.split(",")] if args.stop_losses else [None]
-    timings = {stop: {phase: [] for phase in PHASES} for stop in stops}
+    batches = [int(v) for v in args.batch_sizes.split(",")] if args.batch_sizes else [None]
+    variants = [{k: v for k, v in (("stop_loss", s), ("batch_size", b)) if v is not None} for s in stops for b in batches]
+    names = [", ".join(f"{k} {v}" for k, v in variant.items()) for variant in variants]
+    timings = {name: {phase: [] for phase in PHASES} for name in names}
+    drafts = {name: [0, 0, 0] for name in names}  # answers, answers that were their draft, tokens taken / drafted
     base_totals, adapted = [], 0
     for row in rows:
         agent.warm(row["tools"])
         base = agent.ask(row["query"], tools=row["tools"], mode="base")
         base_totals.append(base.timings["total"])
-        for stop in stops:
-            extra = {} if stop is None else {"stop_loss": stop}
-            answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None, **extra)
+        for name, variant in zip(names, variants):
+            answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None, **variant)
             adapted += answer.adapted
             for phase in PHASES:
-                timings[stop][phase].append(answer.timings.get(phase, 0.0))
+                timings[name][phase].append(answer.timings.get(phase, 0.0))
+            if answer.draft:
+                drafts[name][0] += 1
+                drafts[name][1] += answer.draft["answer_is_draft"]
+                drafts[name][2] += answer.draft["taken"] / max(answer.draft["tokens"], 1)
             print(f"  {row['id']:<32} base {base.timings['total']:6.2f}s  ttsi {answer.timings['total']:6.2f}s "
-                  f"adapted={answer.adapted} stop_loss={stop}", file=sys.stderr)
+                  f"adapted={answer.adapted} {name}", file=sys.stderr)
 
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {machine()}")
     print(f"model: {args.model}, loaded in {load_seconds:.2f}s; {len(rows)} "
           f"{'first' if args.every else 'uncertain'} SealTool requests, {adapted} adapted; tools prefix cached")
-    for stop in stops:
-        print(f"TT-SI{'' if stop is None else f' with stop_loss {stop}'}:")
-        report(timings[stop], base_totals)
-    print(f"peak RSS of the whole process (load, selection, {len(rows)} x {1 + len(stops)} asks): {peak_mib:.0f} MiB")
+    for name in names:
+        print(f"TT-SI{f' with {name}' if name else ''}:")
+        report(timings[name], base_totals)
+        answers, whole, share = drafts[name]
+        if answers:
+            print(f"drafted label: {whole} of {answers} adapted answers were the draft itself; "
+                  f"mean share of drafted tokens taken {share / answers:.2f}")
+    print(f"peak RSS of the whole process (load, selection, {len(rows)} x {1 + len(names)} asks): {peak_mib:.0f} MiB")
 
 
 def report(timings, base_totals):

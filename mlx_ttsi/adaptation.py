@@ -39,22 +39,38 @@ from .settings import LoRASettings
 def prefix_loss(prefix, split, lower=0):
     """Cross-entropy on the answer tokens, given a frozen prefix KV cache.
 
-    Batches are (prompt rest, answer) pairs, so the answer length is known from shapes and the
-    compiled step projects only those positions through the vocabulary. With `lower` > 0 the
-    batch's first item is instead the hidden state after the first `lower` (LoRA-free) layers,
-    computed once by `lower_hidden`, and only the layers above run each step."""
+    A batch is (inputs, positions, targets, mask): each example's prompt rest + answer[:-1], right-
+    padded, and the positions whose next token is an answer token, so the compiled step projects
+    only those through the vocabulary. With `lower` > 0 the inputs are instead the hidden states
+    after the first `lower` (LoRA-free) layers, computed once by `lower_hidden`, and only the layers
+    above run each step. Returns (token-weighted mean loss, answer tokens, worst example's loss)."""
     body, head = split
 
-    def loss(model, prompt, answer):
+    def loss(model, inputs, positions, targets, mask):
         if lower:
-            hidden = body.norm(run_blocks(body.layers[lower:], prompt, prefix[lower:]))
+            hidden = body.norm(run_blocks(body.layers[lower:], inputs, prefix[lower:]))
         else:
-            inputs = mx.concatenate([prompt, answer[:, :-1]], axis=1)
-            hidden = body(inputs, cache=cache_from_arrays(prefix, prompt.shape[0]))
-        logits = head(hidden[:, -answer.shape[1] :]).astype(mx.float32)
-        return nn.losses.cross_entropy(logits, answer).mean(), mx.array(answer.size)
+            hidden = body(inputs, cache=cache_from_arrays(prefix, inputs.shape[0]))
+        picked = mx.take_along_axis(hidden, positions[..., None], axis=1)
+        losses = nn.losses.cross_entropy(head(picked).astype(mx.float32), targets) * mask
+        tokens = mask.sum()
+        return losses.sum() / tokens, tokens, (losses.sum(axis=1) / mask.sum(axis=1)).max()
 
     return loss
+
+
+def padded_batch(items):
+    """(inputs, positions, targets, mask) of (prompt rest, answer) pairs; a prompt rest is token ids or
+    the hidden states of prompt rest + answer[:-1] (`lower_hidden`)."""
+    rows = [p if isinstance(p, mx.array) else mx.array(list(p) + list(a[:-1])) for p, a in items]
+    answers = [list(a) for _, a in items]
+    width, longest = max(x.shape[0] for x in rows), max(len(a) for a in answers)
+    inputs = mx.stack([mx.pad(x, [(0, width - x.shape[0])] + [(0, 0)] * (x.ndim - 1)) for x in rows])
+    # the answer's tokens are predicted from the row's last len(answer) positions
+    positions = [[x.shape[0] - len(a) + min(j, len(a) - 1) for j in range(longest)] for x, a in zip(rows, answers)]
+    targets = [a + [0] * (longest - len(a)) for a in answers]
+    mask = [[1.0] * len(a) + [0.0] * (longest - len(a)) for a in answers]
+    return inputs, mx.array(positions), mx.array(targets), mx.array(mask)
 
 
 def lower_hidden(body, prefix, lower, prompt, answer):
@@ -82,11 +98,12 @@ def frozen_layers(model, settings):
 
 
 def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-    """mlx-lm's iterate_batches contract for (prompt rest, answer) pairs, one example per step."""
+    """mlx-lm's iterate_batches contract for (prompt rest, answer) pairs: `batch_size` examples a step,
+    padded (`padded_batch`); an epoch sees every example once."""
     while True:
-        for index in np.random.permutation(len(dataset)):
-            prompt, answer = dataset[index]
-            yield mx.array(prompt)[None], mx.array(answer)[None]  # prompt: token ids or hidden states
+        order = np.random.permutation(len(dataset))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield padded_batch([dataset[i] for i in order[start : start + batch_size]])
         if not loop:
             break
 
@@ -94,29 +111,31 @@ def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, c
 def fit(model, optimizer, batches, loss, iters, cancelled=None, epoch=None, stop_loss=0.0):
     """Up to `iters` compiled optimizer steps; returns (mean loss, loss tokens, steps run).
 
-    With `stop_loss` > 0 it stops at the end of an epoch (`epoch` steps, every example once) whose
-    every loss was below it: the LoRA already says back what it is taught. `cancelled()` is polled
+    With `stop_loss` > 0 it stops at the end of an epoch (`epoch` steps, every example once) in which
+    every example's loss was below it: the LoRA already says back what it is taught (a loss that
+    returns a third value gives its batch's worst example loss). `cancelled()` is polled
     before each step: True stops training (Cancelled)."""
     loss_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
     def step(*batch):
-        (value, tokens), grad = loss_and_grad(model, *batch)
+        (value, tokens, *worst), grad = loss_and_grad(model, *batch)
         optimizer.update(model, grad)
-        return value, tokens
+        return value, tokens, worst[0] if worst else value
 
     model.train()
-    losses, tokens = [], 0
+    losses, worst, tokens = [], [], 0
     try:
         for _, batch in zip(range(iters), batches):
             if cancelled is not None and cancelled():
                 raise Cancelled("the request was cancelled during training")
-            value, count = step(*batch)
-            mx.eval(state, value, count)
+            value, count, high = step(*batch)
+            mx.eval(state, value, count, high)
             losses.append(value.item())
+            worst.append(high.item())
             tokens += count.item()
-            if stop_loss > 0 and epoch and len(losses) % epoch == 0 and max(losses[-epoch:]) < stop_loss:
+            if stop_loss > 0 and epoch and len(losses) % epoch == 0 and max(worst[-epoch:]) < stop_loss:
                 break
     finally:
         model.eval()
@@ -236,23 +255,24 @@ class Adapter:
         s.check()
         if (s.rank, s.alpha, s.layers) != (self.settings.rank, self.settings.alpha, self.settings.layers):
             raise TTSIError("LoRA rank, alpha and layers are fixed when the model is loaded")
-        if len(examples) < s.batch_size:
-            raise TTSIError(f"need at least {s.batch_size} training examples, got {len(examples)}")
+        if not examples:
+            raise TTSIError("no training examples")
+        batch = min(s.batch_size, len(examples))  # fewer examples than a batch: one step of them all
         split = split_model(self.model)
         np.random.seed(seed)
         mx.random.seed(seed)
-        iters = s.epochs * (len(examples) // s.batch_size)
-        if prefix is not None and split is not None and s.batch_size == 1:
+        iters = s.epochs * (len(examples) // batch)
+        if prefix is not None and split is not None:
             n, arrays = prefix
             dataset = [(ids[n:offset], ids[offset:]) for ids, offset in examples]
             lower = frozen_layers(self.model, s)
             if lower:
                 self.detach()  # the bottom layers have no LoRA anyway
                 dataset = [(lower_hidden(split[0], arrays, lower, p, a), a) for p, a in dataset]
-            batches = prefix_batches(dataset, 1, max_seq_length, loop=True)
+            batches = prefix_batches(dataset, batch, max_seq_length, loop=True)
             loss = prefix_loss(arrays, split, lower)
         else:  # whole sequences, loss masked to the answer: mlx-lm's own batching and loss
-            n, batches, loss = 0, iterate_batches(list(examples), s.batch_size, max_seq_length, loop=True), default_loss
+            n, batches, loss = 0, iterate_batches(list(examples), batch, max_seq_length, loop=True), default_loss
         schedule = build_schedule(
             {"name": "cosine_decay", "arguments": [s.learning_rate, iters], "warmup": int(s.warmup * iters)}
         )
@@ -260,7 +280,7 @@ class Adapter:
         self.trained = True  # from the first step on: a cancelled training still needs a reset
         started = time.perf_counter()
         mean_loss, tokens, steps = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled,
-                                       epoch=len(examples) // s.batch_size, stop_loss=s.stop_loss)
+                                       epoch=len(examples) // batch, stop_loss=s.stop_loss)
         return {
             "steps": steps,
             "examples": len(examples),

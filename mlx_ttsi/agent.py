@@ -59,6 +59,9 @@ class Answer:
     prompt_tokens: int = 0  # of the prompt the answer was decoded from (TT-ICL's includes its demonstrations)
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "tool_calls", "stop" or "length" (a text answer cut at max_tokens)
+    # how an adapted answer was found: a guess (the trained label) run in one pass, of which decoding
+    # took `taken` of `tokens`; answer_is_draft: the answer is the guess itself
+    draft: dict = None
 
     def as_dict(self):
         data = {k: v for k, v in asdict(self).items() if k != "adapter"}
@@ -331,9 +334,17 @@ class Agent:
             clock.say("note", adaptation.note)
             return self._answer(request, prompt, base, uncertainty, label, clock, adaptation)
         decoder.restart(len(prefix))  # the answer is decoded on the prefix the LoRA was trained on
+        # the label the LoRA was trained to say (else the base answer) is checked in one pass and
+        # decoding takes every token of it that it would write anyway
+        guess = self.fmt.calls_text(label) if label else base.text
+        decoder.draft(adaptation.prompt, guess)
         answer = decoder.decode(adaptation.prompt, tools, on_piece=request.on_piece)
-        clock.lap("answering")
-        return self._answer(request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True)
+        drafted, taken = decoder.draft_counts()
+        clock.lap("answering", f"{taken} of {drafted} drafted tokens taken")
+        draft = {"source": "label" if label else "base", "tokens": drafted, "taken": taken,
+                 "answer_is_draft": answer.text == guess}
+        return self._answer(request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True,
+                            draft=draft)
 
     def _planned_answer(self, request, clock):
         """Brief reasoning: the model writes "Function: name / key arguments" (at most PLAN_TOKENS),
@@ -463,7 +474,7 @@ class Agent:
                                   cancelled=request.cancelled)
 
     def _answer(self, request, prompt, decoded, uncertainty, label, clock, adaptation=None, streamed=False,
-                method=None):
+                method=None, draft=None):
         """The Answer for the decoded calls; a base answer decoded before the gate is replayed to on_piece."""
         if request.on_piece and not streamed:
             for call in decoded.calls:
@@ -491,6 +502,7 @@ class Agent:
             prompt_tokens=len(tok.encode(prompt, add_special_tokens=False)),
             completion_tokens=len(tok.encode(decoded.text, add_special_tokens=False)),
             finish_reason="tool_calls" if decoded.calls else "stop",
+            draft=draft,
         )
 
     def _training_examples(self, examples, tools):

@@ -16,6 +16,8 @@ PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal
 # Above this many cached tokens x continuations, continuations are scored one after another
 # through the shared cache instead of side by side on copies of it (copies cost memory and time).
 FORK_BUDGET = 8192
+MAX_DRAFT = 256  # tokens of a draft (a guessed continuation) run through the model in one pass
+DRAFT_MARGIN = 1e-3  # nats by which a drafted option must win for the others not to be scored (float noise)
 # Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
 SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 
@@ -61,6 +63,10 @@ class ContextState:
         self.tokens = []
         self.logprobs = None  # log-probs of the next token after self.tokens
         self.forward_tokens = 0  # tokens run through the model, for the benchmarks
+        # a draft: tokens already in the KV cache after self.tokens, with the log-probs after each;
+        # taken for free while the context grows along them, dropped at the first other token
+        self.ahead, self.ahead_logprobs = [], None
+        self.drafted = self.accepted = 0
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -70,6 +76,7 @@ class ContextState:
             raise RequestError(f"the prompt is {n} tokens, longer than the model's context of {self.context_length}")
 
     def _feed(self, ids):
+        self._drop_ahead()
         for start in range(0, len(ids), PREFILL_CHUNK):
             self._check_cancelled()
             chunk = ids[start : start + PREFILL_CHUNK]
@@ -87,9 +94,11 @@ class ContextState:
         """Start from a known prefix: its tokens and their KV arrays (see `prefix_arrays`)."""
         self.cache = cache_from_arrays(arrays)
         self.tokens, self.logprobs = list(ids), None
+        self.ahead, self.ahead_logprobs = [], None
 
     def truncate(self, n):
         """Forget everything after the first n tokens (e.g. after the weights changed)."""
+        self._drop_ahead()
         if n < len(self.tokens):
             if n <= 0 or not can_trim_prompt_cache(self.cache):
                 self.cache = make_prompt_cache(self.model)
@@ -105,6 +114,9 @@ class ContextState:
         if not ids:
             raise RequestError("empty prompt")
         self._check_length(len(ids))
+        n = len(self.tokens)
+        if self.ahead and len(ids) > n and ids[:n] == self.tokens:
+            self._take(common_prefix_len(self.ahead, ids[n:]))
         if ids == self.tokens and self.logprobs is not None:
             return
         keep = min(common_prefix_len(self.tokens, ids), len(ids) - 1)
@@ -117,7 +129,94 @@ class ContextState:
     def push(self, token):
         """Append one token (as chosen by a decoder)."""
         self._check_length(len(self.tokens) + 1)
-        self._feed([int(token)])
+        if self.ahead and self.ahead[0] == int(token):
+            self._take(1)
+        else:
+            self._feed([int(token)])
+
+    def draft(self, ids, context=None):
+        """Run a guessed continuation of the context through the model in one pass (speculative
+        decoding): while the context then grows along it, each token's log-probs are already known;
+        the first token that differs drops the rest. With `context` (token ids, as for `sync`), the
+        context first becomes that, in the same pass."""
+        ids = [int(i) for i in ids][:MAX_DRAFT]
+        rest = []
+        if context is not None:
+            context = list(context)
+            self._check_length(len(context))
+            self.truncate(min(common_prefix_len(self.tokens, context), len(context) - 1))
+            rest = context[len(self.tokens):]
+        split = split_model(self.model)
+        if not ids or len(rest) > PREFILL_CHUNK or split is None or not can_trim_prompt_cache(self.cache):
+            if context is not None:
+                self.sync(context)
+            rest = []
+        if not ids or (not rest and self.logprobs is None) or not can_trim_prompt_cache(self.cache):
+            return
+        self._drop_ahead()
+        self._check_length(len(self.tokens) + len(rest) + len(ids))
+        self._check_cancelled()
+        body, head = split if split is not None else (None, None)
+        inputs = mx.array(rest + ids)[None]
+        if rest:  # the context's last position and the draft's, through the vocabulary
+            logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1:])[0].astype(mx.float32)
+        else:
+            logits = self.model(inputs, cache=self.cache)[0].astype(mx.float32)
+        self.forward_tokens += len(rest) + len(ids)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        mx.eval(logprobs, [c.state for c in self.cache])
+        if rest:
+            self.tokens.extend(rest)
+            self.logprobs, logprobs = logprobs[0], logprobs[1:]
+        self.ahead, self.ahead_logprobs = ids, logprobs
+        self.drafted += len(ids)
+
+    def score_on_draft(self, continuations, margin=DRAFT_MARGIN):
+        """Scores of `continuations` from the draft alone, when they settle which one is likeliest.
+
+        A continuation's log-probs are known along the draft and for its first token off it; its sum
+        up to there is exact when that is its last token, else an upper bound (later tokens only lower
+        it). When the likeliest is exact and beats every other by `margin`, it is the argmax that
+        scoring them all would give: (totals, lengths); otherwise None."""
+        if not self.ahead or self.logprobs is None:
+            return None
+        steps = [self.logprobs] + [self.ahead_logprobs[j] for j in range(len(self.ahead))]
+        totals, exact = [], []
+        for continuation in continuations:
+            total, j = 0.0, 0
+            for j, token in enumerate(continuation):  # up to the first token off the draft
+                total += steps[j][token].item()
+                if j >= len(self.ahead) or token != self.ahead[j]:
+                    break
+            totals.append(total)
+            exact.append(j == len(continuation) - 1)
+        best = max(range(len(totals)), key=totals.__getitem__)
+        if exact[best] and all(totals[best] > total + margin for i, total in enumerate(totals) if i != best):
+            return totals, [len(c) for c in continuations]
+        return None
+
+    def drafting(self):
+        """Whether untaken draft tokens are waiting in the cache."""
+        return bool(self.ahead)
+
+    def draft_counts(self):
+        """(tokens drafted, tokens taken from drafts) in this context so far."""
+        return self.drafted, self.accepted
+
+    def _take(self, k):
+        """Move the draft's first k tokens into the context (their log-probs are known)."""
+        if k <= 0:
+            return
+        self.tokens.extend(self.ahead[:k])
+        self.logprobs = self.ahead_logprobs[k - 1]
+        self.ahead, self.ahead_logprobs = self.ahead[k:], self.ahead_logprobs[k:]
+        self.accepted += k
+
+    def _drop_ahead(self):
+        """Forget the draft's untaken tokens (trimmed off the KV cache)."""
+        if self.ahead:
+            trim_prompt_cache(self.cache, len(self.ahead))
+        self.ahead, self.ahead_logprobs = [], None
 
     def sample(self, sampler, max_tokens, stop="\n"):
         """Text sampled after the current context, ending at `stop` or an end-of-turn token."""
@@ -176,6 +275,7 @@ class ContextState:
         """One continuation through the shared cache, which is then trimmed back."""
         total = self.logprobs[continuation[0]]
         if len(continuation) > 1:
+            self._drop_ahead()  # the continuation goes through the shared cache
             base, logprobs = list(self.tokens), self.logprobs
             logits = self.model(mx.array(continuation[:-1])[None], cache=self.cache)[0].astype(mx.float32)
             self.forward_tokens += len(continuation) - 1

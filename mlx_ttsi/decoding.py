@@ -115,6 +115,7 @@ class CallDecoder:
         self.choices = []
         self.on_piece = None  # (kind, text) while an answer is streamed: "call" (a tool name), "arguments"
         self._in_arguments = False
+        self.guess = None  # the text the next answer is guessed to be (see draft)
 
     def _start(self, text, on_piece=None):
         self.text, self.choices, self.on_piece = text, [], on_piece
@@ -128,22 +129,43 @@ class CallDecoder:
         self.state.set_text(text)
         return self.state.sample(lambda logprobs: mx.argmax(logprobs, axis=-1), max_tokens)
 
+    def draft(self, prompt, text):
+        """Guess that the next answer after `prompt` is `text` (e.g. the label a LoRA was just trained
+        to say): the rest of the guess is run through the model in one pass before each value, and
+        decoding takes each token it agrees with for free, so the answer is what decoding alone
+        would write."""
+        self.guess = prompt + text
+        self._start(prompt)
+        context, ids = self.state.encode(prompt), self.state.encode(prompt + text)
+        if ids[: len(context)] == context:  # the prompt's rest and the guess in one pass
+            self.state.draft(ids[len(context):], context=context)
+        else:
+            self._sync()
+
+    def draft_counts(self):
+        """(tokens drafted, tokens of them the decoding took)."""
+        return self.state.draft_counts()
+
     def restart(self, n):
         """Forget everything in the context after its first n tokens (the weights changed)."""
         self.state.truncate(n)
 
     # -- primitives -------------------------------------------------------------------------
-    def score(self, options):
-        """Summed log-prob and token count of each option text after self.text (one pass)."""
+    def score(self, options, settle=False):
+        """Summed log-prob and token count of each option text after self.text (one pass). With
+        `settle`, a draft that settles the choice answers instead (ContextState.score_on_draft: the
+        other options then get upper bounds of their log-probs, and no pass is run)."""
         encoded = [self.state.encode(self.text + option) for option in options]
         shared = min(len(ids) - 1 for ids in encoded)
         for ids in encoded[1:]:
             shared = min(shared, _common(encoded[0], ids))
         self.state.sync(encoded[0][:shared])
-        return self.state.score_continuations([ids[shared:] for ids in encoded])
+        continuations = [ids[shared:] for ids in encoded]
+        settled = self.state.score_on_draft(continuations) if settle and self.guess else None
+        return settled or self.state.score_continuations(continuations)
 
     def choose(self, options, norm, kind="argument"):
-        logprobs, lengths = self.score(options)
+        logprobs, lengths = self.score(options, settle=norm == "sum")  # bounds order sums, not means
         scores = normalized(logprobs, lengths, norm)
         choice = Choice(list(options), logprobs, lengths, int(np.argmax(scores)), kind)
         self.choices.append(choice)
@@ -162,6 +184,9 @@ class CallDecoder:
 
     def _sync(self):
         self.state.set_text(self.text)
+        guess = self.guess
+        if guess and len(guess) > len(self.text) and guess.startswith(self.text) and not self.state.drafting():
+            self.state.draft(self.state.encode(guess[len(self.text):]))
 
     # -- values -----------------------------------------------------------------------------
     def write_string(self, within=None):
@@ -346,6 +371,12 @@ class CallDecoder:
         `on_piece(kind, text)` hears each call's tool name and its arguments' JSON in pieces, as written
         (in formats the decoder does not write, each call once the answer is read)."""
         self._start(prompt, on_piece)
+        try:
+            return self._decode(prompt, tools, name_choice)
+        finally:
+            self.guess = None
+
+    def _decode(self, prompt, tools, name_choice):
         fmt = self.fmt
         if not fmt.guided:
             return self.generate_calls(prompt, tools, name_choice)

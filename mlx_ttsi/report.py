@@ -33,19 +33,22 @@ def can_plot():
 def markdown(summary, sweep=True):
     """The summary as Markdown tables: benchmark x method, then (with `sweep`) the threshold sweep."""
     lines = ["| benchmark | method | accuracy (%) | rows | adapted | synthetic samples | yield | self-label acc. (%) "
-             "| s/row |", "|---|---|---|---|---|---|---|---|---|"]
+             "| s/row | rows/h |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in summary["table"]:
         accuracy = f"{c['accuracy']:.2f}" + (f" ± {c['accuracy_std']:.2f}" if c["seeds"] > 1 else "")
         rows = f"{c['rows']}" + (f" of {c['of']}" if c["rows"] < c["of"] else "")
         rows += f" ({c['errors']} not asked)" if c["errors"] else ""
         kept = "" if c.get("yield") is None else f"{100 * c['yield']:.0f}%"
         label = "" if c.get("label_accuracy") is None else f"{c['label_accuracy']:.2f}"
+        per_hour = "" if c.get("rows_per_hour") is None else f"{c['rows_per_hour']:.0f}"
         lines.append(f"| {c['benchmark']} | {c['method']} | {accuracy} | {rows} | {100 * c['adapted']:.1f}% "
-                     f"| {c['synthetic']:g} | {kept} | {label} | {c['seconds_per_row']:.2f} |")
+                     f"| {c['synthetic']:g} | {kept} | {label} | {c['seconds_per_row']:.2f} | {per_hour} |")
     seeds = summary.get("seeds", [])
     spread = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     lines += ["", f"Accuracy in % ({spread}); synthetic samples: total per run; yield: examples kept / asked; "
-              "self-label acc.: the grounded self-label's own accuracy (what the twins are made from). Scoring:"]
+              "self-label acc.: the grounded self-label's own accuracy (what the twins are made from); s/row and rows/h: "
+              "time inside the agent per row and its inverse (loading, and the tools prefix computed once per "
+              "tool set, not counted). Scoring:"]
     lines += [f"- {bench}: {text}" for bench, text in summary["scoring"].items()]
     for s in summary["sweep"] if sweep else []:
         lines += ["", f"Threshold sweep, {s['benchmark']} / {s['method']} ({s['rows']} rows):", "",

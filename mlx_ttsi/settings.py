@@ -96,6 +96,8 @@ OPTIONS = [
            float, 1e-7, 1.0, flag="--lr", group="lora"),
     Option("stop_loss", 0.02, "Stop training after an epoch in which every example's loss was below this "
            "(the LoRA already says them back); 0: run every epoch.", float, 0.0, 10.0, group="lora"),
+    Option("batch_size", 1, "Examples per LoRA training step (at most K): 1 = one at a time (K steps an epoch), "
+           "K = one padded step an epoch (see docs/performance.md).", int, 1, 16, group="lora"),
     Option("rank", 8, "LoRA rank.", int, 1, 256, group="lora"),
     Option("alpha", 16.0, "LoRA alpha: scale = alpha / rank, as in the paper.", float, 0.0, 1024.0, group="lora"),
     Option("layers", 8, "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.", int, -1, 1024,
@@ -141,11 +143,8 @@ def from_table(group):
 @from_table("lora")
 class LoRASettings:
     warmup: float = 0.03  # fraction of steps, then cosine decay
-    batch_size: int = 1
 
     def check(self):
-        if self.batch_size < 1:
-            raise TTSIError("batch size must be positive")
         return _checked(self)
 
 

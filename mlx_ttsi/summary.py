@@ -59,6 +59,7 @@ def _spread(runs):
             "per_seed": {str(seed): round(r["accuracy"], 2) for seed, r in runs.items()},
             "adapted": round(mean("adapted"), 4), "synthetic": round(mean("synthetic"), 2),
             "errors": max(r["errors"] for r in values), "seconds_per_row": round(mean("seconds_per_row"), 3),
+            "rows_per_hour": round(3600 / mean("seconds_per_row"), 1) if mean("seconds_per_row") > 0 else None,
             "yield": _mean_of(values, "yield", 3), "label_accuracy": _mean_of(values, "label_accuracy", 2)}
 
 

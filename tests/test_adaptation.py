@@ -79,10 +79,13 @@ def test_weights_round_trip_and_reject_mismatches(tiny):
         adapter.load({"x": mx.zeros((2,))})
 
 
-def test_needs_at_least_batch_size_examples(tiny):
-    adapter = Adapter(tiny.model, LoRASettings(batch_size=2))
-    with pytest.raises(TTSIError, match="at least 2"):
-        adapter.train(examples(tiny))
+def test_a_batch_larger_than_the_examples_takes_them_all(tiny):
+    # batch_size is at most K: fewer examples (a low synthesis yield) still train, one step an epoch
+    adapter = Adapter(tiny.model, LoRASettings(epochs=3, batch_size=4, stop_loss=0))
+    stats = adapter.train(examples(tiny) * 2)
+    assert stats["steps"] == 3  # one batch of both an epoch (batch 1 would take 6)
+    with pytest.raises(TTSIError, match="no training examples"):
+        adapter.train([])
 
 
 def test_split_model_projects_the_same_logits(tiny):
@@ -97,7 +100,7 @@ def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
     # with zero lora_b the prefix's KV is the same either way, so the two losses must agree
     from mlx_lm.tuner.trainer import default_loss
 
-    from mlx_ttsi.adaptation import prefix_loss
+    from mlx_ttsi.adaptation import padded_batch, prefix_loss
     from mlx_ttsi.context import ContextState, split_model
 
     Adapter(tiny.model).attach()
@@ -106,7 +109,7 @@ def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
     state = ContextState(tiny.model, tiny.tokenizer)
     state.sync(ids[: n + 1])
     loss = prefix_loss(state.prefix_arrays(n), split_model(tiny.model))
-    fast, count = loss(tiny.model, mx.array(ids[n:offset])[None], mx.array(ids[offset:])[None])
+    fast, count, _ = loss(tiny.model, *padded_batch([(ids[n:offset], ids[offset:])]))
     full, full_count = default_loss(tiny.model, mx.array(ids)[None], mx.array([[offset, len(ids) - 1]]))
     assert count.item() == full_count.item() == len(ids) - offset
     assert fast.item() == pytest.approx(full.item(), rel=1e-4)
@@ -142,7 +145,7 @@ def test_saved_adapter_loads_with_mlx_lm(tiny, tiny_model_dir, tmp_path):
 
 def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
     # with LoRA on the top block only, the bottom block runs once per example: same loss
-    from mlx_ttsi.adaptation import frozen_layers, lower_hidden, prefix_loss
+    from mlx_ttsi.adaptation import frozen_layers, lower_hidden, padded_batch, prefix_loss
     from mlx_ttsi.context import ContextState, split_model
 
     adapter = Adapter(tiny.model, LoRASettings(layers=1, epochs=3, learning_rate=1e-2))
@@ -154,9 +157,9 @@ def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
     prefix, split = state.prefix_arrays(n), split_model(tiny.model)
     adapter.train(examples(tiny), prefix=(n, prefix))  # trained, so the top block's LoRA is non-zero
     prompt, answer = ids[n:offset], ids[offset:]
-    full, _ = prefix_loss(prefix, split)(tiny.model, mx.array(prompt)[None], mx.array(answer)[None])
+    full, *_ = prefix_loss(prefix, split)(tiny.model, *padded_batch([(prompt, answer)]))
     hidden = lower_hidden(split[0], prefix, 1, prompt, answer)
-    reused, _ = prefix_loss(prefix, split, lower=1)(tiny.model, hidden[None], mx.array(answer)[None])
+    reused, *_ = prefix_loss(prefix, split, lower=1)(tiny.model, *padded_batch([(hidden, answer)]))
     assert reused.item() == pytest.approx(full.item(), rel=1e-5)
 
 
@@ -171,3 +174,45 @@ def test_training_stops_after_an_epoch_whose_every_loss_is_below_stop_loss(tiny)
     assert stopped["steps"] == 2  # every loss is below 10: the first whole epoch is the last
     fitted = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=full["loss"]))
     assert fitted["steps"] % 2 == 0 and 2 <= fitted["steps"] <= 12  # stops only at an epoch's end
+
+
+@pytest.mark.parametrize("lower", [0, 1])
+def test_a_padded_batch_gives_each_example_its_own_loss(tiny, lower):
+    # K examples of different lengths in one padded step: the same losses as K steps of one
+    from mlx_ttsi.adaptation import lower_hidden, padded_batch, prefix_loss
+    from mlx_ttsi.context import ContextState, split_model
+
+    adapter = Adapter(tiny.model, LoRASettings(layers=1, epochs=2, learning_rate=1e-2))
+    tok = tiny.tokenizer
+    pairs = [(tok.encode(q, add_special_tokens=False), tok.encode(a, add_special_tokens=False)) for q, a in
+             [("Set an alarm at 7", ' {"time": "7"}'), ("Weather in Paris, France, today?", ' {"city": "Paris"}'),
+              ("Hi", ' {"time": "07:00 tomorrow morning"}')]]
+    n = 4
+    state = ContextState(tiny.model, tok)
+    state.sync(tok.encode("System: tools here.", add_special_tokens=False))
+    prefix, split = state.prefix_arrays(n), split_model(tiny.model)
+    adapter.train([(list(state.tokens[:n]) + p + a, n + len(p)) for p, a in pairs], prefix=(n, prefix))  # non-zero LoRA
+    items = [(lower_hidden(split[0], prefix, 1, p, a) if lower else p, a) for p, a in pairs]
+    loss = prefix_loss(prefix, split, lower)
+    alone = [loss(tiny.model, *padded_batch([item])) for item in items]
+    mean, tokens, worst = loss(tiny.model, *padded_batch(items))
+    assert tokens.item() == sum(len(a) for _, a in pairs)
+    weighted = sum(value.item() * count.item() for value, count, _ in alone) / tokens.item()
+    assert mean.item() == pytest.approx(weighted, rel=1e-4)
+    assert worst.item() == pytest.approx(max(value.item() for value, _, _ in alone), rel=1e-4)
+
+
+def test_batched_training_fits_every_example(tiny):
+    # one padded step per epoch over three examples: each example's answer is then the likeliest
+    from mlx_ttsi.context import ContextState
+
+    three = examples(tiny) * 3
+    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, batch_size=3, stop_loss=0))
+    ids, offset = three[0]
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.sync(ids[:5])
+    stats = adapter.train(three, prefix=(4, state.prefix_arrays(4)))
+    assert stats["steps"] == 20 and stats["trained_tokens"] == 20 * 3 * (len(ids) - offset)
+    state.truncate(4)
+    state.sync(ids[:offset])
+    assert int(mx.argmax(state.logprobs).item()) == ids[offset]

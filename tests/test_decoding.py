@@ -124,3 +124,44 @@ def test_a_new_tokenizer_never_gets_the_vocabulary_of_a_dead_one():
         assert len(Vocabulary.of(second).pieces) == len(large)
         del second
     assert reused  # the case that matters did happen
+
+
+def decode_with_draft(tiny, tools, request, guess):
+    fmt = call_format(tiny.tokenizer)
+    prompt = render_prompt(tiny.tokenizer, [{"role": "user", "content": request}], tools, fmt)
+    decoder = CallDecoder(ContextState(tiny.model, tiny.tokenizer), fmt)
+    decoder.draft(prompt, guess)
+    return decoder.decode(prompt, tools), decoder.draft_counts()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_draft_never_changes_the_answer(tiny, seed):
+    # the answer's own text is taken whole; a wrong guess is taken up to where it differs
+    mx.random.seed(seed)
+    request = f"Book a double room for 2 guests {seed}"
+    _, plain = decode(tiny, SCHEMAS, request)
+    right, (drafted, taken) = decode_with_draft(tiny, SCHEMAS, request, plain.text)
+    assert right.calls == plain.calls and right.text == plain.text
+    assert taken > 0.5 * len(tiny.tokenizer.encode(plain.text))  # a right guess saves most decoding steps
+    wrong_text = plain.text.replace(plain.calls[0]["name"], "cancel" if plain.calls[0]["name"] == "book" else "book")
+    wrong, (drafted, taken) = decode_with_draft(tiny, SCHEMAS, request, wrong_text + ' extra words')
+    assert wrong.calls == plain.calls and wrong.text == plain.text
+    assert taken < drafted
+
+
+def test_a_draft_keeps_the_log_probs_of_step_by_step_decoding(tiny):
+    fmt = call_format(tiny.tokenizer)
+    prompt = render_prompt(tiny.tokenizer, [{"role": "user", "content": "Cancel 42"}], SCHEMAS, fmt)
+    stepped, drafted = ContextState(tiny.model, tiny.tokenizer), ContextState(tiny.model, tiny.tokenizer)
+    stepped.set_text(prompt)
+    drafted.set_text(prompt)
+    ids = stepped.encode(prompt + ' {"id": "42"}')[len(stepped.tokens):]
+    drafted.draft(ids)
+    for token in ids:
+        stepped.push(token)
+        drafted.push(token)
+        assert mx.allclose(stepped.logprobs, drafted.logprobs, atol=1e-4).item()
+    assert drafted.draft_counts() == (len(ids), len(ids)) and stepped.forward_tokens > drafted.forward_tokens - len(ids)
+    drafted.push(ids[0])  # off the draft: fed as usual
+    stepped.push(ids[0])
+    assert mx.allclose(stepped.logprobs, drafted.logprobs, atol=1e-4).item()

@@ -92,11 +92,11 @@ def test_summary_table_is_worked_out_from_the_results(tmp_path):
     assert (base["accuracy"], ttsi["accuracy"], every["accuracy"]) == (50.0, 25.0, 50.0)
     assert (base["adapted"], ttsi["adapted"], every["adapted"]) == (0.0, 0.5, 1.0)
     assert (ttsi["synthetic"], every["synthetic"], base["rows"], base["of"]) == (2, 4, 4, 4)
-    assert ttsi["seconds_per_row"] == 1.5
+    assert ttsi["seconds_per_row"] == 1.5 and ttsi["rows_per_hour"] == 2400
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     table = (tmp_path / "summary.md").read_text()
-    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 100% |  | 1.50 |" in table
+    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 100% |  | 1.50 | 2400 |" in table
     record = lines(tmp_path / "results.jsonl")[0]
     assert {"prediction", "correct", "uncertainty", "adapted", "synthetic", "timings", "method", "seed"} <= set(record)
 
@@ -395,7 +395,7 @@ def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data,
 
     def without_timings(data):
         if isinstance(data, dict):
-            return {k: without_timings(v) for k, v in data.items() if k not in ("timings", "seconds_per_row")}
+            return {k: without_timings(v) for k, v in data.items() if k not in ("timings", "seconds_per_row", "rows_per_hour")}
         return [without_timings(v) for v in data] if isinstance(data, list) else data
 
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
