@@ -34,8 +34,8 @@ PAIRS = [
 
 
 def run(agent, memory, pairs):
-    from mlx_ttsi.grading import is_correct
-    from mlx_ttsi.server import make_server
+    from mlx_ttsi.evaluation.grading import is_correct
+    from mlx_ttsi.serve.http import make_server
 
     server = make_server(agent, "127.0.0.1", 0, memory=memory, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -70,7 +70,7 @@ def main():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mlx_ttsi.agent import Agent
     from mlx_ttsi.settings import LoRASettings, Settings
-    from mlx_ttsi.adapter_memory import AdapterMemory
+    from mlx_ttsi.serve.adapter_memory import AdapterMemory
 
     agent = Agent.load(args.model, settings=Settings(lora=LoRASettings(epochs=args.epochs)))
     pairs = PAIRS[: args.pairs]

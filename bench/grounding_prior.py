@@ -13,7 +13,7 @@ from collections import Counter
 
 from _common import SEALTOOL
 
-from mlx_ttsi.grounding import _free_value, context_text, grounded
+from mlx_ttsi.self_check import free_value, context_text, grounded
 from mlx_ttsi.prompts import normalize_messages
 from mlx_ttsi.tools import parse_tools
 
@@ -32,7 +32,7 @@ def count(path):
                 counts["gold tool not offered"] += 1
                 continue
             for key, value in call["arguments"].items():
-                if not _free_value(tool.properties.get(key, {})) or isinstance(value, bool):
+                if not free_value(tool.properties.get(key, {})) or isinstance(value, bool):
                     continue
                 kind = "required" if key in tool.required else "optional"
                 counts[kind, grounded(value, context)] += 1

@@ -218,7 +218,7 @@ def start_server(model, epochs, max_queue):
     sys.path.insert(0, str(ROOT))
     from mlx_ttsi.agent import Agent
     from mlx_ttsi.settings import LoRASettings, Settings
-    from mlx_ttsi.server import make_server
+    from mlx_ttsi.serve.http import make_server
 
     agent = Agent.load(model, settings=Settings(lora=LoRASettings(epochs=epochs)))
     server = make_server(agent, "127.0.0.1", 0, max_queue=max_queue, quiet=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mlx_ttsi.server import BODY_SECONDS  # noqa: E402
+from mlx_ttsi.serve.http import BODY_SECONDS  # noqa: E402
 
 KEY = "reliability"
 TOOLS = json.loads((ROOT / "mlx_ttsi" / "examples" / "tools.json").read_text())

@@ -1,9 +1,10 @@
 """Benchmark 4: LoRA training throughput against this machine's float32 GEMM limit.
 
-    python bench/train_throughput.py [--steps 40] [--layers 8]
+    python bench/train_throughput.py [--steps 40] [--layers 8] [--examples 3 --batch-size 3]
 
 Measures float32 matmul FLOP/s here, then trains the per-request LoRA (frozen tools prefix, as
-`ask` does) on one synthetic example for many steps and counts the FLOPs each step needs in the
+`ask` does) on K synthetic examples (`--batch-size` of them a step, padded) for many steps, early
+stop off, and counts the FLOPs each step needs for its examples' real tokens in the
 blocks it runs (those with LoRA): forward and input-gradient passes through their frozen weights
 (2 + 2 FLOPs per weight per token), the LoRA matrices (forward and both gradients), attention
 over the cached prefix, and the vocabulary projection of the answer tokens (forward and backward).
@@ -11,6 +12,7 @@ over the cached prefix, and the vocabulary projection of the answer tokens (forw
 
 import argparse
 import time
+from dataclasses import replace
 
 from _common import machine, uncertain_rows
 
@@ -56,6 +58,8 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layers", type=int, default=LoRASettings.layers, help="LoRA'd top blocks (-1: all)")
+    parser.add_argument("--examples", type=int, default=1, help="K synthetic examples trained on")
+    parser.add_argument("--batch-size", type=int, default=1, help="examples per step (padded)")
     args = parser.parse_args()
     limit = gemm_flops()
     agent = Agent.load(args.model, settings=Settings(lora=LoRASettings(layers=args.layers)))
@@ -65,37 +69,44 @@ def main():
     prompt = render_prompt(lm.tokenizer, [{"role": "user", "content": row["query"]}], tools, agent.fmt)
     state = ContextState(lm.model, lm.tokenizer)
     state.set_text(prompt)
-    synthesis = ModelWriter(lm).synthesize(row["query"], tools, 1, seed=0, state=state)
-    examples = agent._training_examples(synthesis.examples, tools)
+    synthesis = ModelWriter(lm).synthesize(row["query"], tools, args.examples, seed=0, state=state)
+    examples = agent.training_examples(synthesis.examples, tools)[: args.examples]
     state.set_text(prompt)
-    frozen = agent._prefix_length(state, prompt, tools)
-    (ids, offset), = examples
-    suffix, answer = offset - frozen, len(ids) - offset
+    frozen = agent.prefix_length(state, prompt, tools)
+    per_step = max(1, len(examples) // args.batch_size)  # steps an epoch
 
     import json
 
     config = json.loads((lm.path / "config.json").read_text())
-    agent.adapter.settings = LoRASettings(epochs=args.steps, layers=args.layers)
-    agent.adapter.reset(0)
-    stats = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
-    agent.adapter.reset(0)
-    agent.adapter.settings = LoRASettings(epochs=1, layers=args.layers)
-    one = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
-    agent.adapter.reset(0)
-    steady = (stats["seconds"] - one["seconds"]) / (args.steps - 1)  # per step, compile excluded
+    lora = LoRASettings(layers=args.layers, batch_size=args.batch_size, stop_loss=0)
+    stats = train(agent, examples, frozen, state, replace(lora, epochs=max(1, args.steps // per_step)))
+    one = train(agent, examples, frozen, state, replace(lora, epochs=1))
+    steady = (stats["seconds"] - one["seconds"]) / (stats["steps"] - one["steps"])  # per step, compile excluded
     blocks = config["num_hidden_layers"]
-    lora_blocks = blocks if not 0 < agent.adapter.settings.layers < blocks else agent.adapter.settings.layers
-    step_flops = flops_per_step(lm.model, config, suffix, answer, frozen, agent.adapter.settings.rank, lora_blocks)
+    lora_blocks = blocks if not 0 < lora.layers < blocks else lora.layers
+    # the FLOPs of every example's real tokens (padding not counted), spread over the steps of an epoch
+    lengths = [(offset - frozen, len(ids) - offset) for ids, offset in examples]
+    step_flops = sum(flops_per_step(lm.model, config, s, a, frozen, lora.rank, lora_blocks) for s, a in lengths) / per_step
+    suffix, answer = (sum(x) / len(lengths) for x in zip(*lengths))
 
     print(f"machine: {machine()}")
     print(f"float32 GEMM (2048^3): {limit / 1e9:.1f} GFLOP/s")
-    print(f"example: frozen prefix {frozen} tokens, trained suffix {suffix} + answer {answer} tokens; "
-          f"LoRA on the top {lora_blocks} of {blocks} blocks")
-    print(f"training: {args.steps} steps in {stats['seconds']:.2f}s; 1 step (with compile) {one['seconds']:.2f}s; "
+    print(f"examples: {len(examples)}, {args.batch_size} a step; frozen prefix {frozen} tokens, trained suffix "
+          f"{suffix:.0f} + answer {answer:.0f} tokens (mean); LoRA on the top {lora_blocks} of {blocks} blocks")
+    print(f"training: {stats['steps']} steps in {stats['seconds']:.2f}s; first epoch (with compile) {one['seconds']:.2f}s; "
           f"steady step {steady * 1000:.0f} ms")
     achieved = step_flops / steady
     print(f"model FLOPs per step: {step_flops / 1e9:.2f} GFLOP -> {achieved / 1e9:.1f} GFLOP/s")
-    print(f"processed tokens/s: {(suffix + answer - 1) / steady:.0f}; fraction of the GEMM limit: {achieved / limit:.2f}")
+    tokens = sum(s + a - 1 for s, a in lengths) / per_step
+    print(f"processed tokens/s: {tokens / steady:.0f}; fraction of the GEMM limit: {achieved / limit:.2f}")
+
+
+def train(agent, examples, frozen, state, lora):
+    """One training from a fresh LoRA with these settings; its stats."""
+    agent.adapter.reset(0)
+    stats = agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)), settings=lora)
+    agent.adapter.reset(0)
+    return stats
 
 
 if __name__ == "__main__":

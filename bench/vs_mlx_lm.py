@@ -76,8 +76,8 @@ def main():
             # ours: train on the frozen prefix and answer, in-process
             started = time.perf_counter()
             state.set_text(prompt)
-            frozen = agent._prefix_length(state, prompt, tools)
-            examples = agent._training_examples(synthesis.examples, tools)
+            frozen = agent.prefix_length(state, prompt, tools)
+            examples = agent.training_examples(synthesis.examples, tools)
             agent.adapter.reset(0)
             agent.adapter.train(examples, prefix=(frozen, state.prefix_arrays(frozen)))
             state.truncate(frozen)

@@ -24,7 +24,7 @@ from .adaptation import Adapter
 from .context import ContextState
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .grounding import better_tool, calls_made, context_text, label_calls, weigh_changes
+from .self_check import better_tool, calls_made, context_text, label_calls, weigh_changes
 from .prompts import call_format, calls_text, last_user_text, normalize_messages, render_prompt
 from .settings import LORA_FIELDS, Settings, default
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis
@@ -212,7 +212,7 @@ class Agent:
 
     def embed(self, text):
         """The base model's mean-pooled embedding of `text` (the adapter memory's key)."""
-        from .adapter_memory import embed
+        from .embedding import embed
 
         with self._lock:  # between requests: no LoRA attached
             return embed(self.loaded.model, self.loaded.tokenizer, text)
@@ -370,7 +370,7 @@ class Agent:
         """A decoder over a fresh context that starts from the cached tools prefix when there is one;
         also the prefix (its arrays None until computed)."""
         state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length, cancelled)
-        ids = tuple(state.encode(prompt)[: self._prefix_length(state, prompt, tools)])
+        ids = tuple(state.encode(prompt)[: self.prefix_length(state, prompt, tools)])
         prefix = self.prefixes.get(ids)
         if prefix is not None:
             state.seed(prefix.ids, prefix.arrays)
@@ -383,7 +383,7 @@ class Agent:
             self.prefixes.put(prefix)
         return prefix
 
-    def _prefix_length(self, state, prompt, tools):
+    def prefix_length(self, state, prompt, tools):
         """Length of the prompt's template-and-tools prefix (the system turn), the same for every
         request with these tools."""
         tok = self.loaded.tokenizer
@@ -406,7 +406,7 @@ class Agent:
         return uncertainty, replace(choice, index=best)
 
     def _self_label(self, decoder, prompt, tools, base, names, name_choice, messages, odds):
-        """The base calls checked against the request (grounding.py); when the tool name is
+        """The base calls checked against the request (self_check.py); when the tool name is
         uncertain, the runner-up tool's checked call instead if it uses more of the request. Each
         change is kept only when the model itself finds it likely enough (`odds`, weigh_changes)."""
         context = context_text(messages)
@@ -469,7 +469,7 @@ class Agent:
         settings = request.settings
         self.adapter.reset(settings.seed)
         frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
-        return self.adapter.train(self._training_examples(examples, request.tools), settings.seed,
+        return self.adapter.train(self.training_examples(examples, request.tools), settings.seed,
                                   self.loaded.context_length, prefix=frozen, settings=settings.lora,
                                   cancelled=request.cancelled)
 
@@ -505,7 +505,7 @@ class Agent:
             draft=draft,
         )
 
-    def _training_examples(self, examples, tools):
+    def training_examples(self, examples, tools):
         """(token ids, answer offset) pairs. The loss covers the calls the model writes, from the first
         call's name to the last call's closing brace: the format's wrapper (`<tool_call>` ...
         `</tool_call>`, end of turn) is written by the decoder, never chosen, and a model that would not

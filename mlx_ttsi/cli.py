@@ -226,22 +226,22 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
     """Score methods on benchmark files: results are kept as they come, so a rerun resumes.
 
     Under `mlx.launch -n N -- mlx-ttsi eval ...` each rank takes every N-th row."""
-    from . import evaluation, report
-    from .benchmark_rows import load_rows, select
-    from .eval_methods import parse_methods
+    from .evaluation import report, runner
+    from .evaluation.rows import load_rows, select
+    from .evaluation.methods import parse_methods
 
     methods = parse_methods(methods)
     if "ttd" in methods and not teacher:
         raise TTSIError("method ttd needs --teacher (a model or an OpenAI-compatible URL)")
-    seeds = evaluation.parse_seeds(seeds)
+    seeds = runner.parse_seeds(seeds)
     # --max-calls given (flag or config file) applies everywhere; else a per-benchmark default
     explicit = ctx.get_parameter_source("max_calls") is not click.core.ParameterSource.DEFAULT
     max_calls = settings["max_calls"] if explicit else None
     recorded = {**settings, "model": model, "precision": precision, "teacher": teacher,
                 "teacher_model": teacher_model if teacher else None, "max_calls": max_calls or "per benchmark"}
-    plan = evaluation.Plan(
+    plan = runner.Plan(
         select(load_rows(data), limit, sample, seeds[0]), methods, seeds,
-        taus=evaluation.parse_taus(sweep) if sweep else evaluation.DEFAULT_SWEEP,
+        taus=runner.parse_taus(sweep) if sweep else runner.DEFAULT_SWEEP,
         max_calls=max_calls, settings=recorded,
     )
 
@@ -251,7 +251,7 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
         progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
         return agent
 
-    summary = evaluation.evaluate(plan, out, load_agent=load, progress=not quiet)
+    summary = runner.evaluate(plan, out, load_agent=load, progress=not quiet)
     if summary is not None:  # rank 0
         click.echo(report.markdown(summary, sweep=False), nl=False)
         if not quiet:
@@ -282,8 +282,8 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
     import ipaddress
     import signal
 
-    from .adapter_memory import AdapterMemory
-    from .server import make_server
+    from .serve.adapter_memory import AdapterMemory
+    from .serve.http import make_server
 
     check_adapter_mode(adapter_path, mode)
     if adapter_path and memory:

@@ -13,7 +13,6 @@ import mlx.core as mx
 
 from . import __version__, _blas, models
 from .config import cache_dir, config_path
-from .errors import ModelError
 
 
 def blas():

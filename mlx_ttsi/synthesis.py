@@ -1,6 +1,6 @@
 """Self-data augmentation by a teacher (TT-D), and the checks every written example passes.
 
-TT-SI's own examples are the request with its grounded self-label and twins of it (grounding.py, twins.py).
+TT-SI's own examples are the request with its grounded self-label and twins of it (self_check.py, twins.py).
 TT-D: a teacher writes new requests and their calls, either another local model (it samples a
 request, then labels it with its schema-guided call) or an OpenAI-compatible endpoint asked for
 JSON examples. Every example is checked (it parses, names an offered tool, its

@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .grounding import context_text
+from .self_check import context_text
 from .tools import check_call
 
 FIRST_NAMES = (

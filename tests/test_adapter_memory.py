@@ -10,8 +10,9 @@ import pytest
 
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.settings import LoRASettings, Settings
-from mlx_ttsi.adapter_memory import AdapterMemory, embed, tools_key
-from mlx_ttsi.server import make_server
+from mlx_ttsi.embedding import embed
+from mlx_ttsi.serve.adapter_memory import AdapterMemory, tools_key
+from mlx_ttsi.serve.http import make_server
 from mlx_ttsi.tools import parse_tools
 
 from conftest import TOOLS

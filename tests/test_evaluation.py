@@ -17,12 +17,12 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from mlx_ttsi.benchmark_rows import gold_examples, load_rows, row_input, select
+from mlx_ttsi.evaluation.rows import gold_examples, load_rows, row_input, select
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import DataError
-from mlx_ttsi.evaluation import Plan, evaluate, finish
-from mlx_ttsi.results import read_records
-from mlx_ttsi.ranks import Ranks
+from mlx_ttsi.evaluation.runner import Plan, evaluate, finish
+from mlx_ttsi.evaluation.results import read_records
+from mlx_ttsi.evaluation.ranks import Ranks
 
 from conftest import TOOLS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_ttsi.grading import canonical, gold_calls, is_correct, rule
+from mlx_ttsi.evaluation.grading import canonical, gold_calls, is_correct, rule
 
 
 def row(benchmark, *answer, tools=None, meta=None):

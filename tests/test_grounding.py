@@ -5,7 +5,7 @@ import re
 import pytest
 
 from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
-from mlx_ttsi.grounding import better_tool, coverage, grounded, label_calls
+from mlx_ttsi.self_check import better_tool, coverage, grounded, label_calls
 from mlx_ttsi.prompts import call_format
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.tools import parse_tools
@@ -123,7 +123,7 @@ def test_the_rival_tool_wins_only_when_it_uses_more_of_the_request():
 
 
 def test_a_rival_that_repeats_a_call_already_made_is_never_taken():
-    from mlx_ttsi.grounding import calls_made
+    from mlx_ttsi.self_check import calls_made
     from mlx_ttsi.prompts import normalize_messages
 
     tools = parse_tools([

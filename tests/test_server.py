@@ -16,7 +16,7 @@ import pytest
 
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.settings import LoRASettings, Settings
-from mlx_ttsi.server import POLL, make_server
+from mlx_ttsi.serve.http import POLL, make_server
 from mlx_ttsi.tools import check_call, parse_tools
 
 from conftest import TOOLS
@@ -592,7 +592,7 @@ def status_of(sock):
 
 
 def test_a_body_that_stops_short_or_trickles_gets_a_clear_error_soon(server):
-    from mlx_ttsi.server import BODY_IDLE, BODY_SECONDS
+    from mlx_ttsi.serve.http import BODY_IDLE, BODY_SECONDS
 
     whole = json.dumps({"messages": ASK}).encode()
     stalled = raw_socket(server, whole[:10], whole)  # says more than it sends, and waits

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import TTSIError
-from mlx_ttsi.service import APIError, _ttsi_options
+from mlx_ttsi.serve.service import APIError, _ttsi_options
 from mlx_ttsi.settings import BY_NAME, OPTIONS, LoRASettings, Settings, markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -82,9 +82,9 @@ PROBES = {
     "precision": ("mlx_ttsi.models.load", lambda *a, **k: a[1], [], "float16"),
     "teacher_model": ("urllib.request.urlopen", lambda *a, **k: json.loads(a[0].data)["model"],
                       ["--mode", "ttd", "--teacher", "http://127.0.0.1:9/v1"], "big-teacher"),
-    "max_queue": ("mlx_ttsi.server.make_server", lambda *a, **k: k["max_queue"], ["serve"], 3),
-    "memory_size": ("mlx_ttsi.adapter_memory.AdapterMemory.for_agent", lambda *a, **k: a[1], ["serve", "--memory"], 5),
-    "memory_similarity": ("mlx_ttsi.adapter_memory.AdapterMemory.for_agent", lambda *a, **k: a[2],
+    "max_queue": ("mlx_ttsi.serve.http.make_server", lambda *a, **k: k["max_queue"], ["serve"], 3),
+    "memory_size": ("mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent", lambda *a, **k: a[1], ["serve", "--memory"], 5),
+    "memory_similarity": ("mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent", lambda *a, **k: a[2],
                           ["serve", "--memory"], 0.5),
 }
 

@@ -3,7 +3,7 @@ threshold sweep, all worked out from the recorded lines (nothing is rerun)."""
 
 import statistics
 
-from .eval_methods import ADAPTIVE, SEEDLESS
+from .methods import ADAPTIVE, SEEDLESS
 from .grading import is_correct, rule
 from .results import key
 

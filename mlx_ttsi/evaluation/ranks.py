@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 # what mlx.launch tells each process (ring, jaccl and nccl backends)
 LAUNCH_VARIABLES = ("MLX_RANK", "MLX_HOSTFILE", "MLX_WORLD_SIZE", "MLX_IBV_DEVICES", "MLX_JACCL_COORDINATOR",

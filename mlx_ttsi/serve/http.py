@@ -21,7 +21,8 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .service import MAX_QUEUE, APIError, Service, api_error, error_event
+from .service import MAX_QUEUE, APIError, Service, api_error
+from .streaming import error_event
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
 DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the client sees the 413

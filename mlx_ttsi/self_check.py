@@ -61,7 +61,7 @@ def _free_kind(schema):
     return None if "enum" in schema else kind
 
 
-def _free_value(schema):
+def free_value(schema):
     # strings and numbers, not enums or booleans
     return _free_kind(schema) in ("string", "number", "integer")
 
@@ -94,7 +94,7 @@ def coverage(calls, tools, context):
         for key, value in call["arguments"].items():
             if grounded(value, context):
                 stated.add(str(value).strip().lower())
-            elif tool and key in tool.required and _free_value(tool.properties.get(key, {})):
+            elif tool and key in tool.required and free_value(tool.properties.get(key, {})):
                 unstated += 1
     return len(stated) - unstated
 
@@ -169,14 +169,14 @@ def _label_call(decoder, before, tool, call, context):
                                             copy_from=source) or (value if key in required else "")
                 if not value:
                     continue
-        elif key not in required and _free_value(schema) and not stated:
+        elif key not in required and free_value(schema) and not stated:
             continue  # an optional value the user never gave
         arguments[key] = value
     probed = [key for key in tool.properties if key not in call["arguments"] and key not in required]
     for key in probed[:MAX_PROBED]:
         schema = tool.properties[key]
         value = decoder.value_after(_open_key(decoder, before, tool, arguments, key), schema, within=context)
-        if (_free_value(schema) or "enum" in schema) and grounded(value, context) and not _taken(value, arguments):
+        if (free_value(schema) or "enum" in schema) and grounded(value, context) and not _taken(value, arguments):
             arguments[key] = value
     labelled = {"name": tool.name, "arguments": arguments}
     return labelled if check_call(labelled, [tool]) is None else call

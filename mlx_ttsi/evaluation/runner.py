@@ -7,8 +7,8 @@
 The out dir holds results.jsonl (a line per row, method and seed; a rerun resumes), config.json, summary.json,
 summary.md and PNG plots. Under `mlx.launch` rank R of N runs the rows i with i % N == R into
 results.rankR.jsonl; rank 0 gathers every rank's lines (ranks.py) into results.jsonl and writes the
-summary, which depends only on the results, never on how they were split. Rows are in benchmark_rows.py,
-methods in eval_methods.py, results files in results.py, the summary in summary.py and its files in
+summary, which depends only on the results, never on how they were split. Rows are in rows.py,
+methods in methods.py, results files in results.py, the summary in summary.py and its files in
 report.py; the command and its files are described in docs/eval.md.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .benchmark_rows import gold_examples, max_calls_for, row_input
-from .errors import DataError, RequestError, ToolsError
-from .eval_methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS
+from .rows import gold_examples, max_calls_for, row_input
+from ..errors import DataError, RequestError, ToolsError
+from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS
 from .grading import is_correct
 from .ranks import launched_ranks
 from .report import write_summary

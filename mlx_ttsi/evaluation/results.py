@@ -7,7 +7,7 @@ resumes where the last one stopped; rank R of N appends to results.rankR.jsonl i
 import json
 import os
 
-from .errors import DataError
+from ..errors import DataError
 
 RESULTS = "results.jsonl"
 

@@ -24,13 +24,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .errors import TTSIError
-from .config import cache_dir
-from .settings import default
+from ..errors import TTSIError
+from ..config import cache_dir
+from ..settings import default
 
 SIMILARITY = default("memory_similarity")  # calibrated on SmolLM2-135M; see docs/server.md
 SIZE = default("memory_size")  # entries; one SmolLM2-135M adapter (rank 8, all layers) is about 10 MB
-EMBED_TOKENS = 512  # the request's first tokens are enough to recognise it
 STALE_SECONDS = 3600  # unreferenced files older than this are left-overs of a crash
 
 log = logging.getLogger(__name__)
@@ -49,21 +48,6 @@ def tools_key(tools):
 def model_key(agent):
     """Entries only fit the model and LoRA shape they were trained with: one folder per pair."""
     return hashlib.sha256(json.dumps(agent.identity()).encode()).hexdigest()[:16]
-
-
-def embed(model, tokenizer, text):
-    """Mean-pooled last hidden states of the base model, L2-normalised (float32 numpy).
-
-    Call it only while no LoRA is attached (the server's model thread, between requests)."""
-    body = getattr(model, "model", None)
-    if not callable(body):
-        raise TTSIError("the adapter memory needs a model with an inner `.model` transformer body")
-    ids = tokenizer.encode(text, add_special_tokens=False)[:EMBED_TOKENS] or [0]
-    hidden = body(mx.array(ids)[None])
-    if hidden.ndim != 3:
-        raise TTSIError("the adapter memory cannot read this model's hidden states")
-    vector = np.array(hidden[0].astype(mx.float32).mean(axis=0))
-    return vector / (np.linalg.norm(vector) or 1.0)
 
 
 def _pack(vector):

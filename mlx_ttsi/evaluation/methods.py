@@ -1,6 +1,6 @@
 """The methods `eval` compares: how each one asks the agent, and which of them see the gold answer."""
 
-from .errors import DataError
+from ..errors import DataError
 
 # eval method -> (agent mode, force): gated methods adapt only on uncertain rows, as in the paper.
 # oracle and oracle-twin are ceilings that read the row's gold answer (see benchmark_rows.gold_examples);

@@ -4,8 +4,8 @@ import json
 import random
 from pathlib import Path
 
-from .errors import DataError
-from .prompts import normalize_messages
+from ..errors import DataError
+from ..prompts import normalize_messages
 
 MULTI_CALL = {"toolalpaca": 5}  # fixed max_calls for benchmarks with multi-call rows; 1 elsewhere
 
@@ -92,7 +92,7 @@ def gold_examples(row, method, k, seed):
     if method == "oracle":
         return [{"messages": messages, "request": request or messages[-1]["content"], "calls": row["answer"],
                  "source": "gold"}]
-    from .twins import twins
-    from .tools import parse_tools
+    from ..twins import twins
+    from ..tools import parse_tools
 
     return twins(normalize_messages(messages), row["answer"], parse_tools(row["tools"]), k, seed, source="gold twin")
