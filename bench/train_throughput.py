@@ -78,7 +78,7 @@ def main():
     import json
 
     config = json.loads((lm.path / "config.json").read_text())
-    lora = LoRASettings(layers=args.layers, batch_size=args.batch_size, stop_loss=0)
+    lora = LoRASettings(layers=args.layers, batch_size=args.batch_size, stop_loss=0, stop_said_back=False)
     stats = train(agent, examples, frozen, state, replace(lora, epochs=max(1, args.steps // per_step)))
     one = train(agent, examples, frozen, state, replace(lora, epochs=1))
     steady = (stats["seconds"] - one["seconds"]) / (stats["steps"] - one["steps"])  # per step, compile excluded

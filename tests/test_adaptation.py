@@ -35,7 +35,7 @@ def test_after_reset_logits_equal_the_base_model_exactly(tiny):
 
 
 def test_training_lowers_the_loss_on_the_answer(tiny):
-    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, stop_loss=0))
+    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, stop_loss=0, stop_said_back=False))
     first = adapter.train(examples(tiny))
     adapter.reset(seed=0)
     assert first["steps"] == 20 and first["examples"] == 1
@@ -81,7 +81,7 @@ def test_weights_round_trip_and_reject_mismatches(tiny):
 
 def test_a_batch_larger_than_the_examples_takes_them_all(tiny):
     # batch_size is at most K: fewer examples (a low synthesis yield) still train, one step an epoch
-    adapter = Adapter(tiny.model, LoRASettings(epochs=3, batch_size=4, stop_loss=0))
+    adapter = Adapter(tiny.model, LoRASettings(epochs=3, batch_size=4, stop_loss=0, stop_said_back=False))
     stats = adapter.train(examples(tiny) * 2)
     assert stats["steps"] == 3  # one batch of both an epoch (batch 1 would take 6)
     with pytest.raises(TTSIError, match="no training examples"):
@@ -109,7 +109,7 @@ def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
     state = ContextState(tiny.model, tiny.tokenizer)
     state.sync(ids[: n + 1])
     loss = prefix_loss(state.prefix_arrays(n), split_model(tiny.model))
-    fast, count, _ = loss(tiny.model, *padded_batch([(ids[n:offset], ids[offset:])]))
+    fast, count, *_ = loss(tiny.model, *padded_batch([(ids[n:offset], ids[offset:])]))
     full, full_count = default_loss(tiny.model, mx.array(ids)[None], mx.array([[offset, len(ids) - 1]]))
     assert count.item() == full_count.item() == len(ids) - offset
     assert fast.item() == pytest.approx(full.item(), rel=1e-4)
@@ -165,14 +165,14 @@ def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
 
 def test_training_stops_after_an_epoch_whose_every_loss_is_below_stop_loss(tiny):
     two = examples(tiny) * 2  # two examples: an epoch is two steps
-    adapter = Adapter(tiny.model, LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=0))
+    adapter = Adapter(tiny.model, LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=0, stop_said_back=False, batch_size=1))
     full = adapter.train(two)
     adapter.reset(seed=0)
     assert full["steps"] == 12  # stop_loss 0: every epoch runs
-    stopped = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=10.0))
+    stopped = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=10.0, batch_size=1))
     adapter.reset(seed=0)
     assert stopped["steps"] == 2  # every loss is below 10: the first whole epoch is the last
-    fitted = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=full["loss"]))
+    fitted = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=full["loss"], batch_size=1))
     assert fitted["steps"] % 2 == 0 and 2 <= fitted["steps"] <= 12  # stops only at an epoch's end
 
 
@@ -195,11 +195,11 @@ def test_a_padded_batch_gives_each_example_its_own_loss(tiny, lower):
     items = [(lower_hidden(split[0], prefix, 1, p, a) if lower else p, a) for p, a in pairs]
     loss = prefix_loss(prefix, split, lower)
     alone = [loss(tiny.model, *padded_batch([item])) for item in items]
-    mean, tokens, worst = loss(tiny.model, *padded_batch(items))
+    mean, tokens, worst, _ = loss(tiny.model, *padded_batch(items))
     assert tokens.item() == sum(len(a) for _, a in pairs)
-    weighted = sum(value.item() * count.item() for value, count, _ in alone) / tokens.item()
+    weighted = sum(value.item() * count.item() for value, count, *_ in alone) / tokens.item()
     assert mean.item() == pytest.approx(weighted, rel=1e-4)
-    assert worst.item() == pytest.approx(max(value.item() for value, _, _ in alone), rel=1e-4)
+    assert worst.item() == pytest.approx(max(value.item() for value, *_ in alone), rel=1e-4)
 
 
 def test_batched_training_fits_every_example(tiny):
@@ -207,7 +207,7 @@ def test_batched_training_fits_every_example(tiny):
     from mlx_ttsi.context import ContextState
 
     three = examples(tiny) * 3
-    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, batch_size=3, stop_loss=0))
+    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, batch_size=3, stop_loss=0, stop_said_back=False))
     ids, offset = three[0]
     state = ContextState(tiny.model, tiny.tokenizer)
     state.sync(ids[:5])
@@ -216,3 +216,30 @@ def test_batched_training_fits_every_example(tiny):
     state.truncate(4)
     state.sync(ids[:offset])
     assert int(mx.argmax(state.logprobs).item()) == ids[offset]
+
+
+def test_training_stops_once_the_lora_says_back_every_example(tiny):
+    # stop_said_back: the first epoch in which every answer token was the argmax is the last, and
+    # the LoRA then writes each example's answer greedily, token by token
+    from mlx_ttsi.context import ContextState
+
+    tok = tiny.tokenizer
+    prompts = ["What is the weather in Paris?", "Weather in Rome, please"]
+    answer = tok.encode(' {"city": "Paris"}', add_special_tokens=False)
+    state = ContextState(tiny.model, tok)
+    state.sync(tok.encode("System: tools.", add_special_tokens=False))
+    n = len(state.tokens)
+    pairs = [(list(state.tokens) + tok.encode(p, add_special_tokens=False) + answer,
+              n + len(tok.encode(p, add_special_tokens=False))) for p in prompts]
+    prefix = (n, state.prefix_arrays(n))
+    adapter = Adapter(tiny.model, LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, stop_said_back=False, batch_size=1))
+    full = adapter.train(pairs, prefix=prefix)
+    adapter.reset(seed=0)
+    stopped = adapter.train(pairs, prefix=prefix, settings=LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, batch_size=1))
+    assert stopped["steps"] % 2 == 0 and stopped["steps"] < full["steps"] == 120
+    for ids, offset in pairs:
+        state.truncate(n)
+        state.sync(ids[:offset])
+        for token in ids[offset:]:
+            assert int(mx.argmax(state.logprobs).item()) == token
+            state.push(token)

@@ -446,7 +446,7 @@ def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, mo
 def slow_agent(tiny_model_dir):
     """A second agent whose training runs long (100 epochs), for the queue and cancellation."""
     return Agent.load(str(tiny_model_dir), precision="float32",
-                      settings=Settings(lora=LoRASettings(epochs=100, learning_rate=1e-2, stop_loss=0)))
+                      settings=Settings(lora=LoRASettings(epochs=100, learning_rate=1e-2, stop_loss=0, stop_said_back=False)))
 
 
 @pytest.fixture(scope="module")

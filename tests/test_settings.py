@@ -75,7 +75,8 @@ PROBES = {
     "epochs": ("mlx_ttsi.adaptation.fit", lambda *a, **k: a[4] // k["epoch"], TRAINED, 2),
     "learning_rate": ("mlx_ttsi.adaptation.build_schedule", lambda *a, **k: a[0]["arguments"][0], TRAINED, 0.05),
     "stop_loss": ("mlx_ttsi.adaptation.fit", lambda *a, **k: k["stop_loss"], TRAINED, 0.5),
-    "batch_size": ("mlx_ttsi.adaptation.prefix_batches", lambda *a, **k: a[1], TRAINED, 3),
+    "stop_said_back": ("mlx_ttsi.adaptation.fit", lambda *a, **k: k["said_back"], TRAINED, False),
+    "batch_size": ("mlx_ttsi.adaptation.prefix_batches", lambda *a, **k: a[1], TRAINED, 1),
     "rank": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[2]["rank"], [], 4),
     "alpha": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[2]["scale"] * a[2]["rank"], [], 4.0),
     "layers": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[1], [], 1, 2),  # the tiny model has 2
