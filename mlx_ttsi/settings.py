@@ -96,12 +96,12 @@ OPTIONS = [
            float, 1e-7, 1.0, flag="--lr", group="lora"),
     Option("stop_loss", 0.02, "Stop training after an epoch in which every example's loss was below this "
            "(the LoRA already says them back); 0: run every epoch.", float, 0.0, 10.0, group="lora"),
-    Option("stop_said_back", True, "Stop training after an epoch in which the LoRA said back every example: each "
-           "answer token its argmax, teacher-forced (read off the step's own forward pass).", bool,
-           flag="--stop-said-back/--train-all-epochs", group="lora"),
-    Option("batch_size", 3, "Examples per LoRA training step (at most K): 3 = the K examples in one padded step an "
-           "epoch, measured 2x faster on Qwen2.5-Coder-0.5B; 1 = one at a time (docs/performance.md).", int, 1, 16,
-           group="lora"),
+    Option("stop_said_back", True, "Also stop training after an epoch in which the LoRA said back every example: "
+           "each answer token its argmax, teacher-forced (read off the step's own pass; docs/performance.md).", bool,
+           flag="--stop-said-back/--no-stop-said-back", group="lora"),
+    Option("batch_size", 1, "Examples per LoRA training step (at most K): 1 = one at a time; 3 = the K examples in "
+           "one padded step an epoch, 2x faster training on Qwen2.5-Coder-0.5B but too few steps for SmolLM2-135M "
+           "(docs/performance.md).", int, 1, 16, group="lora"),
     Option("rank", 8, "LoRA rank.", int, 1, 256, group="lora"),
     Option("alpha", 16.0, "LoRA alpha: scale = alpha / rank, as in the paper.", float, 0.0, 1024.0, group="lora"),
     Option("layers", 8, "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.", int, -1, 1024,

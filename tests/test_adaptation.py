@@ -235,7 +235,7 @@ def test_training_stops_once_the_lora_says_back_every_example(tiny):
     adapter = Adapter(tiny.model, LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, stop_said_back=False, batch_size=1))
     full = adapter.train(pairs, prefix=prefix)
     adapter.reset(seed=0)
-    stopped = adapter.train(pairs, prefix=prefix, settings=LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, batch_size=1))
+    stopped = adapter.train(pairs, prefix=prefix, settings=LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, batch_size=1, stop_said_back=True))
     assert stopped["steps"] % 2 == 0 and stopped["steps"] < full["steps"] == 120
     for ids, offset in pairs:
         state.truncate(n)

@@ -162,7 +162,9 @@ def test_ttd_without_teacher_fails_clearly(agent):
 def test_per_request_schedule_overrides_apply_and_shape_is_fixed(agent):
     from dataclasses import replace
 
-    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=replace(agent.settings.lora, epochs=3))
+    # one example a step and no early stop: every one of the 3 epochs runs its K steps
+    lora = replace(agent.settings.lora, epochs=3, batch_size=1, stop_loss=0, stop_said_back=False)
+    answer = agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=lora)
     assert answer.training["steps"] == 3 * answer.training["examples"]
     with pytest.raises(TTSIError, match="fixed when the model is loaded"):
         agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", lora=replace(agent.settings.lora, rank=4))

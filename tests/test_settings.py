@@ -76,7 +76,7 @@ PROBES = {
     "learning_rate": ("mlx_ttsi.adaptation.build_schedule", lambda *a, **k: a[0]["arguments"][0], TRAINED, 0.05),
     "stop_loss": ("mlx_ttsi.adaptation.fit", lambda *a, **k: k["stop_loss"], TRAINED, 0.5),
     "stop_said_back": ("mlx_ttsi.adaptation.fit", lambda *a, **k: k["said_back"], TRAINED, False),
-    "batch_size": ("mlx_ttsi.adaptation.prefix_batches", lambda *a, **k: a[1], TRAINED, 1),
+    "batch_size": ("mlx_ttsi.adaptation.prefix_batches", lambda *a, **k: a[1], TRAINED, 3),
     "rank": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[2]["rank"], [], 4),
     "alpha": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[2]["scale"] * a[2]["rank"], [], 4.0),
     "layers": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[1], [], 1, 2),  # the tiny model has 2
@@ -119,7 +119,7 @@ def test_each_option_reaches_what_it_configures(name, tiny_model_dir, tools_file
     args = [*command, "--model", str(tiny_model_dir), *tools, *[a for a in extra if a not in ("serve", "--no-tools")]]
     if command[0] == "ask":
         args.append("-q")
-    flag = option.cli_flag.split("/")[1] if option.kind is bool and changed is False else option.cli_flag
+    flag = option.cli_flag.split("/")[changed is False] if option.kind is bool else option.cli_flag  # on/off
     given = [flag] if option.kind is bool else [flag, str(changed)]
     assert heard(monkeypatch, target, pick, args) == (seen_default[0] if seen_default else option.default)
     assert heard(monkeypatch, target, pick, [*args, *given]) == changed
