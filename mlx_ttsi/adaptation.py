@@ -106,7 +106,8 @@ def frozen_layers(model, settings):
 
 def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
     """mlx-lm's iterate_batches contract for (prompt rest, answer) pairs: `batch_size` examples a step,
-    padded (`padded_batch`); an epoch sees every example once."""
+    padded (`padded_batch`); an epoch sees every example once when their number is a multiple of
+    `batch_size` (else the remainder of each shuffle waits for a later one)."""
     while True:
         order = np.random.permutation(len(dataset))
         for start in range(0, len(order) - batch_size + 1, batch_size):
