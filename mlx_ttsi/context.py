@@ -113,15 +113,21 @@ class ContextState:
         ids = list(ids)
         if not ids:
             raise RequestError("empty prompt")
+        rest = self._settle_prefix(ids)
+        if rest:
+            self._feed(rest)
+
+    def _settle_prefix(self, ids):
+        """Take what a draft holds of `ids`, forget the context past what it shares with them, and
+        return the tokens of `ids` still to feed."""
         self._check_length(len(ids))
         n = len(self.tokens)
         if self.ahead and len(ids) > n and ids[:n] == self.tokens:
             self._take(common_prefix_len(self.ahead, ids[n:]))
         if ids == self.tokens and self.logprobs is not None:
-            return
-        keep = min(common_prefix_len(self.tokens, ids), len(ids) - 1)
-        self.truncate(keep)
-        self._feed(ids[len(self.tokens) :])
+            return []
+        self.truncate(min(common_prefix_len(self.tokens, ids), len(ids) - 1))
+        return ids[len(self.tokens) :]
 
     def set_text(self, text):
         self.sync(self.encode(text))
@@ -140,25 +146,19 @@ class ContextState:
         the first token that differs drops the rest. With `context` (token ids, as for `sync`), the
         context first becomes that, in the same pass."""
         ids = [int(i) for i in ids][:MAX_DRAFT]
-        rest = []
-        if context is not None:
-            context = list(context)
-            self._check_length(len(context))
-            self.truncate(min(common_prefix_len(self.tokens, context), len(context) - 1))
-            rest = context[len(self.tokens):]
+        rest = self._settle_prefix(list(context)) if context is not None else []
         split = split_model(self.model)
-        if not ids or len(rest) > PREFILL_CHUNK or split is None or not can_trim_prompt_cache(self.cache):
-            if context is not None:
-                self.sync(context)
+        if rest and (not ids or len(rest) > PREFILL_CHUNK or split is None or not can_trim_prompt_cache(self.cache)):
+            self._feed(rest)  # the context alone first
             rest = []
         if not ids or (not rest and self.logprobs is None) or not can_trim_prompt_cache(self.cache):
             return
         self._drop_ahead()
         self._check_length(len(self.tokens) + len(rest) + len(ids))
         self._check_cancelled()
-        body, head = split if split is not None else (None, None)
         inputs = mx.array(rest + ids)[None]
         if rest:  # the context's last position and the draft's, through the vocabulary
+            body, head = split
             logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1:])[0].astype(mx.float32)
         else:
             logits = self.model(inputs, cache=self.cache)[0].astype(mx.float32)
