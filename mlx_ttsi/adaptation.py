@@ -303,3 +303,24 @@ class Adapter:
             "seconds": round(time.perf_counter() - started, 3),
             "settings": asdict(s),
         }
+
+
+def answer_scores(model, examples, prefix=None):
+    """For each (token ids, answer offset): (summed log-prob of the answer tokens, their count, whether
+    each answer token was the model's argmax: the model already says it back, teacher-forced).
+
+    One pass per example with the model as it is (the LoRA attached or not); `prefix` is (n, KV arrays)
+    of the examples' first n tokens, as for `Adapter.train`."""
+    n, arrays = prefix if prefix is not None and prefix[1] is not None else (0, None)
+    scores = []
+    for ids, offset in examples:
+        start = n if arrays is not None and n < offset else 0
+        cache = cache_from_arrays(arrays) if start else None
+        logits = model(mx.array(ids[start:-1])[None], cache=cache)[0, offset - 1 - start:].astype(mx.float32)
+        targets = mx.array(ids[offset:])
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        total = mx.take_along_axis(logprobs, targets[:, None], axis=-1).sum()
+        said = mx.all(mx.argmax(logits, axis=-1) == targets)
+        mx.eval(total, said)
+        scores.append((total.item(), len(ids) - offset, bool(said.item())))
+    return scores

@@ -20,17 +20,20 @@ import mlx.core as mx
 from mlx_lm import stream_generate
 
 from . import models
-from .adaptation import Adapter
+from .adaptation import Adapter, answer_scores
 from .context import ContextState
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
 from .self_check import better_tool, calls_made, context_text, label_calls, weigh_changes
 from .prompts import call_format, calls_text, last_user_text, normalize_messages, render_prompt
 from .settings import LORA_FIELDS, Settings, default
-from .synthesis import EndpointTeacher, ModelWriter, Synthesis
+from .sources import SOURCES, Job
+from .synthesis import EndpointTeacher, ModelWriter, Synthesis, keep_examples
 from .tools import parse_tools
 from .twins import twins
 from .uncertainty import estimate
+from .verify import request_values
+from .writer import BatchWriter
 
 log = logging.getLogger(__name__)
 # the brief-reasoning baseline (arXiv 2604.02155): a short plan line written before the call
@@ -276,6 +279,33 @@ class Agent:
                 if self.adapter.trained:
                     self.adapter.reset()
 
+    def likelihoods(self, request=None, tools=None, messages=None, calls=(), adapter_weights=None):
+        """The log-likelihood (nats, teacher-forced) of each list of `calls` as the answer to the request,
+        under the base weights and, given `adapter_weights` (an Answer's `adapter`), under those:
+        {"base": [...], "adapted": [...] or None}. Eval scores its gold answer so, after the method has
+        answered, to tell learning from saying a label back."""
+        messages = normalize_messages(messages if messages is not None else _request_messages(request))
+        tools = parse_tools(tools)
+        pairs = self.training_examples([{"messages": messages, "calls": c} for c in calls], tools)
+        with self._lock:
+            state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
+            prompt = render_prompt(self.loaded.tokenizer, messages, tools, self.fmt)
+            prefix = self.prefixes.get(tuple(state.encode(prompt)[: self.prefix_length(state, prompt, tools)]))
+            frozen = (len(prefix), prefix.arrays) if prefix is not None else None
+
+            def scores():
+                return [round(total, 4) for total, _, _ in answer_scores(self.loaded.model, pairs, frozen)]
+
+            adapted = None
+            try:
+                if adapter_weights is not None:
+                    self.adapter.load(adapter_weights)
+                    adapted = scores()
+            finally:
+                if self.adapter.trained:
+                    self.adapter.reset()
+            return {"base": scores(), "adapted": adapted}
+
     def _settings(self, overrides):
         """This request's settings: the agent's, with any Settings or LoRA field overridden."""
         lora = overrides.pop("lora", None) or self.settings.lora
@@ -323,8 +353,9 @@ class Agent:
             clock.say("gate", doubt)
         else:
             clock.lap("labelling", f"{doubt}, self-label {'agrees' if uncertainty.label_agrees else 'differs'}")
-        if plan.method == "check":  # the checked answer itself: what TT-SI's LoRA is trained to say
-            checked = base if not label or label == base.calls else Decoded(label, self.fmt.calls_text(label))
+        # the checked answer: mode check's answer, and TT-SI's when it finds nothing to learn
+        checked = base if not label or label == base.calls else Decoded(label, self.fmt.calls_text(label))
+        if plan.method == "check":
             return self._answer(request, prompt, checked, uncertainty, label, clock,
                                 method="check" if checked is not base else None)
         if not plan.adapts(uncertainty):
@@ -332,7 +363,8 @@ class Agent:
         adaptation = self._adapt(request, prompt, prefix, uncertainty, label, clock)
         if adaptation.note:
             clock.say("note", adaptation.note)
-            return self._answer(request, prompt, base, uncertainty, label, clock, adaptation)
+            return self._answer(request, prompt, checked, uncertainty, label, clock, adaptation,
+                                method="check" if checked is not base else None)
         decoder.restart(len(prefix))  # the answer is decoded on the prefix the LoRA was trained on
         # the label the LoRA was trained to say (else the base answer) is checked in one pass and
         # decoding takes every token of it that it would write anyway
@@ -432,7 +464,7 @@ class Agent:
             self.adapter.load(request.adapter_weights)
             clock.lap("adapter_load", "reused stored adapter")
             return Adaptation(Synthesis(), prompt, reused=True)
-        synthesis = self._synthesize(request, uncertainty, label)
+        synthesis = self._synthesize(request, uncertainty, label, prefix)
         clock.lap("synthesis", f"{len(synthesis.examples)} examples, {sum(synthesis.rejected.values())} rejected")
         if not synthesis.examples:
             return Adaptation(synthesis, prompt)
@@ -446,8 +478,9 @@ class Agent:
             self.adapter.save(request.save_adapter)
         return Adaptation(synthesis, prompt, training, self.adapter.weights() if request.keep_adapter else None)
 
-    def _synthesize(self, request, uncertainty, label):
-        """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or twins of the self-label."""
+    def _synthesize(self, request, uncertainty, label, prefix):
+        """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or the model's
+        own (`--examples-from`: a source of sources/, twins of the self-label, or the paper's one)."""
         settings, messages, tools = request.settings, request.messages, request.tools
         if request.plan.source == "given":
             given = list(request.examples)
@@ -457,12 +490,55 @@ class Agent:
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
                                              same_tool=same_tool, temperature=settings.temperature,
                                              decoder_options=self._decoder_options(settings))
+        if settings.examples_from == "paper":  # one similar request, labelled by the model, unverified
+            return ModelWriter(self.loaded).synthesize(last_user_text(messages), tools, settings.examples,
+                                                       settings.seed, state=self._state(request, prefix),
+                                                       temperature=settings.temperature,
+                                                       decoder_options=self._decoder_options(settings))
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
+        if settings.examples_from != "twins":
+            synthesis = SOURCES[settings.examples_from].synthesize(self._job(request, uncertainty, label, prefix))
+            return self._keep(synthesis, request, prefix)
         # the request itself with its self-label, and K-1 twins that teach copying its values
         own = {"messages": messages, "request": last_user_text(messages), "calls": label, "source": "self-label"}
         examples = [own] + twins(messages, label, tools, settings.examples - 1, settings.seed)
         return Synthesis(examples=examples, attempts=settings.examples)
+
+    def _job(self, request, uncertainty, label, prefix):
+        """What a source of examples gets: the tools to write for are the label's, then the runner-up
+        when the name is uncertain; no example may hold a value of the user's request."""
+        settings, tools, tok = request.settings, request.tools, self.loaded.tokenizer
+        names = [label[0]["name"]]
+        if uncertainty.name_score is not None and uncertainty.name_score < uncertainty.threshold:
+            names += [c["name"] for c in uncertainty.candidates if c["name"] not in names][:1]
+        writer = BatchWriter(self.loaded.model, tok, prefix.ids, prefix.arrays, request.cancelled)
+        decoder = CallDecoder(self._state(request, prefix), self.fmt, **self._decoder_options(settings))
+
+        def prompt(text):
+            return render_prompt(tok, [{"role": "user", "content": text}], tools, self.fmt)
+
+        def own_calls(text):
+            return decoder.decode(prompt(text), tools).calls
+
+        return Job(last_user_text(request.messages), tools, names, request_values(label), settings.examples,
+                   settings.seed, settings.temperature, writer, prompt, self.fmt, own_calls)
+
+    def _state(self, request, prefix):
+        """A fresh context that starts from the tools prefix (for writing and labelling examples)."""
+        state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length, request.cancelled)
+        if prefix.arrays is not None:
+            state.seed(prefix.ids, prefix.arrays)
+        return state
+
+    def _keep(self, synthesis, request, prefix):
+        """The verified examples to train on: at most K, and with --keep informative only those the
+        base model does not already say back (one teacher-forced pass each)."""
+        if request.settings.keep == "informative" and synthesis.examples:
+            frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
+            scores = answer_scores(self.loaded.model, self.training_examples(synthesis.examples, request.tools), frozen)
+            return keep_examples(synthesis, [said for _, _, said in scores], request.settings.examples)
+        return keep_examples(synthesis, [False] * len(synthesis.examples), request.settings.examples)
 
     def _train(self, examples, request, prefix):
         """A fresh LoRA fitted to the examples over the frozen tools prefix; returns training stats."""

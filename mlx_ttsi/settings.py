@@ -74,8 +74,17 @@ OPTIONS = [
            choices=MODES, env=True, request=True),
     Option("threshold", 0.5, "Uncertain when u = min(name margin, argument margin) is below this (tau); u = 0 "
            "when the self-label disagrees.", float, 0, 1, env=True, request=True),
-    Option("examples", 3, "Examples per adapted request (K): the request with its self-label and K-1 twins.",
+    Option("examples", 3, "Examples per adapted request (K): at most K verified examples are trained on "
+           "(--examples-from twins: the request with its self-label and K-1 twins).",
            int, 1, 16, short="-k", env=True, request=True),
+    Option("examples_from", "calls", "Where TT-SI's examples come from: calls = the model writes example calls, "
+           "then the request for each (labels independent of its answer); requests = similar requests, then its "
+           "own call for each (the paper's direction); twins = the request with its self-label and twins of it; "
+           "paper = one similar request and its call, unverified (the paper's TT-SI, with K 1).",
+           choices=("calls", "requests", "twins", "paper"), env=True, request=True),
+    Option("keep", "informative", "Which verified examples are trained on: informative = those the base model "
+           "does not already say back (teacher-forced argmax); verified = all of them.",
+           choices=("informative", "verified"), request=True),
     Option("candidates", "name", "Candidate actions scored for uncertainty: tool names or whole calls.",
            choices=("name", "call")),
     Option("norm", "sum", "Length normalisation of candidate log-likelihoods (sum measured better).",

@@ -212,3 +212,16 @@ def _json_items(reply):
         if items:
             return items
     return []
+
+
+def keep_examples(synthesis, said_back, k):
+    """The synthesis with at most k of its examples: those the base model does not already say back
+    (`said_back`, one flag per example; each one it does is counted as a rejection)."""
+    kept = []
+    for example, said in zip(synthesis.examples, said_back):
+        if said:
+            synthesis.reject("the base model already says it")
+        elif len(kept) < k:
+            kept.append(example)
+    synthesis.examples = kept
+    return synthesis

@@ -163,6 +163,47 @@ def plausible_requests(monkeypatch):
     return script
 
 
+# what the tiny model's batched writer writes instead of its gibberish: the rest of a call's arguments
+# after '{"', per tool, in turn; the request for a call states every value of it
+SCRIPTED_CALLS = {
+    "get_weather": ['city": "Madrid", "days": 3}', 'city": "Oslo", "unit": "fahrenheit"}', 'city": "Lima"}'],
+    "set_alarm": ['time": "06:15", "loud": true}', 'time": "21:40", "loud": false, "volume": 7}'],
+}
+TINY_VOCABULARY = 1000  # models with fewer tokens than this are the tests' tiny random ones
+
+
+@pytest.fixture(autouse=True)
+def scripted_writer(monkeypatch):
+    """The tiny random model's batched writer (writer.BatchWriter) writes SCRIPTED_CALLS, requests that
+    state their values and PLAUSIBLE_REQUESTS, so that verification, the informative filter, training
+    and answering all run on real examples; the embedded models write their own."""
+    import re
+
+    from mlx_ttsi.writer import BatchWriter
+
+    original, turns = BatchWriter.write, iter(range(10**9))
+
+    def text_for(prompt):
+        head = re.search(r'"name": "([^"]+)", "(?:arguments|parameters)": \{"$', prompt)
+        if head:
+            calls = SCRIPTED_CALLS[head.group(1)]
+            return calls[next(turns) % len(calls)]
+        wanted = re.search(r"plain words:\n(\{.*\})\nReply", prompt)
+        if wanted:
+            values = [str(v).lower() if isinstance(v, bool) else str(v) for v in json.loads(wanted.group(1)).values()]
+            return "Please do this for " + " and ".join(values) + ' today"'
+        return PLAUSIBLE_REQUESTS[next(turns) % len(PLAUSIBLE_REQUESTS)] + '"'
+
+    def write(self, prompts, max_tokens, stop=None, **options):
+        if self.model.args.vocab_size >= TINY_VOCABULARY:
+            return original(self, prompts, max_tokens, stop, **options)
+        texts = [text_for(prompt) for prompt in prompts]
+        return [text[: stop(text)] if stop and stop(text) is not None else text for text in texts]
+
+    monkeypatch.setattr(BatchWriter, "write", write)
+    return original  # the real BatchWriter.write, for the writer's own tests
+
+
 @pytest.fixture
 def train_on_seen(monkeypatch):
     """The `train_on` examples each request got; only eval's oracle ablations (the gold answer) pass any."""

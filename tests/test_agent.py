@@ -26,7 +26,7 @@ def agent(tiny):
 
 def test_ttsi_adapts_answers_and_resets(agent, tools):
     before = base_logits(agent)
-    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi")
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi", examples_from="twins")
     assert answer.adapted and answer.method == "ttsi"
     own = answer.synthetic[0]  # the request itself with its self-label, then twins of it
     assert own["source"] == "self-label" and own["request"] == "What is the weather in Paris?"

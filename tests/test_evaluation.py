@@ -56,7 +56,7 @@ class ScriptedAgent:
     def warm(self, tools):
         pass
 
-    def ask(self, request, tools=None, messages=None, mode="auto", force=None, seed=0, max_calls=1):
+    def ask(self, request, tools=None, messages=None, mode="auto", force=None, seed=0, max_calls=1, **overrides):
         if self.stop_after is not None and len(self.asked) == self.stop_after:
             raise KeyboardInterrupt
         ident = request.split()[-1]
@@ -96,7 +96,7 @@ def test_summary_table_is_worked_out_from_the_results(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     table = (tmp_path / "summary.md").read_text()
-    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 100% |  | 1.50 | 2400 |" in table
+    assert "| tinybench | ttsi | 25.00 | 4 | 50.0% | 2 | 100% |  |  |  | 1.50 | 2400 |" in table
     record = lines(tmp_path / "results.jsonl")[0]
     assert {"prediction", "correct", "uncertainty", "adapted", "synthetic", "timings", "method", "seed"} <= set(record)
 
@@ -455,11 +455,17 @@ def test_results_keep_the_examples_each_lora_learnt(tiny_model_dir, tiny_data, t
         assert r["examples"] and all({"request", "calls", "source"} <= set(e) for e in r["examples"])
         assert isinstance(r["rejections"], dict) and r["asked"] >= len(r["examples"])
     selfish = [r for r in records if r["method"] == "ttsi-all"]
-    assert all(r["examples"][0]["calls"] == r["label"] and r["label_correct"] is not None for r in selfish)
+    queries = {row["id"]: row["query"] for row in TINY_ROWS}
+    for r in selfish:  # examples written call first; the request itself is never one of them
+        assert all(e["source"] == "calls" and e["request"] != queries[r["id"]] for e in r["examples"])
+        assert r["label_correct"] is not None
+        assert r["gold_likelihood"]["adapted"] != r["gold_likelihood"]["base"]
     oracle = [r for r in records if r["method"] == "oracle"]
     gold = {row["id"]: row["answer"] for row in TINY_ROWS}
     assert all(r["examples"][0]["calls"] == gold[r["id"]] and r["label"] is None for r in oracle)
     summary = json.loads((out / "summary.json").read_text())
     cell_ttsi = cell(summary, "ttsi-all")
     assert 0 < cell_ttsi["yield"] <= 1 and cell_ttsi["label_accuracy"] is not None
+    gains = [r["gold_likelihood"]["adapted"] - r["gold_likelihood"]["base"] for r in selfish]
+    assert cell_ttsi["gold_gain"] == pytest.approx(sum(gains) / len(gains), abs=1e-3)
     assert "| yield |" in (out / "summary.md").read_text()

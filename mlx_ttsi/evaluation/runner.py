@@ -120,16 +120,19 @@ def run_one(agent, row, method, seed, max_calls, examples):
     Only the oracle methods read the row's gold answer; every other method is asked with a copy
     of the row that has no gold fields. Each method starts from the cached tools prefix (computed
     before the clock starts), so methods are timed on equal terms whatever their order."""
-    mode, force = METHODS[method]
+    mode, force, overrides = METHODS[method]
     inputs = {k: v for k, v in row.items() if k not in GOLD_FIELDS}
     request, messages = row_input(inputs)
     record = {"benchmark": row["benchmark"], "id": row["id"], "method": method, "seed": seed}
     options = {"train_on": gold_examples(row, method, examples, seed)} if method in ORACLES else {}
+    scorer = getattr(agent, "likelihoods", None)  # the gold answer's likelihood, scored after answering
+    if scorer is not None and force is not None:
+        options["keep_adapter"] = True
     agent.warm(inputs["tools"])
     started = time.perf_counter()
     try:
         answer = agent.ask(request, tools=inputs["tools"], messages=messages, mode=mode, force=force, seed=seed,
-                           max_calls=max_calls_for(inputs, max_calls), **options)
+                           max_calls=max_calls_for(inputs, max_calls), **overrides, **options)
     except (RequestError, ToolsError) as error:  # this row cannot be asked (e.g. over the context): wrong
         return record | {"prediction": [], "correct": False, "uncertainty": None, "uncertain": None,
                          "threshold": None, "adapted": False, "synthetic": 0, "rejected": 0, "asked": 0,
@@ -150,7 +153,16 @@ def run_one(agent, row, method, seed, max_calls, examples):
                      for e in answer.synthetic or []],
         "rejected": sum((answer.rejected or {}).values()), "rejections": dict(answer.rejected or {}),
         "loss": (getattr(answer, "training", None) or {}).get("loss"), "timings": answer.timings, "error": None,
+        "gold_likelihood": gold_likelihood(scorer, request, inputs, messages, row, answer) if scorer else None,
     }
+
+
+def gold_likelihood(scorer, request, inputs, messages, row, answer):
+    """{"base", "adapted"}: the gold answer's log-likelihood under the base weights and under the row's
+    LoRA (None when it was not adapted), scored once the method has answered: it never sees the gold."""
+    weights = getattr(answer, "adapter", None) if answer.adapted else None
+    scored = scorer(request, tools=inputs["tools"], messages=messages, calls=[row["answer"]], adapter_weights=weights)
+    return {"base": scored["base"][0], "adapted": scored["adapted"][0] if scored["adapted"] else None}
 
 
 def finish(plan, out, gathered=()):

@@ -45,6 +45,8 @@ def _seed_stats(rows, records):
             "label_accuracy": (100 * sum(bool(r["label_correct"]) for r in labelled) / len(labelled)) if (labelled := [
                 r for _, r in pairs if r.get("label_correct") is not None]) else None,
             "errors": sum(bool(r.get("error")) for _, r in pairs),
+            "gold_gain": _gold_gain(r for _, r in pairs),
+            "gold_gain_label_wrong": _gold_gain(r for _, r in pairs if r.get("label_correct") is False),
             "seconds_per_row": sum(r["timings"].get("total", 0) for _, r in pairs) / n}
 
 
@@ -60,7 +62,17 @@ def _spread(runs):
             "adapted": round(mean("adapted"), 4), "synthetic": round(mean("synthetic"), 2),
             "errors": max(r["errors"] for r in values), "seconds_per_row": round(mean("seconds_per_row"), 3),
             "rows_per_hour": round(3600 / mean("seconds_per_row"), 1) if mean("seconds_per_row") > 0 else None,
-            "yield": _mean_of(values, "yield", 3), "label_accuracy": _mean_of(values, "label_accuracy", 2)}
+            "yield": _mean_of(values, "yield", 3), "label_accuracy": _mean_of(values, "label_accuracy", 2),
+            "gold_gain": _mean_of(values, "gold_gain", 3),
+            "gold_gain_label_wrong": _mean_of(values, "gold_gain_label_wrong", 3)}
+
+
+def _gold_gain(records):
+    """Mean over adapted rows of the gold answer's log-likelihood under the adapted weights minus under
+    the base weights (nats; None when no adapted row was scored): learning raises it, saying a wrong
+    label back lowers it."""
+    gains = [g["adapted"] - g["base"] for r in records if (g := r.get("gold_likelihood")) and g.get("adapted") is not None]
+    return statistics.mean(gains) if gains else None
 
 
 def _mean_of(values, name, digits):

@@ -1,0 +1,33 @@
+"""Where TT-SI's training examples come from: one module per source, each with three names.
+
+    NAME       the setting that picks it (`--examples-from NAME`)
+    HELP       one line on what it writes
+    synthesize(job) -> Synthesis   the examples written for one request (job: `Job`)
+
+Adding a source is one new module listed in SOURCES; the agent never changes for it. Every source
+gets the same `Job`: the user's request, its tools, the tools to write examples for, the values of
+the user's request (which no example may contain), and a batched writer over the tools prefix.
+"""
+
+from dataclasses import dataclass
+
+from . import calls, requests
+
+SOURCES = {module.NAME: module for module in (calls, requests)}
+
+
+@dataclass
+class Job:
+    """What a source gets for one request."""
+
+    original: str  # the user's request (its last user message)
+    tools: list  # the offered tools (tools.Tool)
+    tool_names: list  # the tools to write examples for: the model's choice, then the runner-up when unsure
+    values: list  # the user's request's values, as its answer reads them: no example may contain one
+    k: int  # verified examples wanted
+    seed: int
+    temperature: float  # of the sampled calls and requests
+    writer: object  # writer.BatchWriter over the tools prefix
+    prompt: object  # (user text) -> the prompt text with the tools, ending where the answer begins
+    fmt: object  # the model's call format (formats.CallFormat)
+    label: object = None  # (request text) -> the model's own calls for it (schema-guided)

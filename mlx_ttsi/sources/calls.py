@@ -1,0 +1,110 @@
+"""Call first, then request: labels that never come from the model's answer.
+
+For each example the model writes a call of a tool it may use (sampled values; required arguments
+and a random subset of the optional ones), then, in the style of the user's request, the request a
+user would send for exactly that call. The call is the label, right by construction once
+verify.py finds every value stated in the request and the call valid for its schema.
+"""
+
+import json
+import random
+
+from ..synthesis import Synthesis
+from ..verify import example_problem
+from ..writer import closed_json, quoted_line
+
+NAME = "calls"
+HELP = "the model writes example calls (sampled values), then the request for each; verified"
+
+CALL_ASK = "Write an example call of the tool {name} with realistic, specific values for the arguments: {keys}."
+REQUEST_ASK = (
+    'Example of a message from a user: "{original}"\n\nWrite a new message in that style from a user who wants '
+    "this call of {name}, stating every one of its values in plain words:\n{arguments}\nReply with the message only."
+)
+CALL_TOKENS = 96
+REQUEST_TOKENS = 64
+CANDIDATES_PER_EXAMPLE = 2  # calls written per example wanted: some fail verification
+
+
+def synthesize(job):
+    """Up to CANDIDATES_PER_EXAMPLE * k candidates, each verified (verify.example_problem)."""
+    plans = key_plans(job)
+    calls = write_calls(job, plans)
+    requests = write_requests(job, calls)
+    synthesis = Synthesis()
+    for call, request in zip(calls, requests):
+        synthesis.attempts += 1
+        if call is None:
+            synthesis.reject("call does not parse")
+            continue
+        problem = example_problem(request, [call], job.tools, job.original, job.values, synthesis.examples)
+        if problem:
+            synthesis.reject(problem)
+        else:
+            synthesis.examples.append({"request": request.strip(), "calls": [call], "source": NAME})
+    return synthesis
+
+
+def key_plans(job):
+    """(tool, argument names) per candidate: tools in turn, each with its required arguments and a
+    random half of its optional ones (seeded)."""
+    rng = random.Random(job.seed)
+    by_name = {tool.name: tool for tool in job.tools}
+    plans = []
+    for index in range(CANDIDATES_PER_EXAMPLE * job.k):
+        tool = by_name[job.tool_names[index % len(job.tool_names)]]
+        required = set(tool.required)
+        plans.append((tool, [key for key in tool.properties if key in required or rng.random() < 0.5]))
+    return plans
+
+
+def write_calls(job, plans):
+    """The sampled call of each plan (None where it does not read as JSON arguments)."""
+    fmt, heads, prompts = job.fmt, [], []
+    for tool, keys in plans:
+        ask = CALL_ASK.format(name=tool.name, keys=", ".join(keys) or "none (it takes no arguments)")
+        heads.append('{"' if keys else "{}")
+        prompts.append(job.prompt(ask) + _head(fmt, tool.name) + heads[-1])
+    todo = [i for i, head in enumerate(heads) if head == '{"']
+    written = job.writer.write([prompts[i] for i in todo], CALL_TOKENS, stop=_closed_after('"'),
+                               temperature=job.temperature, seed=job.seed)
+    texts = dict(zip(todo, written))
+    return [_call(tool.name, heads[i] + texts.get(i, "")) for i, (tool, _) in enumerate(plans)]
+
+
+def write_requests(job, calls):
+    """The request written for each call (sampled, after an opening quote); "" where there is no call."""
+    todo = [i for i, call in enumerate(calls) if call is not None]
+    prompts = [job.prompt(REQUEST_ASK.format(original=job.original, name=calls[i]["name"],
+                                             arguments=json.dumps(calls[i]["arguments"], ensure_ascii=False))) + '"'
+               for i in todo]
+    written = job.writer.write(prompts, REQUEST_TOKENS, stop=quoted_line, temperature=job.temperature,
+                               seed=job.seed + 1)
+    texts = dict(zip(todo, written))
+    return [texts.get(i, "").strip() for i in range(len(calls))]
+
+
+def _head(fmt, name):
+    """The call's text before its arguments object: the model's own format when its arguments are JSON,
+    else a plain JSON call (the label is read as JSON either way)."""
+    return fmt.start + fmt.head(name) if fmt.guided else '{"name": "' + name + '", "arguments": '
+
+
+def _closed_after(lead):
+    """closed_json for a text that continues `lead` (written after the object's opening brace)."""
+    closed = closed_json()
+
+    def stop(text):
+        end = closed(lead + text)
+        return None if end is None else end - len(lead)
+
+    return stop
+
+
+def _call(name, text):
+    """{name, arguments} from the arguments' JSON text, or None."""
+    try:
+        arguments, _ = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError:
+        return None
+    return {"name": name, "arguments": arguments} if isinstance(arguments, dict) else None

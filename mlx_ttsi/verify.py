@@ -1,0 +1,109 @@
+"""Checks that a written example's label is right for its request, without knowing the right answer.
+
+An example is a request and its calls. Its label is right by construction when the calls fit their
+tools' schemas and every value they pass is stated in the request; it is worth training on only
+when it is not the user's request again (a copy, or the user's own values leaking in) and not a
+duplicate of another example. `example_problem` says which rule an example breaks (rejections are
+counted by these reasons in `--json` and eval).
+"""
+
+import re
+
+from .synthesis import _REPEATS, request_problem
+from .tools import check_call
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+MIN_LEAK_CHARS = 3  # a value of the user's request shorter than this is too common to count as a leak
+
+
+def normal_words(text):
+    """Lower case, every run of non-alphanumerics one space, padded: ' los angeles ca '."""
+    return " " + re.sub(r"[\W_]+", " ", str(text).lower()).strip() + " "
+
+
+def numbers_in(text):
+    """Every number written with digits in `text` (thousands separators allowed): '1,200 at 3.5' -> {1200, 3.5}."""
+    found = set()
+    for match in _NUMBER.findall(text):
+        try:
+            found.add(float(match.replace(",", "")))
+        except ValueError:
+            continue
+    return found
+
+
+def leaves(value):
+    """The scalar values inside a value (list items and object values, recursively)."""
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
+def stated(value, request):
+    """Whether a scalar argument value is written in the request: a number with digits, a string
+    (an enum's word too) up to case and punctuation. A boolean or null cannot be written as such,
+    so it passes."""
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, (int, float)):
+        return float(value) in numbers_in(request) or normal_words(value) in normal_words(request)
+    words = normal_words(value)
+    return bool(words.strip()) and words in normal_words(request)
+
+
+def unstated_key(arguments, request):
+    """The first argument whose value (any of its leaves) the request does not state, or None."""
+    for key, value in arguments.items():
+        if not all(stated(leaf, request) for leaf in leaves(value)):
+            return key
+    return None
+
+
+def request_values(calls):
+    """The values of the user's request as its own answer reads them: strings of at least
+    MIN_LEAK_CHARS characters and numbers (no booleans)."""
+    values = []
+    for call in calls or []:
+        for leaf in leaves(call.get("arguments", {})):
+            if isinstance(leaf, bool) or leaf is None:
+                continue
+            if isinstance(leaf, (int, float)) or len(str(leaf).strip()) >= MIN_LEAK_CHARS:
+                values.append(leaf)
+    return values
+
+
+def leaked(calls, request, values):
+    """A value of the user's request found in an example (its request or its calls), or None."""
+    text = request + " " + " ".join(str(leaf) for call in calls for leaf in leaves(call["arguments"]))
+    for value in values:
+        if isinstance(value, (int, float)) and abs(value) >= 10 and float(value) in numbers_in(text):
+            return value
+        if isinstance(value, str) and normal_words(value) in normal_words(text):
+            return value
+    return None
+
+
+def example_problem(request, calls, tools, original, values=(), examples=()):
+    """Why an example (request, calls) is not a verified one, or None. `original` is the user's
+    request, `values` its values (`request_values` of its answer), `examples` the ones kept so far."""
+    request = (request or "").strip()
+    problem = request_problem(request, original)
+    if problem:
+        return problem
+    if not calls:
+        return "no tool call"
+    for call in calls:
+        problem = check_call(call, tools)
+        if problem:
+            return "call breaks its schema"
+        if any(isinstance(leaf, str) and _REPEATS.search(leaf) for leaf in leaves(call["arguments"])):
+            return "argument repeats itself"
+        if unstated_key(call["arguments"], request) is not None:
+            return "a value is not stated in its request"
+    if leaked(calls, request, values) is not None:
+        return "a value of the user's request leaks into it"
+    if any(normal_words(request) == normal_words(e["request"]) or e["calls"] == calls for e in examples):
+        return "duplicate example"
+    return None
