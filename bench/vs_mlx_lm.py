@@ -59,6 +59,8 @@ def main():
     env = dict(os.environ)
     if _blas.loaded_path:
         env["LD_PRELOAD"] = _blas.loaded_path
+        if _blas.kernel["chosen_by"] == "mlx-ttsi":  # the same kernel too
+            env["OPENBLAS_CORETYPE"] = _blas.kernel["name"]
     ours_times, theirs_times = [], []
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -18,9 +18,9 @@ from .config import cache_dir, config_path
 def blas():
     """The BLAS behind MLX's CPU matmuls: the OpenBLAS _blas.py loaded, Accelerate, or MLX's own."""
     if sys.platform == "darwin":
-        return {"name": "Accelerate", "path": None}
+        return {"name": "Accelerate", "path": None, "kernel": None}
     if _blas.loaded_path is None:
-        return {"name": "reference BLAS bundled with mlx (slow float32 matmuls)", "path": None}
+        return {"name": "reference BLAS bundled with mlx (slow float32 matmuls)", "path": None, "kernel": None}
     name = "OpenBLAS"
     try:  # e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64"
         get_config = ctypes.CDLL(_blas.loaded_path).openblas_get_config
@@ -28,7 +28,17 @@ def blas():
         name = get_config().decode().strip() or name
     except (OSError, AttributeError):
         pass
-    return {"name": name, "path": _blas.loaded_path}
+    return {"name": name, "path": _blas.loaded_path, "kernel": dict(_blas.kernel)}
+
+
+_CHOSEN_BY = {"mlx-ttsi": "chosen by mlx-ttsi", "user": "set by the user", "OpenBLAS": "OpenBLAS's own choice"}
+
+
+def kernel_line(kernel):
+    """Which OpenBLAS kernel runs and who chose it, e.g. "Cooperlake (chosen by mlx-ttsi: ...)"."""
+    if not kernel:
+        return "none (no OpenBLAS loaded)"
+    return f"{kernel['name'] or 'unknown'} ({_CHOSEN_BY.get(kernel['chosen_by'], kernel['chosen_by'])}: {kernel['why']})"
 
 
 def embedded_models():
@@ -76,6 +86,7 @@ def text(info):
     rows = [
         ("backend", f"{info['backend']} ({info['device']})"),
         ("blas", blas_line),
+        ("blas kernel", kernel_line(info["blas"]["kernel"])),
         ("dtype", f"{info['dtype']} (--precision {info['precision']})"),
         ("cache dir", info["cache_dir"]),
         ("config file", info["config_file"] + ("" if info["config_file_exists"] else " (none)")),

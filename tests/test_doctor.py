@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from mlx_ttsi.cli import cli
 
-LINES = ("backend", "blas", "dtype", "cache dir", "config file", "model smollm2-135m", "model qwen2.5-coder-0.5b",
+LINES = ("backend", "blas", "blas kernel", "dtype", "cache dir", "config file", "model smollm2-135m", "model qwen2.5-coder-0.5b",
          "mlx", "mlx-lm", "mlx-ttsi",
          "python", "platform")
 
