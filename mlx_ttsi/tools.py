@@ -1,4 +1,8 @@
-"""Tool specs: reading them, showing them to the model, and checking calls against them."""
+"""Tool specs: reading them, showing them to the model, and checking calls against them.
+
+A schema is the client's: checking it, or a call against it, never fetches anything (only local
+`#...` references, resolved in an empty registry).
+"""
 
 import json
 import re
@@ -7,11 +11,14 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
 
 from .errors import ToolsError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+_REFS = ("$ref", "$dynamicRef")
 
 
 @dataclass(frozen=True)
@@ -70,16 +77,51 @@ def parse_tools(specs):
         parameters = body.get("parameters") or dict(EMPTY_PARAMETERS)
         if not isinstance(parameters, dict):
             raise ToolsError(f"tool {name!r}: parameters must be a JSON schema object")
-        try:
-            Draft202012Validator.check_schema(parameters)
-        except SchemaError as error:
-            raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
-        if parameters.get("type", "object") != "object":
-            raise ToolsError(f"tool {name!r}: parameters must describe an object")
+        _check_schema(name, parameters)
         tools.append(Tool(name, description, parameters))
     if not tools:
         raise ToolsError("the tools list is empty")
     return tools
+
+
+def _check_schema(name, parameters):
+    """A tool's parameters: valid JSON Schema, of an object, whose references stay inside it."""
+    try:
+        Draft202012Validator.check_schema(parameters)
+    except SchemaError as error:
+        raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
+    if parameters.get("type", "object") != "object":
+        raise ToolsError(f"tool {name!r}: parameters must describe an object")
+    outside = next((ref for ref in _references(parameters) if not ref.startswith("#")), None)
+    if outside is not None:
+        raise ToolsError(f"tool {name!r}: $ref {outside[:100]!r} points outside the schema; only local "
+                         "references (#/...) are allowed: nothing is fetched")
+    try:  # a reference that cannot be resolved at the top, or a loop of them, shows on any value
+        list(validator(parameters).iter_errors({}))
+    except Unresolvable as error:
+        raise ToolsError(f"tool {name!r}: $ref {str(error.ref)[:100]!r} does not resolve inside the schema") from None
+    except RecursionError:
+        raise ToolsError(f"tool {name!r}: its $refs refer to each other in a loop") from None
+
+
+def _references(schema):
+    """Every $ref and $dynamicRef string in a schema (in `const` or `default` data too: refused alike)."""
+    stack = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key in _REFS and isinstance(item, str):
+                    yield item
+                else:
+                    stack.append(item)
+
+
+def validator(parameters):
+    """A validator for a tool's parameters whose registry is empty: it resolves local references only."""
+    return Draft202012Validator(parameters, registry=Registry())
 
 
 def load_tools(path):
@@ -102,8 +144,12 @@ def validation_errors(tool, arguments):
     """Messages for each way `arguments` breaks the tool's schema (empty when valid)."""
     if not isinstance(arguments, dict):
         return ["arguments must be a JSON object"]
-    validator = Draft202012Validator(tool.parameters)
-    return [error.message for error in validator.iter_errors(arguments)]
+    try:
+        return [error.message for error in validator(tool.parameters).iter_errors(arguments)]
+    except Unresolvable as error:  # a reference below the top, resolved only on a value that reaches it
+        return [f"the schema's $ref {str(error.ref)[:100]!r} does not resolve"]
+    except RecursionError:
+        return ["the schema's $refs loop on this value"]
 
 
 def check_call(call, tools):

@@ -616,3 +616,13 @@ def test_an_oversize_body_gets_413_even_if_it_never_comes(server):
     sock = raw_socket(server, b"", length=50 << 20)  # claims 50 MB, sends nothing
     status, seconds = status_of(sock)
     assert status == "413" and seconds < 1
+
+
+def test_a_tool_schema_ref_to_a_url_is_refused_and_never_fetched(server, trap, tmp_path):
+    (tmp_path / "s.json").write_text('{"type": "string"}')
+    for ref in (trap.url, (tmp_path / "s.json").as_uri()):
+        tools = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": ref}}}}]
+        status, data = raw(server, "POST", "/v1/chat/completions",
+                           *post_body({"messages": ASK, "tools": tools, "ttsi": {"mode": "ttsi"}}))
+        assert status == 400 and "outside the schema" in data["error"]["message"], data
+    assert trap.hits == []

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mlx_ttsi.errors import ToolsError
-from mlx_ttsi.tools import check_call, load_tools, parse_calls, parse_tools
+from mlx_ttsi.tools import Tool, check_call, load_tools, parse_calls, parse_tools
 
 
 def test_accepts_openai_and_bare_specs(tools):
@@ -64,3 +64,27 @@ def test_parse_calls_finds_calls_in_messy_output():
     ]
     assert parse_calls("no calls here") == []
     assert parse_calls(json.dumps({"name": "a", "arguments": "not json"})) == []
+
+
+def test_a_schema_ref_outside_the_schema_is_refused_and_never_fetched(trap, tmp_path):
+    (tmp_path / "s.json").write_text('{"type": "string"}')
+    for ref in (trap.url, (tmp_path / "s.json").as_uri(), "file:///dev/zero", "other.json"):
+        spec = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": ref}}}}
+        with pytest.raises(ToolsError, match="points outside the schema"):
+            parse_tools([spec])
+    remote = Tool("f", "", {"type": "object", "properties": {"x": {"$ref": trap.url}}})  # made without parse_tools
+    assert "does not resolve" in check_call({"name": "f", "arguments": {"x": 5}}, [remote])
+    assert trap.hits == []
+
+
+def test_local_schema_refs_resolve_and_bad_ones_get_a_clear_message():
+    local = {"type": "object", "$defs": {"city": {"type": "string"}}, "properties": {"city": {"$ref": "#/$defs/city"}}}
+    tools = parse_tools([{"name": "f", "parameters": local}])
+    assert check_call({"name": "f", "arguments": {"city": "Oslo"}}, tools) is None
+    assert "invalid arguments" in check_call({"name": "f", "arguments": {"city": 5}}, tools)
+    with pytest.raises(ToolsError, match="does not resolve"):
+        parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#/$defs/nope"}}])
+    with pytest.raises(ToolsError, match="loop"):
+        parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#"}}])
+    looped = parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}}])
+    assert "loop" in check_call({"name": "f", "arguments": {"x": 1}}, looped)
