@@ -107,8 +107,10 @@ def read_json_file(path, what):
         text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
     except OSError as error:
         raise RequestError(f"cannot read {what} file {path}: {error.strerror}") from None
+    from .tools import loads
+
     try:
-        return json.loads(text)
+        return loads(text, f"{what} file {path}")  # its nesting limited before it is parsed
     except json.JSONDecodeError as error:
         raise RequestError(f"{what} file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
 

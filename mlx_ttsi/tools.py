@@ -1,7 +1,8 @@
 """Tool specs: reading them, showing them to the model, and checking calls against them.
 
 A schema is the client's: checking it, or a call against it, never fetches anything (only local
-`#...` references, resolved in an empty registry).
+`#...` references, resolved in an empty registry) and never recurses without bound (nesting is
+limited before anything recurses).
 """
 
 import json
@@ -9,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
@@ -18,7 +20,10 @@ from .errors import ToolsError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+MAX_NESTING = 64  # levels of objects and lists in a schema, a call's arguments or a JSON text
 _REFS = ("$ref", "$dynamicRef")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?')  # a string, or what is left of an unclosed one
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ def parse_tools(specs):
 
 def _check_schema(name, parameters):
     """A tool's parameters: valid JSON Schema, of an object, whose references stay inside it."""
+    if nesting(parameters) > MAX_NESTING:
+        raise ToolsError(f"tool {name!r}: its parameters schema nests over {MAX_NESTING} levels deep")
     try:
         Draft202012Validator.check_schema(parameters)
     except SchemaError as error:
@@ -119,6 +126,33 @@ def _references(schema):
                     stack.append(item)
 
 
+def nesting(value):
+    """How many levels of objects and lists a parsed JSON value has, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if items is not None:
+            deepest = max(deepest, depth)
+            stack.extend((item, depth + 1) for item in items)
+    return deepest
+
+
+def too_deep(text, limit=MAX_NESTING):
+    """Whether a JSON text's objects and lists nest over `limit` levels, told before it is parsed (the
+    parser recurses): with its strings dropped, the deepest running count of opened brackets."""
+    brackets = np.frombuffer(_NOT_BRACKET.sub("", _STRING.sub("", text)).encode(), np.uint8)
+    depth = np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1))
+    return bool(depth.size) and int(depth.max()) > limit
+
+
+def loads(text, what):
+    """json.loads, with the nesting limited first; a one-line ToolsError for what is wrong."""
+    if too_deep(text):
+        raise ToolsError(f"{what} nests over {MAX_NESTING} levels deep")
+    return json.loads(text)
+
+
 def validator(parameters):
     """A validator for a tool's parameters whose registry is empty: it resolves local references only."""
     return Draft202012Validator(parameters, registry=Registry())
@@ -134,7 +168,7 @@ def load_tools(path):
     except OSError as error:
         raise ToolsError(f"cannot read tools file {path}: {error.strerror}") from None
     try:
-        specs = json.loads(text)
+        specs = loads(text, f"tools file {path}")
     except json.JSONDecodeError as error:
         raise ToolsError(f"tools file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
     return parse_tools(specs)

@@ -626,3 +626,33 @@ def test_a_tool_schema_ref_to_a_url_is_refused_and_never_fetched(server, trap, t
                            *post_body({"messages": ASK, "tools": tools, "ttsi": {"mode": "ttsi"}}))
         assert status == 400 and "outside the schema" in data["error"]["message"], data
     assert trap.hits == []
+
+
+def nested_schema(levels):
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+MALFORMED = {
+    "nested 100000 deep": b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "unclosed nesting": b'{"messages": ' + b"[" * 100_000,
+    "tool_calls a number": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": 5}]}).encode(),
+    "content part text a number": json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
+    "role a list": json.dumps({"messages": [{"role": ["user"], "content": "hi"}]}).encode(),
+    "call arguments a number": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": "5"}}]}]}).encode(),
+    "call arguments nested 900 deep": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]}]}).encode(),
+    "schema nested 150 levels": json.dumps({"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(150)}]}).encode(),
+    "schema nested 40 levels": json.dumps({"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(40)}]}).encode(),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_body_gets_a_one_line_400_at_once(server, body):
+    started = time.perf_counter()
+    status, data = raw(server, "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    assert status == 400 and time.perf_counter() - started < 2, data
+    assert data["error"]["type"] == "invalid_request_error" and "\n" not in data["error"]["message"]

@@ -88,3 +88,20 @@ def test_local_schema_refs_resolve_and_bad_ones_get_a_clear_message():
         parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#"}}])
     looped = parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}}])
     assert "loop" in check_call({"name": "f", "arguments": {"x": 1}}, looped)
+
+
+def nested(levels):
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_a_schema_or_file_nested_too_deep_is_refused_before_anything_recurses(tmp_path):
+    assert parse_tools([{"name": "f", "parameters": nested(20)}])
+    with pytest.raises(ToolsError, match="nests over 64 levels"):
+        parse_tools([{"name": "f", "parameters": nested(150)}])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ToolsError, match="nests over 64 levels"):
+        load_tools(deep)

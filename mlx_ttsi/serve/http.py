@@ -21,6 +21,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ..tools import MAX_NESTING as SCHEMA_NESTING, too_deep
 from .service import MAX_QUEUE, APIError, Service, api_error
 from .streaming import error_event
 
@@ -29,6 +30,7 @@ DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the clie
 POLL = 0.25  # seconds between checks that a waiting request's client is still there
 BODY_IDLE = 0.5  # seconds a request body may pause before it gets 408
 BODY_SECONDS, BODY_RATE = 2.0, 256 << 10  # a body's deadline: 2 s plus 1 s per 256 KiB
+MAX_NESTING = SCHEMA_NESTING + 8  # levels of a request body: a tool's schema sits 5 levels down
 
 
 def connected(sock):
@@ -192,8 +194,11 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(413, f"the request body is over {self.server.max_body} bytes", "request_too_large")
         data = self._read_body(length)
         try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
+            text = data.decode(json.detect_encoding(data))
+            if too_deep(text, MAX_NESTING):  # refused before the parser recurses into it
+                raise APIError(400, f"the request body nests over {MAX_NESTING} levels deep", "invalid_json")
+            return json.loads(text)
+        except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
             raise APIError(400, f"the request body is not valid JSON: {error}", "invalid_json") from None
 
     def _read_body(self, length):

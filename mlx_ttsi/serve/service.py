@@ -182,6 +182,15 @@ class Service:
     def parse(self, body):
         """The request, parsed and checked on the connection thread: a bad one is refused here, before
         it takes a place in the queue, and the agent gets the parsed messages and tools."""
+        try:
+            return self._parse(body)
+        except APIError:
+            raise
+        except Exception as error:  # a shape no check foresaw: still the client's 400, in one line
+            detail = " ".join(str(error).split())[:200]
+            raise APIError(400, f"the request is malformed ({type(error).__name__}: {detail})") from None
+
+    def _parse(self, body):
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         self._check_model(body.get("model"))
