@@ -656,3 +656,42 @@ def test_a_malformed_body_gets_a_one_line_400_at_once(server, body):
     status, data = raw(server, "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     assert status == 400 and time.perf_counter() - started < 2, data
     assert data["error"]["type"] == "invalid_request_error" and "\n" not in data["error"]["message"]
+
+
+def test_a_request_dropped_while_queued_is_freed_at_once(server, monkeypatch):
+    import gc
+    import weakref
+
+    requests, submit = [], server.service.submit
+    monkeypatch.setattr(server.service, "submit", lambda request: requests.append(weakref.ref(request)) or submit(request))
+    stats, release = server.service.stats, threading.Event()
+    server.service.worker.submit(release.wait)  # keep the model thread busy
+    cancelled = stats["cancelled"]
+    try:
+        for _ in range(5):
+            sock = send_and_close(server, {"messages": ASK, "tools": TOOLS})
+            wait_for(lambda: len(requests) and server.service.waiting)
+            sock.close()
+            wait_for(lambda: server.service.waiting == 0)
+        wait_for(lambda: stats["cancelled"] == cancelled + 5)
+        time.sleep(2 * POLL)  # the connection threads end
+        gc.collect()
+        assert len(requests) == 5 and all(ref() is None for ref in requests)  # while the model is still busy
+    finally:
+        release.set()
+
+
+def test_shutdown_waits_for_the_running_request_a_bounded_time(agent):
+    server = start(agent)
+    release = threading.Event()
+    server.service.worker.submit(release.wait)  # a request that does not finish
+    queued = server.service.worker.submit(time.sleep, 0)
+    server.shutdown()
+    closing = threading.Thread(target=server.service.close, args=(0.5,), daemon=True)
+    started = time.perf_counter()
+    closing.start()
+    closing.join(5)
+    release.set()
+    assert not closing.is_alive() and time.perf_counter() - started < 2
+    assert queued.cancelled()
+    server.socket.close()

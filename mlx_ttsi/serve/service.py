@@ -40,6 +40,7 @@ from ..tools import parse_tools
 from .streaming import Stream
 
 MAX_QUEUE = default("max_queue")  # requests that may wait for the model; more get 503
+SHUTDOWN_GRACE = 30  # seconds a shutdown waits for the request being answered
 TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
 
 
@@ -90,10 +91,13 @@ class Job:
 
 
 class ModelThread:
-    """The one thread that uses the model: jobs run one at a time, in the order they came."""
+    """The one thread that uses the model: jobs run one at a time, in the order they came. A job
+    cancelled while it waits leaves the queue at once, and with it its request."""
 
     def __init__(self):
-        self.jobs = queue.Queue()
+        self.jobs = {}  # Future -> (fn, args), in arrival order
+        self.ready = threading.Condition()
+        self.stopping = False
         self.busy = False  # a job is running
         self.thread = threading.Thread(target=self._loop, name="mlx-ttsi-model", daemon=True)
         self.thread.start()
@@ -101,12 +105,33 @@ class ModelThread:
 
     def submit(self, fn, *args):
         future = Future()
-        self.jobs.put((future, fn, args))
+        with self.ready:
+            if self.stopping:
+                future.cancel()  # too late: answered as the queued ones are (503)
+            else:
+                self.jobs[future] = (fn, args)
+                self.ready.notify()
+        future.add_done_callback(self._drop)
         return future
+
+    def _drop(self, future):
+        if future.cancelled():
+            with self.ready:
+                self.jobs.pop(future, None)
+
+    def _next(self):
+        """The oldest waiting job, or None once the thread is stopping."""
+        with self.ready:
+            while not self.jobs and not self.stopping:
+                self.ready.wait()
+            if self.stopping:
+                return None
+            future = next(iter(self.jobs))
+            return future, *self.jobs.pop(future)
 
     def _loop(self):
         try:
-            while (job := self.jobs.get()) is not None:
+            while (job := self._next()) is not None:
                 future, fn, args = job
                 if future.set_running_or_notify_cancel():
                     self.busy = True
@@ -119,18 +144,16 @@ class ModelThread:
         finally:
             mx.clear_streams()  # MLX needs each thread to free its own streams, or the process aborts at exit
 
-    def close(self):
-        """Cancel what is queued, let the running job finish, and stop the thread."""
+    def close(self, grace=None):
+        """Cancel what is queued, let the running job finish (waiting `grace` seconds at most), and stop."""
         atexit.unregister(self.close)
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job[0].cancel()
-        self.jobs.put(None)
-        self.thread.join()
+        with self.ready:
+            self.stopping = True
+            waiting = list(self.jobs)
+            self.ready.notify()
+        for future in waiting:
+            future.cancel()
+        self.thread.join(grace)
 
 
 class Service:
@@ -153,10 +176,11 @@ class Service:
         with self._lock:
             self.stats[key] += step
 
-    def close(self, grace=10):
-        """Drop queued requests (503), finish the one being answered and give its client the answer."""
-        self.worker.close()
+    def close(self, grace=SHUTDOWN_GRACE):
+        """Drop queued requests (503), finish the one being answered and give its client the answer,
+        within `grace` seconds (then stop anyway: the model thread is a daemon)."""
         deadline = time.monotonic() + grace
+        self.worker.close(grace)
         while self.stats["inflight"] > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
 
