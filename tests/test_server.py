@@ -695,3 +695,49 @@ def test_shutdown_waits_for_the_running_request_a_bounded_time(agent):
     assert not closing.is_alive() and time.perf_counter() - started < 2
     assert queued.cancelled()
     server.socket.close()
+
+
+def test_connections_past_the_cap_get_503_at_once(agent):
+    server = start(agent, max_connections=2)
+    try:
+        idle = [socket.create_connection(server.server_address[:2], timeout=10) for _ in range(2)]
+        wait_for(lambda: server.connections == 2)
+        started = time.perf_counter()
+        status, data = raw(server, "GET", "/health")
+        assert status == 503 and data["error"]["code"] == "too_many_connections"
+        assert time.perf_counter() - started < 1
+        for sock in idle:
+            sock.close()
+        wait_for(lambda: server.connections == 0)
+        status, data = raw(server, "GET", "/health")
+        assert status == 200 and data["rejected"] == 1
+    finally:
+        stop(server)
+
+
+def test_headers_sent_too_slowly_lose_the_connection_by_their_deadline(server, monkeypatch):
+    monkeypatch.setattr("mlx_ttsi.serve.http.HEADER_SECONDS", 1.0, raising=False)
+    sock = socket.create_connection(server.server_address[:2], timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    started = time.perf_counter()
+    closed = False
+    while not closed and time.perf_counter() - started < 5:
+        try:
+            sock.sendall(b"X")  # one header byte every 0.2 s: never idle for long, never done
+            time.sleep(0.2)
+            closed = not connected_socket(sock)
+        except OSError:
+            closed = True
+    sock.close()
+    assert closed and time.perf_counter() - started < 2.5
+
+
+def connected_socket(sock):
+    """False once the server has closed its end."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1 << 16) != b""
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)

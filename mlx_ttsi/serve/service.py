@@ -171,6 +171,7 @@ class Service:
         self.waiting = 0  # admitted jobs not yet started
         self.typical = 1.0  # seconds per request, a moving average (for Retry-After)
         self._lock = threading.Lock()
+        self.connections = lambda: 0  # connections open (the HTTP server sets this)
 
     def count(self, key, step=1):
         with self._lock:
@@ -187,7 +188,8 @@ class Service:
     def health(self):
         counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
         return {"status": "ok", "model": self.agent.name, "loaded": self.worker.thread.is_alive(),
-                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue, **counters}
+                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue,
+                "connections": self.connections(), **counters}
 
     def model_card(self, name=None):
         """The served model's card (for `name`, when it is one this server answers to; else None)."""
