@@ -1,8 +1,9 @@
 """Tool specs: reading them, showing them to the model, and checking calls against them.
 
 A schema is the client's: checking it, or a call against it, never fetches anything (only local
-`#...` references, resolved in an empty registry) and never recurses without bound (nesting is
-limited before anything recurses).
+`#...` references, resolved in an empty registry), never recurses without bound (nesting is
+limited before anything recurses) and never backtracks without bound (`pattern` and
+`patternProperties` are searched under a time limit).
 """
 
 import json
@@ -11,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import regex
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
@@ -21,6 +23,7 @@ from .errors import ToolsError
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 MAX_NESTING = 64  # levels of objects and lists in a schema, a call's arguments or a JSON text
+PATTERN_SECONDS = 0.05  # a schema pattern's search of one value; one that backtracks longer fails it
 _REFS = ("$ref", "$dynamicRef")
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?')  # a string, or what is left of an unclosed one
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -94,7 +97,7 @@ def _check_schema(name, parameters):
     if nesting(parameters) > MAX_NESTING:
         raise ToolsError(f"tool {name!r}: its parameters schema nests over {MAX_NESTING} levels deep")
     try:
-        Draft202012Validator.check_schema(parameters)
+        Validator.check_schema(parameters)
     except SchemaError as error:
         raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
     if parameters.get("type", "object") != "object":
@@ -153,9 +156,36 @@ def loads(text, what):
     return json.loads(text)
 
 
+def matches(pattern, text):
+    """Whether a schema's `pattern` is found in `text`: searched under PATTERN_SECONDS (the `regex`
+    engine's timeout), so a pattern that backtracks without bound, like ^(a|aa)+$, fails the value."""
+    try:
+        return regex.search(pattern, text, timeout=PATTERN_SECONDS) is not None
+    except (regex.error, TimeoutError):
+        return False
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not matches(pattern, instance):
+        yield ValidationError(f"{instance[:100]!r} does not match {pattern[:100]!r} "
+                              f"(or its search took over {PATTERN_SECONDS}s)")
+
+
+def _pattern_properties(validator, patterns, instance, schema):
+    if validator.is_type(instance, "object"):
+        for pattern, subschema in patterns.items():
+            for key, value in instance.items():
+                if matches(pattern, key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+# JSON Schema 2020-12 with the pattern keywords searched under a time limit
+Validator = validators.extend(Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties})
+
+
 def validator(parameters):
     """A validator for a tool's parameters whose registry is empty: it resolves local references only."""
-    return Draft202012Validator(parameters, registry=Registry())
+    return Validator(parameters, registry=Registry())
 
 
 def load_tools(path):

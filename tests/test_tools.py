@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -105,3 +106,16 @@ def test_a_schema_or_file_nested_too_deep_is_refused_before_anything_recurses(tm
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ToolsError, match="nests over 64 levels"):
         load_tools(deep)
+
+
+def test_a_backtracking_pattern_is_checked_in_bounded_time():
+    spec = {"name": "f", "parameters": {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a|aa)+$"}},
+                                        "patternProperties": {"^(a|aa)+$": {"type": "integer"}}}}
+    tools = parse_tools([spec])
+    assert check_call({"name": "f", "arguments": {"code": "aaaa"}}, tools) is None
+    started = time.perf_counter()
+    assert "does not match" in check_call({"name": "f", "arguments": {"code": "a" * 36 + "b"}}, tools)
+    assert check_call({"name": "f", "arguments": {"a" * 36 + "b": "x"}}, tools) is None  # the key is not matched
+    assert time.perf_counter() - started < 1
+    with pytest.raises(ToolsError, match="invalid parameters schema"):
+        parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"pattern": "("}}}}])
