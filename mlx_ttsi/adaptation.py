@@ -13,13 +13,10 @@ and projects only the answer positions through the vocabulary; the answer is the
 same frozen prefix, so training and inference see the same thing.
 """
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,6 +30,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from .errors import Cancelled, TTSIError
 from .context import cache_from_arrays, split_model
+from .saved_adapter import write as write_adapter
 from .settings import LoRASettings
 
 # The training step is compiled on a GPU only: on this CPU build eager steps measured 12-16% faster per
@@ -243,19 +241,13 @@ class Adapter:
 
     def save(self, directory):
         """Write the current LoRA as an mlx-lm adapter directory (`--adapter-path` loads it)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         s = self.settings
         config = {
             "fine_tune_type": "lora",
             "num_layers": len(self.model.layers) if s.layers < 0 else s.layers,
             "lora_parameters": {"rank": s.rank, "scale": s.alpha / s.rank, "dropout": 0.0},
         }
-        staging = directory / ".adapters.safetensors.tmp.safetensors"
-        mx.save_safetensors(str(staging), self.weights())
-        os.replace(staging, directory / "adapters.safetensors")
-        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        return directory
+        return write_adapter(directory, self.weights(), config)
 
     def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None, cancelled=None):
         """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
