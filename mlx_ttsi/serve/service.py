@@ -33,7 +33,7 @@ from functools import partial
 import mlx.core as mx
 
 from .adapter_memory import tools_key
-from ..errors import Cancelled, TTSIError
+from ..errors import Cancelled, TeacherError, TTSIError
 from ..prompts import last_user_text, normalize_messages
 from ..settings import BY_NAME, OPTIONS, default
 from ..tools import parse_tools
@@ -187,7 +187,7 @@ class Service:
 
     def health(self):
         counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
-        return {"status": "ok", "model": self.agent.name, "loaded": self.worker.thread.is_alive(),
+        return {"status": "ok", "loaded": self.worker.thread.is_alive(),  # open without the key: no model name
                 "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue,
                 "connections": self.connections(), **counters}
 
@@ -450,6 +450,9 @@ def api_error(error):
         return None
     if isinstance(error, APIError):
         return error
+    if isinstance(error, TeacherError):  # its URL and reply are the operator's to see, not the client's
+        print(f"TT-D teacher error: {error}", file=sys.stderr)
+        return APIError(error.status, "the TT-D teacher could not be reached or gave nothing usable (see the server log)")
     if isinstance(error, TTSIError):  # the agent refused the request (bad tools, messages, length ...)
         return APIError(error.status, str(error))
     if isinstance(error, CancelledError):
