@@ -17,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .config import staging_prefix, sweep_staging
 from .errors import ModelError
 
 IMPORTER_VERSION = 1
@@ -242,7 +243,8 @@ def import_gguf(gguf_path, out_dir):
     config["mlx_ttsi"] = {"imported_from": str(gguf_path), "importer_version": IMPORTER_VERSION}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=out_dir.parent))
+    sweep_staging(out_dir.parent, "import")  # what a killed import left
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix("import"), dir=out_dir.parent))
     try:
         mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
         (staging / "config.json").write_text(json.dumps(config, indent=2))

@@ -123,3 +123,14 @@ def test_gguf_without_embeddings_or_with_zero_heads_is_a_one_line_error(tiny_mod
     with pytest.raises(ModelError, match=message) as error:
         models.load(str(bad))
     assert "\n" not in str(error.value)
+
+
+def test_staging_left_by_a_killed_import_is_removed_on_the_next_import(tiny_model_dir, tmp_path):
+    from test_embedded_files import gone_pid
+
+    cache = tmp_path / "cache"
+    left = cache / "models" / f".import-{gone_pid()}-q1w2"
+    left.mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"half a model")
+    imported = cached_import(write_gguf(tmp_path / "tiny.gguf", tiny_model_dir), cache)
+    assert [path.name for path in (cache / "models").iterdir()] == [imported.name]
