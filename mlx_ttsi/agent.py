@@ -456,7 +456,8 @@ class Agent:
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
                                              same_tool=same_tool, temperature=settings.temperature,
-                                             decoder_options=self._decoder_options(settings))
+                                             decoder_options=self._decoder_options(settings),
+                                             cancelled=request.cancelled)
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         # the request itself with its self-label, and K-1 twins that teach copying its values
