@@ -705,16 +705,16 @@ def test_connections_past_the_cap_get_503_at_once(agent):
     server = start(agent, max_connections=2)
     try:
         idle = [socket.create_connection(server.server_address[:2], timeout=10) for _ in range(2)]
-        wait_for(lambda: server.connections == 2)
+        wait_for(lambda: server.service.stats["connections"] == 2)
         started = time.perf_counter()
         status, data = raw(server, "GET", "/health")
         assert status == 503 and data["error"]["code"] == "too_many_connections"
         assert time.perf_counter() - started < 1
         for sock in idle:
             sock.close()
-        wait_for(lambda: server.connections == 0)
+        wait_for(lambda: server.service.stats["connections"] == 0)
         status, data = raw(server, "GET", "/health")
-        assert status == 200 and data["rejected"] == 1
+        assert status == 200 and data["rejected"] == 1 and data["max_connections"] == 2
     finally:
         stop(server)
 

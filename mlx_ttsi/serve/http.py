@@ -18,7 +18,6 @@ import select
 import socket
 import socketserver
 import sys
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -320,16 +319,12 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address, service, quiet=False, max_body=MAX_BODY, max_connections=MAX_CONNECTIONS):
         self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0]
         self.service, self.quiet, self.max_body = service, quiet, max_body
-        self.max_connections, self.connections, self._lock = max_connections, 0, threading.Lock()
-        service.connections = lambda: self.connections  # shown by /health
+        service.max_connections = max_connections
         super().__init__(address, Handler)
 
     def process_request(self, request, client_address):
         """A thread for the connection, while fewer than max_connections are served; else a 503, at once."""
-        with self._lock:
-            full = self.connections >= self.max_connections
-            self.connections += not full
-        if full:
+        if not self.service.connect():
             return self._refuse(request)
         super().process_request(request, client_address)
 
@@ -337,13 +332,11 @@ class Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._lock:
-                self.connections -= 1
+            self.service.count("connections", -1)
 
     def _refuse(self, request):
         """503 on a connection past the cap, written without waiting (this is the accepting thread)."""
-        self.service.count("rejected")
-        error = APIError(503, f"the server has {self.max_connections} connections open; retry later",
+        error = APIError(503, f"the server has {self.service.max_connections} connections open; retry later",
                          "too_many_connections", retry_after=1)
         body = json.dumps(error.body()).encode()
         head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"

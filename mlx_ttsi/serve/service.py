@@ -170,12 +170,21 @@ class Service:
         self.stats = Counter()
         self.waiting = 0  # admitted jobs not yet started
         self.typical = 1.0  # seconds per request, a moving average (for Retry-After)
+        self.max_connections = None  # connections served at once (set by the HTTP server; None: no cap)
         self._lock = threading.Lock()
-        self.connections = lambda: 0  # connections open (the HTTP server sets this)
 
     def count(self, key, step=1):
         with self._lock:
             self.stats[key] += step
+
+    def connect(self):
+        """Count a new connection in, unless max_connections are open (then it is refused: False)."""
+        with self._lock:
+            if self.max_connections is not None and self.stats["connections"] >= self.max_connections:
+                self.stats["rejected"] += 1
+                return False
+            self.stats["connections"] += 1
+            return True
 
     def close(self, grace=SHUTDOWN_GRACE):
         """Drop queued requests (503), finish the one being answered and give its client the answer,
@@ -189,7 +198,7 @@ class Service:
         counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
         return {"status": "ok", "loaded": self.worker.thread.is_alive(),  # open without the key: no model name
                 "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue,
-                "connections": self.connections(), **counters}
+                "connections": self.stats["connections"], "max_connections": self.max_connections, **counters}
 
     def model_card(self, name=None):
         """The served model's card (for `name`, when it is one this server answers to; else None)."""
