@@ -16,6 +16,7 @@ import regex
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 from referencing.exceptions import Unresolvable
 
 from .errors import ToolsError
@@ -102,20 +103,33 @@ def _check_schema(name, parameters):
         raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
     if parameters.get("type", "object") != "object":
         raise ToolsError(f"tool {name!r}: parameters must describe an object")
-    outside = next((ref for ref in _references(parameters) if not ref.startswith("#")), None)
+    references = list(_strings(parameters, _REFS))
+    outside = next((ref for ref in references if not ref.startswith("#")), None)
     if outside is not None:
         raise ToolsError(f"tool {name!r}: $ref {outside[:100]!r} points outside the schema; only local "
                          "references (#/...) are allowed: nothing is fetched")
-    try:  # a reference that cannot be resolved at the top, or a loop of them, shows on any value
-        list(validator(parameters).iter_errors({}))
+    _check_local(name, parameters, references)
+
+
+def _check_local(name, parameters, references):
+    """Each local reference resolves (against the schema's root; with nested $ids, only when a value
+    reaches it), and no loop of them recurses on every value."""
+    resource = DRAFT202012.create_resource(parameters)
+    base = resource.id() or ""
+    resolver = Registry().with_resource(base, resource).resolver(base)
+    nested_ids = len(list(_strings(parameters, ("$id",)))) > (resource.id() is not None)
+    try:
+        for ref in [] if nested_ids else references:
+            resolver.lookup(ref)
+        list(validator(parameters).iter_errors({}))  # a loop of references shows on any value
     except Unresolvable as error:
         raise ToolsError(f"tool {name!r}: $ref {str(error.ref)[:100]!r} does not resolve inside the schema") from None
     except RecursionError:
         raise ToolsError(f"tool {name!r}: its $refs refer to each other in a loop") from None
 
 
-def _references(schema):
-    """Every $ref and $dynamicRef string in a schema (in `const` or `default` data too: refused alike)."""
+def _strings(schema, keys):
+    """Every string value of these keys in a schema, at any depth (in `const` or `default` data too)."""
     stack = [schema]
     while stack:
         value = stack.pop()
@@ -123,7 +137,7 @@ def _references(schema):
             stack.extend(value)
         elif isinstance(value, dict):
             for key, item in value.items():
-                if key in _REFS and isinstance(item, str):
+                if key in keys and isinstance(item, str):
                     yield item
                 else:
                     stack.append(item)

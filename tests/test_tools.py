@@ -83,8 +83,12 @@ def test_local_schema_refs_resolve_and_bad_ones_get_a_clear_message():
     tools = parse_tools([{"name": "f", "parameters": local}])
     assert check_call({"name": "f", "arguments": {"city": "Oslo"}}, tools) is None
     assert "invalid arguments" in check_call({"name": "f", "arguments": {"city": 5}}, tools)
-    with pytest.raises(ToolsError, match="does not resolve"):
-        parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#/$defs/nope"}}])
+    for unresolved in ({"type": "object", "$ref": "#/$defs/nope"},
+                       {"type": "object", "properties": {"x": {"$ref": "#/$defs/nope"}}}):
+        with pytest.raises(ToolsError, match="does not resolve"):
+            parse_tools([{"name": "f", "parameters": unresolved}])
+    anchored = {"type": "object", "$defs": {"c": {"$anchor": "city", "type": "string"}}, "properties": {"x": {"$ref": "#city"}}}
+    assert "invalid arguments" in check_call({"name": "f", "arguments": {"x": 5}}, parse_tools([{"name": "f", "parameters": anchored}]))
     with pytest.raises(ToolsError, match="loop"):
         parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#"}}])
     looped = parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}}])
