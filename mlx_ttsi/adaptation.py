@@ -85,6 +85,17 @@ def lower_hidden(body, prefix, lower, prompt, answer):
     return hidden[0]
 
 
+def lowered(body, prefix, lower, dataset, cancelled=None):
+    """Each (prompt rest, answer) with its prompt as hidden states after the first `lower` layers
+    (`lower_hidden`); `cancelled()` is polled before each, as before each training step."""
+    out = []
+    for prompt, answer in dataset:
+        if cancelled is not None and cancelled():
+            raise Cancelled("the request was cancelled before training")
+        out.append((lower_hidden(body, prefix, lower, prompt, answer), answer))
+    return out
+
+
 def run_blocks(blocks, hidden, prefix):
     """`hidden` through `blocks`, attending to their frozen prefix KV arrays as well."""
     caches = cache_from_arrays(prefix, hidden.shape[0])
@@ -272,7 +283,7 @@ class Adapter:
             lower = frozen_layers(self.model, s)
             if lower:
                 self.detach()  # the bottom layers have no LoRA anyway
-                dataset = [(lower_hidden(split[0], arrays, lower, p, a), a) for p, a in dataset]
+                dataset = lowered(split[0], arrays, lower, dataset, cancelled)
             batches = prefix_batches(dataset, batch, max_seq_length, loop=True)
             loss = prefix_loss(arrays, split, lower)
         else:  # whole sequences, loss masked to the answer: mlx-lm's own batching and loss
