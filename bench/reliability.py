@@ -8,12 +8,18 @@ the model busy (one client sending TT-SI requests back to back) while it sends e
 input `--repeat` times from `--clients` threads: malformed JSON, a wrong type in every field, an
 unknown tool in tool_choice, invalid tool schemas, bad Content-Length headers, bodies cut off
 mid-way, a Content-Length larger than the body, a slow sender, oversized bodies, a garbage request
-line. Each must get its 4xx within `--limit` seconds of its last byte (a slow sender: within the
-body deadline, server.BODY_SECONDS, plus `--limit`). Then, `--disconnects` times each, clients that
+line, deeply nested JSON, messages of the wrong shape (a `tool_calls` that is a number, a content
+part whose text is a number, a role that is a list, call arguments nested 900 deep), a schema
+nested 150 levels, `$ref`s to a URL (a loopback server this script runs, which must never be asked
+for anything) and to local files, headers that trickle in. Each must get its 4xx within `--limit`
+seconds of its last byte (a slow sender: within the body deadline, server.BODY_SECONDS, plus
+`--limit`; trickling headers: a closed connection within server.HEADER_SECONDS plus `--limit`). Then
+one more connection than the server serves at once must get 503 at once. Then, `--disconnects` times each, clients that
 hang up while queued, while their LoRA trains and while their answer streams: the server must flag
 them (its `cancelled` count) within `--limit` seconds. At the end the server must still be up, with
-nothing waiting, not busy, every admitted request answered, cancelled or failed, and the same
-number of threads as after the warm-up. It prints the figures and the machine's load average.
+nothing waiting, not busy, every admitted request answered, cancelled or failed, nothing fetched
+from the `$ref` URL, and the same number of threads as after the warm-up. It prints the figures and
+the machine's load average.
 """
 
 import argparse
@@ -32,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mlx_ttsi.serve.http import BODY_SECONDS  # noqa: E402
+from mlx_ttsi.serve.http import BODY_SECONDS, HEADER_SECONDS  # noqa: E402
 
 KEY = "reliability"
 TOOLS = json.loads((ROOT / "mlx_ttsi" / "examples" / "tools.json").read_text())
@@ -45,6 +51,44 @@ def chat(**fields):
 
 def tool(parameters, name="f"):
     return [{"type": "function", "function": {"name": name, "parameters": parameters}}]
+
+
+def ref(target):
+    return tool({"type": "object", "properties": {"x": {"$ref": target}}})
+
+
+def nested(levels):
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+class Trap:
+    """A loopback HTTP server a `$ref` points at: it records every request, and none may come."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/schema.json"
+
+
+TRAP = Trap()
 
 
 # name: the body sent with a correct Content-Length (every one must get 400, or 404 for the model)
@@ -93,6 +137,18 @@ BAD_BODIES = {
     "schema: tool name with spaces": chat(tools=tool({"type": "object"}, name="two words")),
     "schema: duplicate tool names": chat(tools=tool({"type": "object"}) * 2),
     "schema: non-function type": chat(tools=[{"type": "retrieval"}]),
+    "schema: $ref to a loopback URL": chat(tools=ref(TRAP.url)),
+    "schema: $ref to a local file": chat(tools=ref("file:///etc/passwd")),
+    "schema: $ref to /dev/zero": chat(tools=ref("file:///dev/zero")),
+    "schema: $ref to nowhere inside": chat(tools=ref("#/$defs/nope")),
+    "schema: nested 150 levels": chat(tools=tool(nested(150))),
+    "body: nested 100000 deep": b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "body: unclosed nesting": b'{"messages": ' + b"[" * 100_000,
+    "messages: tool_calls a number": chat(messages=[*ASK, {"role": "assistant", "tool_calls": 5}]),
+    "messages: content part text a number": chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]),
+    "messages: role a list": chat(messages=[{"role": ["user"], "content": "hi"}]),
+    "messages: call arguments nested 900 deep": chat(messages=[*ASK, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]}]),
 }
 
 
@@ -218,6 +274,51 @@ def header_case(extra, length=""):
     return send
 
 
+def trickled_headers(server):
+    """Header bytes every 0.2 s, never finished: the server must close the connection by its header deadline."""
+    sock = socket.create_connection(server.address, timeout=30)
+    started = time.perf_counter()
+    try:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        while time.perf_counter() - started < HEADER_SECONDS + 10:
+            sock.sendall(b"X")
+            time.sleep(0.2)
+            if not open_socket(sock):
+                break
+    except OSError:  # closed by the server
+        pass
+    status, _ = answer_of(sock)
+    return status, time.perf_counter() - started - HEADER_SECONDS  # after the header deadline
+
+
+def open_socket(sock):
+    """False once the server has closed its end."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1 << 16) != b""
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def over_the_cap(server):
+    """max_connections idle connections, then one more request: (its status, seconds)."""
+    cap = server.health()["max_connections"]
+    idle = [socket.create_connection(server.address, timeout=30) for _ in range(cap)]
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:  # the last idle connection is being accepted
+            status, seconds = answer_of(raw(server, chat()))
+            if status == "503":
+                return status, seconds
+            time.sleep(0.05)
+        return status, seconds
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def garbage_line(server):
     sock = socket.create_connection(server.address, timeout=30)
     sock.sendall(b"\x16\x03\x01 GARBAGE\r\n\r\n")
@@ -238,7 +339,12 @@ CASES.update({
     "chunked body": (header_case(b"Transfer-Encoding: chunked\r\n"), {"411"}, 0),
     "wrong API key": (lambda server: answer_of(raw(server, chat(), key="wrong")), {"401"}, 0),
     "garbage request line": (garbage_line, {"400", "closed"}, 0),
+    "headers trickled (after the header deadline)": (trickled_headers, {"closed"}, 0),
 })
+
+
+# sent once, after the others: (send, the statuses it may get, extra seconds allowed)
+ALONE = {"one connection over the cap": (over_the_cap, {"503"}, 0)}
 
 
 def busy_loop(server, stop, done):
@@ -336,7 +442,9 @@ def main():
         gone = {"queued": [disconnect(server, "queued") for _ in range(args.disconnects)]}
         stop.set()
         busy.join(900)
-        settle(server)  # then on an idle model: hung up while training, while streaming
+        settle(server)  # then on an idle model: the connection cap; hung up while training, while streaming
+        results.update({name: [send(server)] for name, (send, _, _) in ALONE.items()})
+        time.sleep(1)  # the idle connections' threads end
         gone.update({how: [disconnect(server, how) for _ in range(args.disconnects)] for how in ("training", "streaming")})
         health_after = settle(server)
         time.sleep(1)  # connection threads of closed sockets end
@@ -355,11 +463,12 @@ def main():
 def report(args, results, gone, done, before, after, threads_before, threads_busy, threads_after, alive, log,
            load_before, load_after, seconds):
     rows, all_ok = [], True
-    print(f"model {args.model}; {len(CASES)} kinds of bad input x {args.repeat} from {args.clients} clients, "
+    print(f"model {args.model}; {len(CASES)} kinds of bad input x {args.repeat} from {args.clients} clients "
+          f"(and {len(ALONE)} sent once), "
           f"while the model was busy; limit {args.limit}s")
     print(f"{'case':<44}{'answers':<22}{'p50 s':>7}{'max s':>7}  ok")
     for name, outcomes in results.items():
-        _, allowed, extra = CASES[name]
+        _, allowed, extra = {**CASES, **ALONE}[name]
         statuses = Counter(status for status, _ in outcomes)
         times = [t for _, t in outcomes]
         ok = set(statuses) <= allowed and max(times) <= args.limit + extra
@@ -380,7 +489,8 @@ def report(args, results, gone, done, before, after, threads_before, threads_bus
     tracebacks = [line for line in log if "Traceback" in line]
     checks = {"server up": alive, "nothing waiting, not busy": settled,
               "every admitted request answered, cancelled or failed": balanced,
-              "threads back to where they were": threads_after == threads_before, "no traceback": not tracebacks}
+              "threads back to where they were": threads_after == threads_before, "no traceback": not tracebacks,
+              "nothing fetched from the $ref URL": TRAP.hits == []}
     all_ok &= all(checks.values())
     print(f"\nbusy-loop TT-SI requests answered meanwhile: {len(done)} ({dict(Counter(done))})")
     print(f"/health counters over the run: {delta}; after: busy {after['busy']}, waiting {after['waiting']}")

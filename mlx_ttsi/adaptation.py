@@ -13,13 +13,10 @@ and projects only the answer positions through the vocabulary; the answer is the
 same frozen prefix, so training and inference see the same thing.
 """
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,6 +30,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from .errors import Cancelled, TTSIError
 from .context import cache_from_arrays, split_model
+from .saved_adapter import write as write_adapter
 from .settings import LoRASettings
 
 # The training step is compiled on a GPU only: on this CPU build eager steps measured 12-16% faster per
@@ -85,6 +83,17 @@ def lower_hidden(body, prefix, lower, prompt, answer):
     hidden = run_blocks(body.layers[:lower], body.embed_tokens(mx.array(prompt + answer[:-1])[None]), prefix[:lower])
     mx.eval(hidden)
     return hidden[0]
+
+
+def lowered(body, prefix, lower, dataset, cancelled=None):
+    """Each (prompt rest, answer) with its prompt as hidden states after the first `lower` layers
+    (`lower_hidden`); `cancelled()` is polled before each, as before each training step."""
+    out = []
+    for prompt, answer in dataset:
+        if cancelled is not None and cancelled():
+            raise Cancelled("the request was cancelled before training")
+        out.append((lower_hidden(body, prefix, lower, prompt, answer), answer))
+    return out
 
 
 def run_blocks(blocks, hidden, prefix):
@@ -243,19 +252,13 @@ class Adapter:
 
     def save(self, directory):
         """Write the current LoRA as an mlx-lm adapter directory (`--adapter-path` loads it)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         s = self.settings
         config = {
             "fine_tune_type": "lora",
             "num_layers": len(self.model.layers) if s.layers < 0 else s.layers,
             "lora_parameters": {"rank": s.rank, "scale": s.alpha / s.rank, "dropout": 0.0},
         }
-        staging = directory / ".adapters.safetensors.tmp.safetensors"
-        mx.save_safetensors(str(staging), self.weights())
-        os.replace(staging, directory / "adapters.safetensors")
-        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        return directory
+        return write_adapter(directory, self.weights(), config)
 
     def train(self, examples, seed=0, max_seq_length=2048, prefix=None, settings=None, cancelled=None):
         """Fit the LoRA to `examples` [(token ids, answer offset)]; returns training stats.
@@ -280,7 +283,7 @@ class Adapter:
             lower = frozen_layers(self.model, s)
             if lower:
                 self.detach()  # the bottom layers have no LoRA anyway
-                dataset = [(lower_hidden(split[0], arrays, lower, p, a), a) for p, a in dataset]
+                dataset = lowered(split[0], arrays, lower, dataset, cancelled)
             batches = prefix_batches(dataset, batch, max_seq_length, loop=True)
             loss = prefix_loss(arrays, split, lower)
         else:  # whole sequences, loss masked to the answer: mlx-lm's own batching and loss

@@ -489,12 +489,14 @@ class Agent:
             same_tool = uncertainty.best if settings.same_tool else None
             return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
                                              same_tool=same_tool, temperature=settings.temperature,
-                                             decoder_options=self._decoder_options(settings))
+                                             decoder_options=self._decoder_options(settings),
+                                             cancelled=request.cancelled)
         if settings.examples_from == "paper":  # one similar request, labelled by the model, unverified
             return ModelWriter(self.loaded).synthesize(last_user_text(messages), tools, settings.examples,
                                                        settings.seed, state=self._state(request, prefix),
                                                        temperature=settings.temperature,
-                                                       decoder_options=self._decoder_options(settings))
+                                                       decoder_options=self._decoder_options(settings),
+                                                       cancelled=request.cancelled)
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         if settings.examples_from != "twins":

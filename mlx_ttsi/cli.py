@@ -90,6 +90,29 @@ def check_adapter_mode(adapter_path, mode):
         raise click.UsageError(f"--adapter-path answers with the saved adapter: it does not go with --mode {mode}")
 
 
+def prepare_adapter_dir(directory, force):
+    """--save-adapter's directory, checked before the model loads (saved_adapter.prepare)."""
+    from .saved_adapter import prepare
+
+    return prepare(directory, force)
+
+
+def adapter_written(directory):
+    """When DIR's weights were last written (None: never), to tell whether a request wrote them."""
+    from .saved_adapter import WEIGHTS
+
+    path = Path(directory or ".") / WEIGHTS
+    return path.stat().st_mtime_ns if directory and path.exists() else None
+
+
+def tell_nothing_saved(directory, answer, created):
+    """Say why --save-adapter wrote nothing (and remove the directory if it was made for it)."""
+    why = answer.note or ("the request was not adapted" if not answer.adapted else f"{answer.method} trains no LoRA")
+    if created:
+        Path(directory).rmdir()
+    click.echo(f"note: nothing written to {directory}: {why}", err=True)
+
+
 def progress_printer(quiet):
     def report(phase, seconds, detail=""):
         if quiet:
@@ -107,8 +130,10 @@ def read_json_file(path, what):
         text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
     except OSError as error:
         raise RequestError(f"cannot read {what} file {path}: {error.strerror}") from None
+    from .tools import loads
+
     try:
-        return json.loads(text)
+        return loads(text, f"{what} file {path}")  # its nesting limited before it is parsed
     except json.JSONDecodeError as error:
         raise RequestError(f"{what} file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
 
@@ -158,12 +183,14 @@ def cli(log_level):
 @setting_option("seed")
 @setting_option("max_tokens")
 @click.option("--save-adapter", type=click.Path(file_okay=False),
-              help="Keep the trained LoRA here as an mlx-lm adapter (nothing is written otherwise).")
+              help="Keep the trained LoRA here as an mlx-lm adapter, in a new or empty directory "
+                   "(nothing is written when the request is not adapted).")
+@click.option("--force", is_flag=True, help="Let --save-adapter overwrite the adapter in a non-empty directory.")
 @adapter_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the full result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def ask(request, tools_file, system_prompt, messages_file, model, mode, precision, teacher, teacher_model, seed,
-        save_adapter, adapter_path, as_json, quiet, **settings):
+        save_adapter, force, adapter_path, as_json, quiet, **settings):
     """Answer REQUEST (- reads it from stdin), self-improving first when the model is unsure."""
     from .tools import load_tools, parse_tools
 
@@ -189,11 +216,15 @@ def ask(request, tools_file, system_prompt, messages_file, model, mode, precisio
         request = None
     if mode == "ttd" and not teacher:
         raise TTSIError("--mode ttd needs --teacher (a model or an OpenAI-compatible URL)")
+    created = prepare_adapter_dir(save_adapter, force) if save_adapter else False
     report = progress_printer(quiet)
     started = time.perf_counter()
     agent = build_agent(model, precision, teacher, teacher_model, adapter_path, mode=mode, seed=seed, **settings)
     report("loading", time.perf_counter() - started, agent.name)
+    before = adapter_written(save_adapter)
     answer = agent.ask(request, tools=tools, messages=messages, progress=report, save_adapter=save_adapter)
+    if save_adapter and adapter_written(save_adapter) == before:
+        tell_nothing_saved(save_adapter, answer, created)
     if as_json:
         click.echo(json.dumps(answer.as_dict(), ensure_ascii=False))
     elif answer.tool_calls:

@@ -5,6 +5,8 @@ Settings come from flags > environment (MLX_TTSI_*) > config file > defaults, as
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 from .errors import TTSIError
@@ -16,6 +18,33 @@ def cache_dir():
         return Path(os.environ["MLX_TTSI_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "mlx-ttsi"
+
+
+def staging_prefix(kind):
+    """The name a staging file or folder in the cache starts with: its kind and this process's id, so a
+    later process can tell one left by a process that was killed (sweep_staging)."""
+    return f".{kind}-{os.getpid()}-"
+
+
+def sweep_staging(folder, kind):
+    """Remove what processes that no longer run left staging in `folder` (a killed import or join
+    leaves hundreds of MB): entries named by staging_prefix(kind) whose process id is gone, and ones
+    named without an id (by earlier versions) untouched for an hour."""
+    folder = Path(folder)
+    for path in folder.glob(f".{kind}-*") if folder.is_dir() else []:
+        pid = path.name.split("-")[1]
+        if not _running(int(pid)) if pid.isdigit() else time.time() - path.stat().st_mtime > 3600:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is another user's
+        return True
+    return True
 
 
 def config_path():

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import cache_dir
+from .config import cache_dir, staging_prefix, sweep_staging
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,15 @@ class EmbeddedModel:
         return cache_dir() / "gguf" / (self.hf_file or f"{self.name}.gguf")
 
     def gguf(self):
-        """The model's GGUF file: the hub copy when cached, the packaged one, or a hub download."""
+        """The model's GGUF file: the hub copy when cached, the packaged one, or a hub download (a hub
+        copy only when its size and sha256 are the official file's)."""
         cached = self._hub_file(local_only=True)
-        if cached is not None:
+        if cached is not None and self.verified(cached):
             return cached
         parts = self.installed_parts()
         if parts is None and not offline():
             downloaded = self._hub_file(local_only=False)
-            if downloaded is not None:
+            if downloaded is not None and self.verified(downloaded):
                 return downloaded
         if parts is None:
             raise ModelError(f"the embedded model {self.name} is not installed: run `{self.install_hint()}`")
@@ -80,16 +81,17 @@ class EmbeddedModel:
     def join(self, parts):
         """The parts joined into the cache once, atomically; only a file of the official size and hash is kept."""
         target = self.joined_path()
-        if target.is_file() and target.stat().st_size == self.size:
+        if target.is_file() and self.verified(target):
             return target
         total = sum(p.stat().st_size for p in parts)
         if total != self.size:
             raise ModelError(f"the parts of {self.name} add up to {total} bytes, not {self.size}: a part is truncated; "
                              f"reinstall them (`pip install --force-reinstall {self.install_hint()[12:]}`)")
         target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_staging(target.parent, "join")  # what a killed join left (~490 MB)
         log.info("joining %d parts of %s into %s (once)", len(parts), self.name, target)
         digest = hashlib.sha256()
-        fd, staging = tempfile.mkstemp(prefix=".join-", dir=target.parent)
+        fd, staging = tempfile.mkstemp(prefix=staging_prefix("join"), dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 for part in parts:
@@ -104,7 +106,40 @@ class EmbeddedModel:
         finally:
             if os.path.exists(staging):
                 os.unlink(staging)
+        self._remember(target)
         return target
+
+    def verified(self, path):
+        """Whether `path` is the official file (any file, for a model with no hash): its size, then its
+        sha256, computed once and remembered for this path, size and modification time."""
+        if self.sha256 is None:
+            return True
+        stat = path.stat()
+        if stat.st_size != self.size:
+            return False
+        if self._stamp(path) == _read(self._marker(path)):
+            return True
+        if _sha256(path) != self.sha256:
+            log.warning("%s is not the official %s (sha256 differs): not used", path, self.name)
+            return False
+        self._remember(path)
+        return True
+
+    def _marker(self, path):
+        key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+        return cache_dir() / "verified" / key
+
+    def _stamp(self, path):
+        stat = Path(path).stat()
+        return f"{Path(path).resolve()} {stat.st_size} {stat.st_mtime_ns} {self.sha256}"
+
+    def _remember(self, path):
+        """Note that `path`, as it is now, has the official sha256 (written atomically)."""
+        marker = self._marker(path)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        staging = marker.with_name(marker.name + f".{os.getpid()}.tmp")
+        staging.write_text(self._stamp(path))
+        os.replace(staging, marker)
 
     def _hub_file(self, local_only):
         if self.hf_repo is None:
@@ -133,6 +168,21 @@ class EmbeddedModel:
         ready = gguf.is_file() and (import_dir(gguf, cache_dir()) / "config.json").exists()
         return {"installed": True, "gguf": str(gguf), "imported": ready,
                 "hint": None if ready else f"imported into the cache on first use ({self.notes.get('first_run', 'seconds')})"}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path):
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _locate(dist, relative):

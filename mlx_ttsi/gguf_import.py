@@ -17,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .config import staging_prefix, sweep_staging
 from .errors import ModelError
 
 IMPORTER_VERSION = 1
@@ -65,6 +66,18 @@ def _scalar(meta, key, default=None):
         return default
     value = meta[key]
     return value.item() if isinstance(value, mx.array) else value
+
+
+def _count(meta, key, default=None):
+    """A size in the metadata (heads, layers, widths): a positive integer, or a one-line ModelError."""
+    value = _scalar(meta, key, default)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or count != value:
+        raise ModelError(f"GGUF metadata {key} is {value!r}: it must be a positive integer")
+    return count
 
 
 def _plain(value):
@@ -132,14 +145,16 @@ def model_config(meta, tensors):
         raise ModelError(
             f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
         )
-    heads = int(_scalar(meta, f"{arch}.attention.head_count"))
+    if "token_embd.weight" not in tensors:
+        raise ModelError("GGUF file has no token_embd.weight tensor (the token embeddings)")
+    heads = _count(meta, f"{arch}.attention.head_count")
     config = {
         "model_type": ARCHITECTURES[arch],
-        "hidden_size": int(_scalar(meta, f"{arch}.embedding_length")),
-        "num_hidden_layers": int(_scalar(meta, f"{arch}.block_count")),
-        "intermediate_size": int(_scalar(meta, f"{arch}.feed_forward_length")),
+        "hidden_size": _count(meta, f"{arch}.embedding_length"),
+        "num_hidden_layers": _count(meta, f"{arch}.block_count"),
+        "intermediate_size": _count(meta, f"{arch}.feed_forward_length"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(_scalar(meta, f"{arch}.attention.head_count_kv", heads)),
+        "num_key_value_heads": _count(meta, f"{arch}.attention.head_count_kv", heads),
         "rms_norm_eps": float(_scalar(meta, f"{arch}.attention.layer_norm_rms_epsilon")),
         "max_position_embeddings": int(_scalar(meta, f"{arch}.context_length", 4096)),
         "rope_theta": float(_scalar(meta, f"{arch}.rope.freq_base", 10000.0)),
@@ -228,7 +243,8 @@ def import_gguf(gguf_path, out_dir):
     config["mlx_ttsi"] = {"imported_from": str(gguf_path), "importer_version": IMPORTER_VERSION}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=out_dir.parent))
+    sweep_staging(out_dir.parent, "import")  # what a killed import left
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix("import"), dir=out_dir.parent))
     try:
         mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
         (staging / "config.json").write_text(json.dumps(config, indent=2))

@@ -7,8 +7,9 @@ prompt below, and answers with bare JSON objects, one per line.
 
 import json
 
-from .errors import RequestError
+from .errors import RequestError, ToolsError
 from .formats import CallFormat, call_format  # noqa: F401  (the call formats live in formats.py)
+from .tools import MAX_NESTING, loads, nesting
 
 FALLBACK_SYSTEM = (
     "You are a function-calling assistant. You can call these tools:\n{tools}\n"
@@ -42,20 +43,30 @@ def normalize_messages(messages):
         raise RequestError("messages must be a non-empty list")
     clean = []
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise RequestError(f"message #{index + 1} needs a role of {', '.join(sorted(ROLES))}")
-        content = message.get("content")
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if content is not None and not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
-        calls = [_plain_call(call, index) for call in message.get("tool_calls") or []]
-        clean.append({"role": message["role"], "content": content or "", "tool_calls": calls})
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise RequestError(f"message #{index + 1}: tool_calls must be a list")
+        calls = [_plain_call(call, index) for call in calls]
+        clean.append({"role": message["role"], "content": _content(message.get("content"), index), "tool_calls": calls})
     if clean[-1]["role"] == "system" or not any(m["role"] == "user" and m["content"].strip() for m in clean):
         raise RequestError("the conversation needs a non-empty user message and must not end with a system message")
     if sum(len(m["content"]) for m in clean) > MAX_REQUEST_CHARS:
         raise RequestError(f"the request is over {MAX_REQUEST_CHARS} characters")
     return Messages(clean)
+
+
+def _content(content, index):
+    """A message's text: a string, OpenAI content parts (their text kept), or other JSON as JSON text."""
+    if isinstance(content, list):
+        texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+        if not all(isinstance(text, str) for text in texts):
+            raise RequestError(f"message #{index + 1} has a content part whose text is not a string")
+        content = "".join(texts)
+    if content is not None and not isinstance(content, str):
+        content = json.dumps(content, ensure_ascii=False)
+    return content or ""
 
 
 def _plain_call(call, index):
@@ -65,9 +76,13 @@ def _plain_call(call, index):
     arguments = body.get("arguments") or {}
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            raise RequestError(f"message #{index + 1} has tool-call arguments that are not JSON") from None
+            arguments = loads(arguments, "tool-call arguments") if arguments.strip() else {}
+        except (json.JSONDecodeError, ToolsError):
+            raise RequestError(f"message #{index + 1} has tool-call arguments that are not JSON of at most "
+                               f"{MAX_NESTING} levels") from None
+    if not isinstance(arguments, dict) or nesting(arguments) > MAX_NESTING:
+        raise RequestError(f"message #{index + 1} has tool-call arguments that are not a JSON object of at most "
+                           f"{MAX_NESTING} levels")
     return {"name": body["name"], "arguments": arguments}
 
 

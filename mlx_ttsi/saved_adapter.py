@@ -3,9 +3,12 @@
 DIR is an mlx-lm adapter directory: `adapters.safetensors` and `adapter_config.json`, written by
 `mlx-ttsi ask --save-adapter` or by `mlx_lm.lora`. Its config fixes the LoRA's shape (rank, scale,
 layers), so the agent's LoRA is built from it, then given the weights (`Agent(saved=...)`).
+`--save-adapter DIR` writes one (`prepare` checks DIR before the model loads, `write` fills it).
 """
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -31,6 +34,8 @@ def lora_options(directory):
     if kind != "lora":
         raise TTSIError(f"adapter {directory}: only LoRA adapters can be used, not fine_tune_type {kind!r}")
     lora = config.get("lora_parameters") or {}
+    if not isinstance(lora, dict):
+        raise TTSIError(f"adapter {directory}: lora_parameters in {CONFIG} must be an object")
     if lora.get("keys") is not None:  # our LoRA covers every linear layer of a block, mlx-lm's default
         raise TTSIError(f"adapter {directory}: LoRA on chosen keys ({', '.join(lora['keys'])}) is not supported")
     try:
@@ -47,3 +52,39 @@ def load_weights(directory):
         return mx.load(str(path))
     except (OSError, ValueError, RuntimeError) as error:
         raise TTSIError(f"cannot read adapter weights {path}: {error}") from None
+
+
+def prepare(directory, force=False):
+    """Check, before the model loads, that DIR can take an adapter: a new or empty directory (or
+    `force`), writable. Creates it; True when it was created here (so an unused one can go)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise TTSIError(f"--save-adapter {directory} is a file, not a directory")
+    held = sorted(path.name for path in directory.iterdir()) if directory.is_dir() else []
+    if held and not force:
+        raise TTSIError(f"--save-adapter {directory} is not empty (it holds {', '.join(held[:3])}"
+                        f"{', ...' if len(held) > 3 else ''}): choose a new directory, or add --force to overwrite")
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as error:
+        raise TTSIError(f"cannot write to --save-adapter {directory}: {error.strerror or error}") from None
+    return created
+
+
+def write(directory, weights, config):
+    """DIR's weights and config, each written under a temporary name then renamed into place: a crash
+    leaves the old file or the new one, never half of one."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = {WEIGHTS: directory / f".{WEIGHTS}.{os.getpid()}.tmp.safetensors", CONFIG: directory / f".{CONFIG}.{os.getpid()}.tmp"}
+    try:
+        mx.save_safetensors(str(staged[WEIGHTS]), weights)
+        staged[CONFIG].write_text(json.dumps(config, indent=2))
+        for name, path in staged.items():
+            os.replace(path, directory / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+    return directory

@@ -10,21 +10,24 @@ counted with their reasons.
 
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
 from .decoding import CallDecoder
-from .errors import TeacherError
+from .errors import Cancelled, TeacherError
 from .prompts import call_format, render_prompt, tool_line
 from .context import ContextState
 from .settings import default
 from .tools import check_call, parse_calls
 
 TEMPERATURE = default("temperature")
+POLL = 0.25  # seconds between checks, while an endpoint teacher answers, that the request is still wanted
 
 WRITER_USER = (
     'Here is a request for these tools:\n"{request}"\n\nWrite another request like it, about a different '
@@ -135,18 +138,23 @@ class ModelWriter:
         return CallDecoder(state, self.fmt, **(decoder_options or {})).decode(prompt, tools).calls
 
     def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None,
-                   temperature=TEMPERATURE, decoder_options=None):
-        """Up to k examples: requests sampled at `temperature`, labelled by a CallDecoder with `decoder_options`."""
+                   temperature=TEMPERATURE, decoder_options=None, cancelled=None):
+        """Up to k examples: requests sampled at `temperature`, labelled by a CallDecoder with `decoder_options`.
+        `cancelled()` is polled before every forward pass (as the request's own are)."""
         state = state or self.own_state()
         synthesis = Synthesis()
         mx.random.seed(seed)
-        for _ in range(max_attempts or 3 * k):
-            if len(synthesis.examples) >= k:
-                break
-            synthesis.attempts += 1
-            request = self.write_request(state, original, tools, temperature)
-            calls = self.label(state, request, tools, decoder_options) if request_problem(request, original) is None else []
-            admit(synthesis, request, calls, original, tools, "self", same_tool)
+        polled, state.cancelled = state.cancelled, cancelled or state.cancelled
+        try:
+            for _ in range(max_attempts or 3 * k):
+                if len(synthesis.examples) >= k:
+                    break
+                synthesis.attempts += 1
+                request = self.write_request(state, original, tools, temperature)
+                calls = self.label(state, request, tools, decoder_options) if request_problem(request, original) is None else []
+                admit(synthesis, request, calls, original, tools, "self", same_tool)
+        finally:
+            state.cancelled = polled
         return synthesis
 
 
@@ -160,15 +168,14 @@ class EndpointTeacher:
         self.api_key = api_key
         self.timeout = timeout
 
-    def ask(self, content, seed):
+    def ask(self, content, seed, cancelled=None):
         body = {"model": self.model, "messages": [{"role": "user", "content": content}], "seed": seed}
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, json.dumps(body).encode(), headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read())
+            reply = json.loads(self._fetch(request, cancelled))
         except urllib.error.HTTPError as error:
             raise TeacherError(f"teacher endpoint {self.url} answered HTTP {error.code}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as error:
@@ -181,22 +188,46 @@ class EndpointTeacher:
         except (KeyError, IndexError, TypeError):
             raise TeacherError(f"teacher endpoint {self.url} gave no chat completion") from None
 
+    def _fetch(self, request, cancelled):
+        """The endpoint's reply body. With `cancelled`, fetched on a helper thread while this one checks
+        every POLL seconds that the request is still wanted (the helper ends by its own timeout)."""
+        def read():
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+
+        if cancelled is None:
+            return read()
+        reply = Future()
+        threading.Thread(target=lambda: _settle(reply, read), name="mlx-ttsi-teacher", daemon=True).start()
+        while not wait([reply], POLL).done:
+            if cancelled():
+                raise Cancelled("the request was cancelled while the teacher answered")
+        return reply.result()
+
     def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None, temperature=None,
-                   decoder_options=None):
+                   decoder_options=None, cancelled=None):
         """Up to k examples from the endpoint; `temperature` and `decoder_options` are a local writer's
-        (an endpoint samples and writes calls as it is set up)."""
+        (an endpoint samples and writes calls as it is set up). `cancelled()` is polled while it answers."""
         synthesis = Synthesis()
         tools_text = "\n".join(tool_line(t) for t in tools)
         for attempt in range(max_attempts or 2):
             if len(synthesis.examples) >= k:
                 break
             synthesis.attempts += 1
-            reply = self.ask(TEACHER_USER.format(tools=tools_text, request=original, k=k), seed + attempt)
+            reply = self.ask(TEACHER_USER.format(tools=tools_text, request=original, k=k), seed + attempt, cancelled)
             for item in _json_items(reply)[: k - len(synthesis.examples)]:
                 calls = item.get("calls") or ([item["call"]] if isinstance(item.get("call"), dict) else [])
                 admit(synthesis, item.get("request"), parse_calls(json.dumps(calls)), original, tools, "teacher",
                       same_tool)
         return synthesis
+
+
+def _settle(future, fn):
+    """Run fn on this thread and put its result (or its exception) in the future."""
+    try:
+        future.set_result(fn())
+    except BaseException as error:
+        future.set_exception(error)
 
 
 def _json_items(reply):

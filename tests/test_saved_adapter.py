@@ -96,6 +96,8 @@ def test_adapter_path_answers_text_requests_too(tiny_model_dir, tmp_path):
             '{"num_layers": 1, "lora_parameters": {"rank": 8, "scale": 10}}'), "does not fit this model"),
         (lambda d: (d / "adapter_config.json").write_text(
             '{"num_layers": 2, "lora_parameters": {"rank": 4, "scale": 10}}'), "does not fit this model"),
+        (lambda d: (d / "adapter_config.json").write_text(
+            '{"num_layers": 1, "lora_parameters": [4, 10]}'), "lora_parameters in adapter_config.json must be an object"),
     ],
 )
 def test_missing_or_mismatched_adapter_is_one_line(ask, tiny_model_dir, tmp_path, change, message):
@@ -133,3 +135,55 @@ def test_serve_adapter_path_and_memory_do_not_go_together(tiny_model_dir, tmp_pa
     result = CliRunner().invoke(cli, ["serve", "--model", str(tiny_model_dir), "--adapter-path", str(tmp_path),
                                       "--memory"])
     assert result.exit_code == 2 and "does not go with --memory" in result.stderr
+
+
+def test_save_adapter_refuses_a_non_empty_directory_before_loading_unless_forced(ask, tiny_model_dir, tmp_path):
+    existing = tmp_path / "mlx-lm-adapter"
+    write_mlx_lm_adapter(tiny_model_dir, existing)
+    before = {path.name: path.read_bytes() for path in existing.iterdir()}
+    result = CliRunner().invoke(cli, ["ask", REQUEST, "--model", "no-such-model", "--save-adapter", str(existing)])
+    assert result.exit_code == 1 and "is not empty" in result.stderr and "--force" in result.stderr  # not the model's error
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {path.name: path.read_bytes() for path in existing.iterdir()} == before
+    result, _ = ask("--mode", "ttsi", "--save-adapter", str(existing), "--force")
+    assert result.exit_code == 0, result.stderr
+    assert (existing / "adapters.safetensors").read_bytes() != before["adapters.safetensors"]
+    assert sorted(path.name for path in existing.iterdir()) == ["adapter_config.json", "adapters.safetensors"]
+
+
+def test_save_adapter_into_an_unwritable_place_fails_before_loading(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(cli, ["ask", REQUEST, "--model", "no-such-model", "--save-adapter", str(blocker / "sub")])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: cannot write to --save-adapter")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_save_adapter_says_when_nothing_was_written(ask, tmp_path):
+    target = tmp_path / "new" / "adapter"
+    result, answer = ask("--mode", "base", "--save-adapter", str(target))
+    assert result.exit_code == 0 and not answer["adapted"]
+    assert "nothing written to" in result.stderr and "not adapted" in result.stderr
+    assert not target.exists()
+
+
+def test_a_failed_save_leaves_the_previous_adapter_whole(tiny_model_dir, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mlx_ttsi.agent import Agent
+
+    agent = Agent.load(str(tiny_model_dir), precision="float32")
+    directory = tmp_path / "adapter"
+    write_mlx_lm_adapter(tiny_model_dir, directory)
+    before = {path.name: path.read_bytes() for path in directory.iterdir()}
+    write_text = Path.write_text
+
+    def failing(path, *args, **kwargs):
+        if "adapter_config" in path.name:
+            raise OSError(28, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(OSError):
+        agent.adapter.save(directory)
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == before  # no half-written pair

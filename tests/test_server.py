@@ -424,7 +424,7 @@ def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, mo
     from mlx_ttsi.errors import TeacherError
 
     def unreachable(*args, **kwargs):
-        raise TeacherError("the teacher could not be reached")
+        raise TeacherError("cannot reach teacher endpoint http://10.0.0.7:8080/v1/chat/completions: refused")
 
     monkeypatch.setattr(agent, "_adapt", unreachable)  # fails after scoring's progress went out
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
@@ -434,12 +434,15 @@ def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, mo
     lines = list(read_sse(response))
     assert response.status == 200 and lines[0].startswith(": scoring")
     error = json.loads(lines[-2][6:])["error"]
-    assert lines[-1] == "data: [DONE]" and error["message"] == "the teacher could not be reached"
-    assert error["type"] == "server_error"
+    assert lines[-1] == "data: [DONE]" and "teacher could not be reached" in error["message"]
+    assert error["type"] == "server_error" and "10.0.0.7" not in error["message"]  # the teacher's URL stays in the log
     connection.close()
     with pytest.raises(openai.APIError, match="teacher could not be reached"):
         list(client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, stream=True,
                                             extra_body={"ttsi": {"mode": "ttsi"}}))
+    status, data = raw(server, "POST", "/v1/chat/completions", *post_body({"messages": ASK, "tools": TOOLS,
+                                                                          "ttsi": {"mode": "ttsi"}}))
+    assert status == 502 and "10.0.0.7" not in data["error"]["message"]
 
 
 @pytest.fixture(scope="module")
@@ -518,7 +521,8 @@ def test_a_client_gone_mid_training_frees_the_model_at_once(small, slow_agent, m
 
 def test_health_reports_the_model_the_queue_and_the_counters(small, slow_agent):
     state = health(small)
-    assert state["status"] == "ok" and state["model"] == slow_agent.name and state["loaded"] is True
+    assert state["status"] == "ok" and state["loaded"] is True
+    assert "model" not in state and slow_agent.name not in json.dumps(state)  # /health is open: it names no model
     assert state["max_queue"] == 2 and state["waiting"] == 0 and state["busy"] is False
     assert {"received", "answered", "cancelled", "failed", "rejected"} <= set(state)
     release = threading.Event()
@@ -616,3 +620,128 @@ def test_an_oversize_body_gets_413_even_if_it_never_comes(server):
     sock = raw_socket(server, b"", length=50 << 20)  # claims 50 MB, sends nothing
     status, seconds = status_of(sock)
     assert status == "413" and seconds < 1
+
+
+def test_a_tool_schema_ref_to_a_url_is_refused_and_never_fetched(server, trap, tmp_path):
+    (tmp_path / "s.json").write_text('{"type": "string"}')
+    for ref in (trap.url, (tmp_path / "s.json").as_uri()):
+        tools = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": ref}}}}]
+        status, data = raw(server, "POST", "/v1/chat/completions",
+                           *post_body({"messages": ASK, "tools": tools, "ttsi": {"mode": "ttsi"}}))
+        assert status == 400 and "outside the schema" in data["error"]["message"], data
+    assert trap.hits == []
+
+
+def nested_schema(levels):
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+MALFORMED = {
+    "nested 100000 deep": b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "unclosed nesting": b'{"messages": ' + b"[" * 100_000,
+    "tool_calls a number": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": 5}]}).encode(),
+    "content part text a number": json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
+    "role a list": json.dumps({"messages": [{"role": ["user"], "content": "hi"}]}).encode(),
+    "call arguments a number": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": "5"}}]}]}).encode(),
+    "call arguments nested 900 deep": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]}]}).encode(),
+    "schema nested 150 levels": json.dumps({"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(150)}]}).encode(),
+    "schema nested 40 levels": json.dumps({"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(40)}]}).encode(),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_body_gets_a_one_line_400_at_once(server, body):
+    started = time.perf_counter()
+    status, data = raw(server, "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    assert status == 400 and time.perf_counter() - started < 2, data
+    assert data["error"]["type"] == "invalid_request_error" and "\n" not in data["error"]["message"]
+
+
+def test_a_request_dropped_while_queued_is_freed_at_once(server, monkeypatch):
+    import gc
+    import weakref
+
+    requests, submit = [], server.service.submit
+    monkeypatch.setattr(server.service, "submit", lambda request: requests.append(weakref.ref(request)) or submit(request))
+    stats, release = server.service.stats, threading.Event()
+    server.service.worker.submit(release.wait)  # keep the model thread busy
+    cancelled = stats["cancelled"]
+    try:
+        for _ in range(5):
+            sock = send_and_close(server, {"messages": ASK, "tools": TOOLS})
+            wait_for(lambda: len(requests) and server.service.waiting)
+            sock.close()
+            wait_for(lambda: server.service.waiting == 0)
+        wait_for(lambda: stats["cancelled"] == cancelled + 5)
+        time.sleep(2 * POLL)  # the connection threads end
+        gc.collect()
+        assert len(requests) == 5 and all(ref() is None for ref in requests)  # while the model is still busy
+    finally:
+        release.set()
+
+
+def test_shutdown_waits_for_the_running_request_a_bounded_time(agent):
+    server = start(agent)
+    release = threading.Event()
+    server.service.worker.submit(release.wait)  # a request that does not finish
+    queued = server.service.worker.submit(time.sleep, 0)
+    server.shutdown()
+    closing = threading.Thread(target=server.service.close, args=(0.5,), daemon=True)
+    started = time.perf_counter()
+    closing.start()
+    closing.join(5)
+    release.set()
+    assert not closing.is_alive() and time.perf_counter() - started < 2
+    assert queued.cancelled()
+    server.socket.close()
+
+
+def test_connections_past_the_cap_get_503_at_once(agent):
+    server = start(agent, max_connections=2)
+    try:
+        idle = [socket.create_connection(server.server_address[:2], timeout=10) for _ in range(2)]
+        wait_for(lambda: server.service.stats["connections"] == 2)
+        started = time.perf_counter()
+        status, data = raw(server, "GET", "/health")
+        assert status == 503 and data["error"]["code"] == "too_many_connections"
+        assert time.perf_counter() - started < 1
+        for sock in idle:
+            sock.close()
+        wait_for(lambda: server.service.stats["connections"] == 0)
+        status, data = raw(server, "GET", "/health")
+        assert status == 200 and data["rejected"] == 1 and data["max_connections"] == 2
+    finally:
+        stop(server)
+
+
+def test_headers_sent_too_slowly_lose_the_connection_by_their_deadline(server, monkeypatch):
+    monkeypatch.setattr("mlx_ttsi.serve.http.HEADER_SECONDS", 1.0, raising=False)
+    sock = socket.create_connection(server.server_address[:2], timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    started = time.perf_counter()
+    closed = False
+    while not closed and time.perf_counter() - started < 5:
+        try:
+            sock.sendall(b"X")  # one header byte every 0.2 s: never idle for long, never done
+            time.sleep(0.2)
+            closed = not connected_socket(sock)
+        except OSError:
+            closed = True
+    sock.close()
+    assert closed and time.perf_counter() - started < 2.5
+
+
+def connected_socket(sock):
+    """False once the server has closed its end."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1 << 16) != b""
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)

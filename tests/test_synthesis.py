@@ -157,3 +157,29 @@ def test_each_requests_settings_reach_a_cached_local_teacher(tiny, tiny_model_di
     assert first >= 1 and len(SAMPLERS) > first
     assert {s["temp"] for s in SAMPLERS[:first]} == {0.2} and {s["temp"] for s in SAMPLERS[first:]} == {1.5}
     assert built[0]["name_norm"] == "mean" and built[-1] == {"name_norm": "sum", "max_calls": 2}
+
+
+def test_ttd_stops_waiting_for_its_teacher_once_the_request_is_cancelled(tiny):
+    import socket
+    import time
+
+    from mlx_ttsi.errors import Cancelled
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    agent = Agent(tiny, teacher=f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
+    started, outcome = time.perf_counter(), []
+    cancelled = lambda: time.perf_counter() - started > 0.5  # the client leaves half a second in
+
+    def ask():
+        try:
+            agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", cancelled=cancelled)
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(10)
+    silent.close()
+    assert not thread.is_alive() and time.perf_counter() - started < 3
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+    assert agent.adapter.is_reset()

@@ -1,9 +1,10 @@
 import json
+import time
 
 import pytest
 
 from mlx_ttsi.errors import ToolsError
-from mlx_ttsi.tools import check_call, load_tools, parse_calls, parse_tools
+from mlx_ttsi.tools import Tool, check_call, load_tools, parse_calls, parse_tools
 
 
 def test_accepts_openai_and_bare_specs(tools):
@@ -64,3 +65,61 @@ def test_parse_calls_finds_calls_in_messy_output():
     ]
     assert parse_calls("no calls here") == []
     assert parse_calls(json.dumps({"name": "a", "arguments": "not json"})) == []
+
+
+def test_a_schema_ref_outside_the_schema_is_refused_and_never_fetched(trap, tmp_path):
+    (tmp_path / "s.json").write_text('{"type": "string"}')
+    for ref in (trap.url, (tmp_path / "s.json").as_uri(), "file:///dev/zero", "other.json"):
+        spec = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": ref}}}}
+        with pytest.raises(ToolsError, match="points outside the schema"):
+            parse_tools([spec])
+    remote = Tool("f", "", {"type": "object", "properties": {"x": {"$ref": trap.url}}})  # made without parse_tools
+    assert "does not resolve" in check_call({"name": "f", "arguments": {"x": 5}}, [remote])
+    assert trap.hits == []
+
+
+def test_local_schema_refs_resolve_and_bad_ones_get_a_clear_message():
+    local = {"type": "object", "$defs": {"city": {"type": "string"}}, "properties": {"city": {"$ref": "#/$defs/city"}}}
+    tools = parse_tools([{"name": "f", "parameters": local}])
+    assert check_call({"name": "f", "arguments": {"city": "Oslo"}}, tools) is None
+    assert "invalid arguments" in check_call({"name": "f", "arguments": {"city": 5}}, tools)
+    for unresolved in ({"type": "object", "$ref": "#/$defs/nope"},
+                       {"type": "object", "properties": {"x": {"$ref": "#/$defs/nope"}}}):
+        with pytest.raises(ToolsError, match="does not resolve"):
+            parse_tools([{"name": "f", "parameters": unresolved}])
+    anchored = {"type": "object", "$defs": {"c": {"$anchor": "city", "type": "string"}}, "properties": {"x": {"$ref": "#city"}}}
+    assert "invalid arguments" in check_call({"name": "f", "arguments": {"x": 5}}, parse_tools([{"name": "f", "parameters": anchored}]))
+    with pytest.raises(ToolsError, match="loop"):
+        parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#"}}])
+    looped = parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}}])
+    assert "loop" in check_call({"name": "f", "arguments": {"x": 1}}, looped)
+
+
+def nested(levels):
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_a_schema_or_file_nested_too_deep_is_refused_before_anything_recurses(tmp_path):
+    assert parse_tools([{"name": "f", "parameters": nested(20)}])
+    with pytest.raises(ToolsError, match="nests over 64 levels"):
+        parse_tools([{"name": "f", "parameters": nested(150)}])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ToolsError, match="nests over 64 levels"):
+        load_tools(deep)
+
+
+def test_a_backtracking_pattern_is_checked_in_bounded_time():
+    spec = {"name": "f", "parameters": {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a|aa)+$"}},
+                                        "patternProperties": {"^(a|aa)+$": {"type": "integer"}}}}
+    tools = parse_tools([spec])
+    assert check_call({"name": "f", "arguments": {"code": "aaaa"}}, tools) is None
+    started = time.perf_counter()
+    assert "does not match" in check_call({"name": "f", "arguments": {"code": "a" * 36 + "b"}}, tools)
+    assert check_call({"name": "f", "arguments": {"a" * 36 + "b": "x"}}, tools) is None  # the key is not matched
+    assert time.perf_counter() - started < 1
+    with pytest.raises(ToolsError, match="invalid parameters schema"):
+        parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"pattern": "("}}}}])

@@ -11,6 +11,7 @@ which the model thread reads before each forward pass and training step.
     server.serve_forever()
 """
 
+import io
 import json
 import queue
 import select
@@ -21,6 +22,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ..tools import MAX_NESTING as SCHEMA_NESTING, too_deep
 from .service import MAX_QUEUE, APIError, Service, api_error
 from .streaming import error_event
 
@@ -29,6 +31,9 @@ DRAIN = 16 << 20  # an oversize body up to this is read and dropped, so the clie
 POLL = 0.25  # seconds between checks that a waiting request's client is still there
 BODY_IDLE = 0.5  # seconds a request body may pause before it gets 408
 BODY_SECONDS, BODY_RATE = 2.0, 256 << 10  # a body's deadline: 2 s plus 1 s per 256 KiB
+HEADER_SECONDS = 10.0  # a request's line and headers must all arrive within this of its first byte
+MAX_CONNECTIONS = 64  # connections served at once (at least twice --max-queue); one more gets 503
+MAX_NESTING = SCHEMA_NESTING + 8  # levels of a request body: a tool's schema sits 5 levels down
 
 
 def connected(sock):
@@ -43,6 +48,20 @@ def connected(sock):
         return False
 
 
+class Reader(socket.SocketIO):
+    """The connection's reading side: while `deadline` (a monotonic time) is set, no read waits past it."""
+
+    deadline = None
+
+    def readinto(self, buffer):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request line and headers took too long")
+            self._sock.settimeout(min(left, Handler.timeout))
+        return super().readinto(buffer)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every response has a Content-Length or is chunked
     server_version = "mlx-ttsi"
@@ -51,6 +70,31 @@ class Handler(BaseHTTPRequestHandler):
     @property
     def service(self):
         return self.server.service
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # read through a Reader instead, so the headers get an overall deadline
+        self.reader = Reader(self.connection, "rb")
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self):
+        """http.server's, but once a request's first byte comes (the wait for it is the keep-alive idle
+        time), its line and headers must all arrive within HEADER_SECONDS, however slowly they trickle."""
+        try:
+            if not self.rfile.peek(1):  # the client closed the connection
+                self.close_connection = True
+                return
+        except OSError:  # idle over `timeout`, or reset
+            self.close_connection = True
+            return
+        self.reader.deadline = time.monotonic() + HEADER_SECONDS
+        super().handle_one_request()  # a header read past the deadline times out: the connection is closed
+
+    def parse_request(self):
+        parsed = super().parse_request()
+        self.reader.deadline = None  # the headers are in: the body has its own limits (_read_body)
+        self.connection.settimeout(self.timeout)
+        return parsed
 
     def do_GET(self):
         self.unread = False  # a GET's body, if any, is not read
@@ -192,8 +236,11 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(413, f"the request body is over {self.server.max_body} bytes", "request_too_large")
         data = self._read_body(length)
         try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
+            text = data.decode(json.detect_encoding(data))
+            if too_deep(text, MAX_NESTING):  # refused before the parser recurses into it
+                raise APIError(400, f"the request body nests over {MAX_NESTING} levels deep", "invalid_json")
+            return json.loads(text)
+        except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
             raise APIError(400, f"the request body is not valid JSON: {error}", "invalid_json") from None
 
     def _read_body(self, length):
@@ -269,10 +316,38 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, service, quiet=False, max_body=MAX_BODY):
+    def __init__(self, address, service, quiet=False, max_body=MAX_BODY, max_connections=MAX_CONNECTIONS):
         self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0]
         self.service, self.quiet, self.max_body = service, quiet, max_body
+        service.max_connections = max_connections
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address):
+        """A thread for the connection, while fewer than max_connections are served; else a 503, at once."""
+        if not self.service.connect():
+            return self._refuse(request)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.service.count("connections", -1)
+
+    def _refuse(self, request):
+        """503 on a connection past the cap, written without waiting (this is the accepting thread)."""
+        error = APIError(503, f"the server has {self.service.max_connections} connections open; retry later",
+                         "too_many_connections", retry_after=1)
+        body = json.dumps(error.body()).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+                "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+        try:
+            request.setblocking(False)
+            request.sendall(head.encode() + body)
+            request.recv(1 << 16)  # what the client already sent, so closing does not reset the 503
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def server_bind(self):  # skip HTTPServer's reverse DNS lookup of the host
         socketserver.TCPServer.server_bind(self)
@@ -297,12 +372,14 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(agent, host="127.0.0.1", port=8080, api_key=None, memory=None, names=(), max_body=MAX_BODY,
-                max_queue=MAX_QUEUE, quiet=False):
+                max_queue=MAX_QUEUE, quiet=False, max_connections=None):
     """A bound server (port 0 picks a free one; see `.url`); run it with `.serve_forever()`.
-    `max_queue`: requests that may wait for the model; more get 503 with Retry-After."""
+    `max_queue`: requests that may wait for the model; more get 503 with Retry-After.
+    `max_connections`: connections served at once (default MAX_CONNECTIONS, or twice max_queue); more get 503."""
     service = Service(agent, api_key=api_key, memory=memory, names=names, max_queue=max_queue)
+    max_connections = max_connections or max(MAX_CONNECTIONS, 2 * max_queue)
     try:
-        return Server((host, port), service, quiet, max_body)
+        return Server((host, port), service, quiet, max_body, max_connections)
     except BaseException:
         service.close()
         raise

@@ -33,13 +33,14 @@ from functools import partial
 import mlx.core as mx
 
 from .adapter_memory import tools_key
-from ..errors import Cancelled, TTSIError
+from ..errors import Cancelled, TeacherError, TTSIError
 from ..prompts import last_user_text, normalize_messages
 from ..settings import BY_NAME, OPTIONS, default
 from ..tools import parse_tools
 from .streaming import Stream
 
 MAX_QUEUE = default("max_queue")  # requests that may wait for the model; more get 503
+SHUTDOWN_GRACE = 30  # seconds a shutdown waits for the request being answered
 TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
 
 
@@ -90,10 +91,13 @@ class Job:
 
 
 class ModelThread:
-    """The one thread that uses the model: jobs run one at a time, in the order they came."""
+    """The one thread that uses the model: jobs run one at a time, in the order they came. A job
+    cancelled while it waits leaves the queue at once, and with it its request."""
 
     def __init__(self):
-        self.jobs = queue.Queue()
+        self.jobs = {}  # Future -> (fn, args), in arrival order
+        self.ready = threading.Condition()
+        self.stopping = False
         self.busy = False  # a job is running
         self.thread = threading.Thread(target=self._loop, name="mlx-ttsi-model", daemon=True)
         self.thread.start()
@@ -101,12 +105,33 @@ class ModelThread:
 
     def submit(self, fn, *args):
         future = Future()
-        self.jobs.put((future, fn, args))
+        with self.ready:
+            if self.stopping:
+                future.cancel()  # too late: answered as the queued ones are (503)
+            else:
+                self.jobs[future] = (fn, args)
+                self.ready.notify()
+        future.add_done_callback(self._drop)
         return future
+
+    def _drop(self, future):
+        if future.cancelled():
+            with self.ready:
+                self.jobs.pop(future, None)
+
+    def _next(self):
+        """The oldest waiting job, or None once the thread is stopping."""
+        with self.ready:
+            while not self.jobs and not self.stopping:
+                self.ready.wait()
+            if self.stopping:
+                return None
+            future = next(iter(self.jobs))
+            return future, *self.jobs.pop(future)
 
     def _loop(self):
         try:
-            while (job := self.jobs.get()) is not None:
+            while (job := self._next()) is not None:
                 future, fn, args = job
                 if future.set_running_or_notify_cancel():
                     self.busy = True
@@ -119,18 +144,16 @@ class ModelThread:
         finally:
             mx.clear_streams()  # MLX needs each thread to free its own streams, or the process aborts at exit
 
-    def close(self):
-        """Cancel what is queued, let the running job finish, and stop the thread."""
+    def close(self, grace=None):
+        """Cancel what is queued, let the running job finish (waiting `grace` seconds at most), and stop."""
         atexit.unregister(self.close)
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job[0].cancel()
-        self.jobs.put(None)
-        self.thread.join()
+        with self.ready:
+            self.stopping = True
+            waiting = list(self.jobs)
+            self.ready.notify()
+        for future in waiting:
+            future.cancel()
+        self.thread.join(grace)
 
 
 class Service:
@@ -147,23 +170,35 @@ class Service:
         self.stats = Counter()
         self.waiting = 0  # admitted jobs not yet started
         self.typical = 1.0  # seconds per request, a moving average (for Retry-After)
+        self.max_connections = None  # connections served at once (set by the HTTP server; None: no cap)
         self._lock = threading.Lock()
 
     def count(self, key, step=1):
         with self._lock:
             self.stats[key] += step
 
-    def close(self, grace=10):
-        """Drop queued requests (503), finish the one being answered and give its client the answer."""
-        self.worker.close()
+    def connect(self):
+        """Count a new connection in, unless max_connections are open (then it is refused: False)."""
+        with self._lock:
+            if self.max_connections is not None and self.stats["connections"] >= self.max_connections:
+                self.stats["rejected"] += 1
+                return False
+            self.stats["connections"] += 1
+            return True
+
+    def close(self, grace=SHUTDOWN_GRACE):
+        """Drop queued requests (503), finish the one being answered and give its client the answer,
+        within `grace` seconds (then stop anyway: the model thread is a daemon)."""
         deadline = time.monotonic() + grace
+        self.worker.close(grace)
         while self.stats["inflight"] > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def health(self):
         counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
-        return {"status": "ok", "model": self.agent.name, "loaded": self.worker.thread.is_alive(),
-                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue, **counters}
+        return {"status": "ok", "loaded": self.worker.thread.is_alive(),  # open without the key: no model name
+                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue,
+                "connections": self.stats["connections"], "max_connections": self.max_connections, **counters}
 
     def model_card(self, name=None):
         """The served model's card (for `name`, when it is one this server answers to; else None)."""
@@ -182,6 +217,15 @@ class Service:
     def parse(self, body):
         """The request, parsed and checked on the connection thread: a bad one is refused here, before
         it takes a place in the queue, and the agent gets the parsed messages and tools."""
+        try:
+            return self._parse(body)
+        except APIError:
+            raise
+        except Exception as error:  # a shape no check foresaw: still the client's 400, in one line
+            detail = " ".join(str(error).split())[:200]
+            raise APIError(400, f"the request is malformed ({type(error).__name__}: {detail})") from None
+
+    def _parse(self, body):
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         self._check_model(body.get("model"))
@@ -415,6 +459,9 @@ def api_error(error):
         return None
     if isinstance(error, APIError):
         return error
+    if isinstance(error, TeacherError):  # its URL and reply are the operator's to see, not the client's
+        print(f"TT-D teacher error: {error}", file=sys.stderr)
+        return APIError(error.status, "the TT-D teacher could not be reached or gave nothing usable (see the server log)")
     if isinstance(error, TTSIError):  # the agent refused the request (bad tools, messages, length ...)
         return APIError(error.status, str(error))
     if isinstance(error, CancelledError):
