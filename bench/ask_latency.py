@@ -37,7 +37,9 @@ def main():
     rows = sealtool_rows()[: args.requests] if args.every else [row for row, _ in uncertain_rows(agent, args.requests)]
     stops = [float(v) for v in args.stop_losses.split(",")] if args.stop_losses else [None]
     batches = [int(v) for v in args.batch_sizes.split(",")] if args.batch_sizes else [None]
-    variants = [{k: v for k, v in (("stop_loss", s), ("batch_size", b)) if v is not None} for s in stops for b in batches]
+    variants = [
+        {k: v for k, v in (("stop_loss", s), ("batch_size", b)) if v is not None} for s in stops for b in batches
+    ]
     names = [", ".join(f"{k} {v}" for k, v in variant.items()) for variant in variants]
     timings = {name: {phase: [] for phase in PHASES} for name in names}
     drafts = {name: [0, 0, 0] for name in names}  # answers, answers that were their draft, tokens taken / drafted
@@ -47,7 +49,9 @@ def main():
         base = agent.ask(row["query"], tools=row["tools"], mode="base")
         base_totals.append(base.timings["total"])
         for name, variant in zip(names, variants):
-            answer = agent.ask(row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None, **variant)
+            answer = agent.ask(
+                row["query"], tools=row["tools"], mode="ttsi", force=True if args.every else None, **variant
+            )
             adapted += answer.adapted
             for phase in PHASES:
                 timings[name][phase].append(answer.timings.get(phase, 0.0))
@@ -55,20 +59,27 @@ def main():
                 drafts[name][0] += 1
                 drafts[name][1] += answer.draft["answer_is_draft"]
                 drafts[name][2] += answer.draft["taken"] / max(answer.draft["tokens"], 1)
-            print(f"  {row['id']:<32} base {base.timings['total']:6.2f}s  ttsi {answer.timings['total']:6.2f}s "
-                  f"adapted={answer.adapted} {name}", file=sys.stderr)
+            print(
+                f"  {row['id']:<32} base {base.timings['total']:6.2f}s  ttsi {answer.timings['total']:6.2f}s "
+                f"adapted={answer.adapted} {name}",
+                file=sys.stderr,
+            )
 
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {machine()}")
-    print(f"model: {args.model}, loaded in {load_seconds:.2f}s; {len(rows)} "
-          f"{'first' if args.every else 'uncertain'} SealTool requests, {adapted} adapted; tools prefix cached")
+    print(
+        f"model: {args.model}, loaded in {load_seconds:.2f}s; {len(rows)} "
+        f"{'first' if args.every else 'uncertain'} SealTool requests, {adapted} adapted; tools prefix cached"
+    )
     for name in names:
         print(f"TT-SI{f' with {name}' if name else ''}:")
         report(timings[name], base_totals)
         answers, whole, share = drafts[name]
         if answers:
-            print(f"drafted label: {whole} of {answers} adapted answers were the draft itself; "
-                  f"mean share of drafted tokens taken {share / answers:.2f}")
+            print(
+                f"drafted label: {whole} of {answers} adapted answers were the draft itself; "
+                f"mean share of drafted tokens taken {share / answers:.2f}"
+            )
     print(f"peak RSS of the whole process (load, selection, {len(rows)} x {1 + len(names)} asks): {peak_mib:.0f} MiB")
 
 
@@ -76,12 +87,18 @@ def report(timings, base_totals):
     print(f"{'phase':<10} {'p50 s':>7} {'p90 s':>7} {'mean s':>7}")
     for phase in PHASES:
         values = timings[phase]
-        print(f"{phase:<10} {percentile(values, 50):7.2f} {percentile(values, 90):7.2f} {sum(values) / len(values):7.2f}")
-    print(f"{'base ask':<10} {percentile(base_totals, 50):7.2f} {percentile(base_totals, 90):7.2f} "
-          f"{sum(base_totals) / len(base_totals):7.2f}")
+        print(
+            f"{phase:<10} {percentile(values, 50):7.2f} {percentile(values, 90):7.2f} {sum(values) / len(values):7.2f}"
+        )
+    print(
+        f"{'base ask':<10} {percentile(base_totals, 50):7.2f} {percentile(base_totals, 90):7.2f} "
+        f"{sum(base_totals) / len(base_totals):7.2f}"
+    )
     ratios = [t / b for t, b in zip(timings["total"], base_totals)]
-    print(f"TT-SI / base, same requests: p50 of totals {percentile(timings['total'], 50) / percentile(base_totals, 50):.2f}, "
-          f"median per-request ratio {percentile(ratios, 50):.2f}")
+    print(
+        f"TT-SI / base, same requests: p50 of totals {percentile(timings['total'], 50) / percentile(base_totals, 50):.2f}, "
+        f"median per-request ratio {percentile(ratios, 50):.2f}"
+    )
 
 
 if __name__ == "__main__":

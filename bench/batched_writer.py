@@ -28,8 +28,10 @@ def prompts_for(loaded, count):
     asks = [r["query"] for r in rows[:count]]
     prompts = [render_prompt(loaded.tokenizer, [{"role": "user", "content": a}], tools, fmt) for a in asks]
     state = ContextState(loaded.model, loaded.tokenizer)
-    ids = [state.encode(p) for p in prompts + [render_prompt(loaded.tokenizer, [{"role": "user", "content": "A"}],
-                                                             tools, fmt)]]
+    ids = [
+        state.encode(p)
+        for p in prompts + [render_prompt(loaded.tokenizer, [{"role": "user", "content": "A"}], tools, fmt)]
+    ]
     n = min(next((i for i, (a, b) in enumerate(zip(ids[0], other)) if a != b), len(other)) for other in ids[1:])
     state.sync(ids[0][:n])
     return prompts, ids[0][:n], state.prefix_arrays(n, copy=True)

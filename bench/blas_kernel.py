@@ -99,14 +99,20 @@ def main():
     for name, r in results.items():
         kernel = r["kernel"]
         print(f"  {name:<18} {kernel['name']:<11} ({kernel['chosen_by']}: {kernel['why']})")
-        print(f"  {'':<18} median {median[name]:6.1f} GFLOP/s, best {best[name]:6.1f}, "
-              f"rel. error vs float64 {max(r['errors']):.1e}")
+        print(
+            f"  {'':<18} median {median[name]:6.1f} GFLOP/s, best {best[name]:6.1f}, "
+            f"rel. error vs float64 {max(r['errors']):.1e}"
+        )
     for label, figures in (("median", median), ("best", best)):
         chosen, own, prescott = figures["mlx-ttsi's choice"], figures["OpenBLAS's own"], figures["Prescott"]
-        print(f"ratios of {label}s: mlx-ttsi's choice / OpenBLAS's own {chosen / own:.2f}x, "
-              f"/ Prescott {chosen / prescott:.2f}x")
-    print("start-up, import mlx_ttsi (median of 3): " +
-          ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in startup_costs().items()))
+        print(
+            f"ratios of {label}s: mlx-ttsi's choice / OpenBLAS's own {chosen / own:.2f}x, "
+            f"/ Prescott {chosen / prescott:.2f}x"
+        )
+    print(
+        "start-up, import mlx_ttsi (median of 3): "
+        + ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in startup_costs().items())
+    )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ against the first one.
 
     python bench/compare_runs.py runs/q-main:base runs/q-main:ttsi runs/q-main:label runs/q-label:self-label
 
-A column is DIR:METHOD (a method of that run's results.jsonl) or DIR:label (the self-label recorded
-on that run's ttsi lines: the checked answer TT-SI trains on). Only rows present in every column count.
+A column is DIR:METHOD (a method of that run's results.jsonl), DIR:label (the self-label recorded
+on that run's ttsi lines: the checked answer TT-SI trains on), or DIR:METHOD+gate (an ungated "-all"
+method read as gated: its answer on the rows it found uncertain, the run's base answer on the others).
+Only rows present in every column count.
 """
 
 import json
@@ -15,12 +17,20 @@ from pathlib import Path
 
 def column(spec):
     folder, method = spec.rsplit(":", 1)
+    gated = method.endswith("+gate")
+    method = method.removesuffix("+gate")
     source, field = ("ttsi", "label_correct") if method == "label" else (method, "correct")
+    records = [json.loads(line) for line in (Path(folder) / "results.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["seed"] == 0]
+    base = {(r["benchmark"], r["id"]): bool(r["correct"]) for r in records if r["method"] == "base"}
     rows = {}
-    for line in (Path(folder) / "results.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["method"] == source and record.get(field) is not None and record["seed"] == 0:
-            rows[(record["benchmark"], record["id"])] = bool(record[field])
+    for record in records:
+        if record["method"] == source and record.get(field) is not None:
+            row = (record["benchmark"], record["id"])
+            if not gated or record["uncertain"]:
+                rows[row] = bool(record[field])
+            elif row in base:
+                rows[row] = base[row]
     return rows
 
 

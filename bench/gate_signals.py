@@ -43,8 +43,9 @@ def auroc(scores, wrong):
 def signals(row, adapted_methods):
     """{signal: doubt} for one row's lines."""
     base = row["base"]
-    scored = row.get("self-label") or next((r for r in row.values() if (r.get("parts") or {}).get("label_agrees")
-                                            is not None), None)
+    scored = row.get("self-label") or next(
+        (r for r in row.values() if (r.get("parts") or {}).get("label_agrees") is not None), None
+    )
     out = {}
     if scored and scored.get("parts"):
         parts = scored["parts"]
@@ -85,8 +86,10 @@ def main():
         fires = [v > cut for v in values]
         hits = sum(f and w for f, w in zip(fires, wrong))
         area = auroc(values, wrong)
-        print(f"| {name} | {len(pairs)} | {'' if area is None else f'{area:.2f}'} | {sum(fires)} "
-              f"| {hits / sum(fires) if sum(fires) else 0:.2f} | {hits / sum(wrong) if sum(wrong) else 0:.2f} |")
+        print(
+            f"| {name} | {len(pairs)} | {'' if area is None else f'{area:.2f}'} | {sum(fires)} "
+            f"| {hits / sum(fires) if sum(fires) else 0:.2f} | {hits / sum(wrong) if sum(wrong) else 0:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from collections import Counter
 
 from _common import SEALTOOL
 
-from mlx_ttsi.self_check import free_value, context_text, grounded
 from mlx_ttsi.prompts import normalize_messages
+from mlx_ttsi.self_check import context_text, free_value, grounded
 from mlx_ttsi.tools import parse_tools
 
 FILES = ("sealtool", "apibank_l1", "apibank_l2", "toolalpaca", "nexusraven")
@@ -36,8 +36,9 @@ def count(path):
                     continue
                 kind = "required" if key in tool.required else "optional"
                 counts[kind, grounded(value, context)] += 1
-            counts["optional left out"] += sum(1 for key in tool.properties
-                                               if key not in tool.required and key not in call["arguments"])
+            counts["optional left out"] += sum(
+                1 for key in tool.properties if key not in tool.required and key not in call["arguments"]
+            )
     return counts
 
 
@@ -47,9 +48,13 @@ def main():
     for name in FILES:
         counts = count(SEALTOOL.with_name(f"{name}.jsonl"))
         total.update(counts)
-        print(f"{name:<12} {_share(counts, 'required'):>16} {_share(counts, 'optional'):>16} "
-              f"{counts['optional left out']:>18}")
-    print(f"{'all':<12} {_share(total, 'required'):>16} {_share(total, 'optional'):>16} {total['optional left out']:>18}")
+        print(
+            f"{name:<12} {_share(counts, 'required'):>16} {_share(counts, 'optional'):>16} "
+            f"{counts['optional left out']:>18}"
+        )
+    print(
+        f"{'all':<12} {_share(total, 'required'):>16} {_share(total, 'optional'):>16} {total['optional left out']:>18}"
+    )
     print(f"gold calls whose tool the row does not offer (not counted): {total['gold tool not offered']}")
 
 

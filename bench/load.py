@@ -74,8 +74,9 @@ def open_stream(url, data, api_key=None):
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=900)
     started = time.perf_counter()
-    connection.request("POST", parts.path + "/chat/completions", json.dumps({**data, "stream": True}).encode(),
-                       headers(api_key))
+    connection.request(
+        "POST", parts.path + "/chat/completions", json.dumps({**data, "stream": True}).encode(), headers(api_key)
+    )
     response = connection.getresponse()
     if response.status != 200:
         raise RuntimeError(f"{response.status} {response.read()[:300]!r}")
@@ -114,8 +115,9 @@ def throughput(url, api_key, kind, count, clients, model):
     mode = "base" if kind == "base" else "ttsi"
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda i: post(url, body(QUERIES[i % len(QUERIES)], mode, model), api_key),
-                                range(count)))
+        results = list(
+            pool.map(lambda i: post(url, body(QUERIES[i % len(QUERIES)], mode, model), api_key), range(count))
+        )
     wall = time.perf_counter() - started
     latencies = [seconds for seconds, _ in results]
     server = [data["ttsi"]["timings"] for _, data in results]
@@ -125,10 +127,15 @@ def throughput(url, api_key, kind, count, clients, model):
         if values:
             phases[name] = round(statistics.mean(values), 3)
     return {
-        "kind": kind, "requests": count, "clients": clients, "wall_s": round(wall, 2),
+        "kind": kind,
+        "requests": count,
+        "clients": clients,
+        "wall_s": round(wall, 2),
         "requests_per_s": round(count / wall, 3),
-        "p50_s": round(percentile(latencies, 50), 2), "p90_s": round(percentile(latencies, 90), 2),
-        "p99_s": round(percentile(latencies, 99), 2), "max_s": round(max(latencies), 2),
+        "p50_s": round(percentile(latencies, 50), 2),
+        "p90_s": round(percentile(latencies, 90), 2),
+        "p99_s": round(percentile(latencies, 99), 2),
+        "max_s": round(max(latencies), 2),
         "adapted": sum(data["ttsi"]["adapted"] for _, data in results),
         "server_mean_s": phases,
     }
@@ -150,11 +157,21 @@ def streaming(url, api_key, count, model):
                 first_delta = now if delta.get("tool_calls") or delta.get("content") else None
         complete = time.perf_counter() - started
         connection.close()
-        rows.append({"first_byte_s": round(first_byte, 3), "first_delta_s": round(first_delta, 3),
-                     "complete_s": round(complete, 3), "comments": comments})
+        rows.append(
+            {
+                "first_byte_s": round(first_byte, 3),
+                "first_delta_s": round(first_delta, 3),
+                "complete_s": round(complete, 3),
+                "comments": comments,
+            }
+        )
     mean = {k: round(statistics.mean(r[k] for r in rows), 3) for k in ("first_byte_s", "first_delta_s", "complete_s")}
-    return {"requests": count, "rows": rows, "mean": mean,
-            "first_byte_share": round(mean["first_byte_s"] / mean["complete_s"], 3)}
+    return {
+        "requests": count,
+        "rows": rows,
+        "mean": mean,
+        "first_byte_share": round(mean["first_byte_s"] / mean["complete_s"], 3),
+    }
 
 
 def overload(url, api_key, clients, model):
@@ -178,10 +195,15 @@ def overload(url, api_key, clients, model):
     for i in sorted({i % len(QUERIES) for i, _ in accepted}):  # each accepted query again, alone
         baseline[i] = calls_of(post(url, body(QUERIES[i], "ttsi", model), api_key)[1])
     right = sum(calls_of(answer) == baseline[i % len(QUERIES)] for i, answer in accepted)
-    return {"clients": clients, "wall_s": round(wall, 2), "accepted": len(accepted),
-            "status_503": sum(code == 503 for code, _ in refused), "other_errors": sum(code != 503 for code, _ in refused),
-            "retry_after_s": sorted({int(after) for code, after in refused if after}),
-            "accepted_right": right}
+    return {
+        "clients": clients,
+        "wall_s": round(wall, 2),
+        "accepted": len(accepted),
+        "status_503": sum(code == 503 for code, _ in refused),
+        "other_errors": sum(code != 503 for code, _ in refused),
+        "retry_after_s": sorted({int(after) for code, after in refused if after}),
+        "accepted_right": right,
+    }
 
 
 def cancellation(url, api_key, count, model, examples):
@@ -204,21 +226,33 @@ def cancellation(url, api_key, count, model, examples):
         connection.close()
         gone = time.perf_counter()
         seconds, answer = post(url, body(QUERIES[1], "base", model), api_key)
-        rows.append({"queue_s": answer["ttsi"]["timings"]["queue"], "close_to_answer_s": round(time.perf_counter() - gone, 3),
-                     "right": calls_of(answer) == calls_of(expected)})
-    return {"abandons": count, "examples": examples, "rows": rows, "training_if_not_abandoned_s": training,
-            "cancelled_by_server": get(url, "/health")["cancelled"] - cancelled,
-            "synthetic": full["ttsi"]["synthetic"], "base_alone_s": expected["ttsi"]["timings"]["server"],
-            "max_queue_s": max(r["queue_s"] for r in rows), "mean_queue_s": round(statistics.mean(r["queue_s"] for r in rows), 3),
-            "right": sum(r["right"] for r in rows)}
+        rows.append(
+            {
+                "queue_s": answer["ttsi"]["timings"]["queue"],
+                "close_to_answer_s": round(time.perf_counter() - gone, 3),
+                "right": calls_of(answer) == calls_of(expected),
+            }
+        )
+    return {
+        "abandons": count,
+        "examples": examples,
+        "rows": rows,
+        "training_if_not_abandoned_s": training,
+        "cancelled_by_server": get(url, "/health")["cancelled"] - cancelled,
+        "synthetic": full["ttsi"]["synthetic"],
+        "base_alone_s": expected["ttsi"]["timings"]["server"],
+        "max_queue_s": max(r["queue_s"] for r in rows),
+        "mean_queue_s": round(statistics.mean(r["queue_s"] for r in rows), 3),
+        "right": sum(r["right"] for r in rows),
+    }
 
 
 def start_server(model, epochs, max_queue):
     """The server in this process, on a free loopback port; returns (server, served model name)."""
     sys.path.insert(0, str(ROOT))
     from mlx_ttsi.agent import Agent
-    from mlx_ttsi.settings import LoRASettings, Settings
     from mlx_ttsi.serve.http import make_server
+    from mlx_ttsi.settings import LoRASettings, Settings
 
     agent = Agent.load(model, settings=Settings(lora=LoRASettings(epochs=epochs)))
     server = make_server(agent, "127.0.0.1", 0, max_queue=max_queue, quiet=True)
@@ -253,8 +287,11 @@ def main():
         max_queue = get(url, "/health")["max_queue"]
         warm, _ = post(url, body(QUERIES[0], "base", model), args.api_key)
         clients = min(args.clients, max_queue)  # more could be refused (503): that is phase 3
-        rows = [throughput(url, args.api_key, kind, count, clients, model)
-                for kind, count in (("base", args.base), ("ttsi", args.ttsi)) if count > 0]
+        rows = [
+            throughput(url, args.api_key, kind, count, clients, model)
+            for kind, count in (("base", args.base), ("ttsi", args.ttsi))
+            if count > 0
+        ]
         stream = streaming(url, args.api_key, args.stream, model) if args.stream else None
         over = overload(url, args.api_key, 4 * max_queue, model)
         cancel = cancellation(url, args.api_key, args.cancels, model, args.cancel_examples) if args.cancels else None
@@ -269,43 +306,72 @@ def main():
     report(url, model, warm, rows, stream, over, cancel, health, max_queue, load_before, load_after)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"url": url, "model": model, "warmup_s": round(warm, 2), "phases": rows,
-                                         "streaming": stream, "overload": over, "cancellation": cancel,
-                                         "health": health, "loadavg": [load_before, load_after]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "url": url,
+                    "model": model,
+                    "warmup_s": round(warm, 2),
+                    "phases": rows,
+                    "streaming": stream,
+                    "overload": over,
+                    "cancellation": cancel,
+                    "health": health,
+                    "loadavg": [load_before, load_after],
+                },
+                indent=2,
+            )
+        )
 
 
 def report(url, model, warm, rows, stream, over, cancel, health, max_queue, load_before, load_after):
     print(f"server: {url} model: {model or '(remote)'}  max-queue: {max_queue}  warm-up request: {warm:.2f}s")
-    print(f"machine load average (1, 5, 15 min): before {', '.join(f'{x:.2f}' for x in load_before)}; "
-          f"after {', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} cores)")
-    print(f"\n{'kind':<6}{'reqs':>5}{'clients':>8}{'wall s':>9}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}{'p99 s':>8}"
-          f"{'adapted':>9}  server mean s per phase")
+    print(
+        f"machine load average (1, 5, 15 min): before {', '.join(f'{x:.2f}' for x in load_before)}; "
+        f"after {', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} cores)"
+    )
+    print(
+        f"\n{'kind':<6}{'reqs':>5}{'clients':>8}{'wall s':>9}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}{'p99 s':>8}"
+        f"{'adapted':>9}  server mean s per phase"
+    )
     for r in rows:
-        print(f"{r['kind']:<6}{r['requests']:>5}{r['clients']:>8}{r['wall_s']:>9}{r['requests_per_s']:>8}"
-              f"{r['p50_s']:>8}{r['p90_s']:>8}{r['p99_s']:>8}{r['adapted']:>9}  {r['server_mean_s']}")
+        print(
+            f"{r['kind']:<6}{r['requests']:>5}{r['clients']:>8}{r['wall_s']:>9}{r['requests_per_s']:>8}"
+            f"{r['p50_s']:>8}{r['p90_s']:>8}{r['p99_s']:>8}{r['adapted']:>9}  {r['server_mean_s']}"
+        )
     if stream:
         m = stream["mean"]
-        print(f"\nstreaming TT-SI ({stream['requests']} requests, one at a time): first byte {m['first_byte_s']:.2f}s, "
-              f"first answer delta {m['first_delta_s']:.2f}s, complete answer {m['complete_s']:.2f}s "
-              f"(first byte at {stream['first_byte_share']:.0%} of the complete time, "
-              f"{m['complete_s'] / m['first_byte_s']:.1f}x sooner)")
+        print(
+            f"\nstreaming TT-SI ({stream['requests']} requests, one at a time): first byte {m['first_byte_s']:.2f}s, "
+            f"first answer delta {m['first_delta_s']:.2f}s, complete answer {m['complete_s']:.2f}s "
+            f"(first byte at {stream['first_byte_share']:.0%} of the complete time, "
+            f"{m['complete_s'] / m['first_byte_s']:.1f}x sooner)"
+        )
         for r in stream["rows"]:
-            print(f"  first byte {r['first_byte_s']:.2f}s  first delta {r['first_delta_s']:.2f}s  "
-                  f"complete {r['complete_s']:.2f}s  progress comments {r['comments']}")
-    print(f"\noverload: {over['clients']} TT-SI clients at once (4 x max-queue {max_queue}): {over['accepted']} accepted, "
-          f"{over['status_503']} got 503 (Retry-After {over['retry_after_s']} s), {over['other_errors']} other errors; "
-          f"{over['accepted_right']}/{over['accepted']} accepted answers equal the sequential baseline; "
-          f"wall {over['wall_s']:.2f}s")
+            print(
+                f"  first byte {r['first_byte_s']:.2f}s  first delta {r['first_delta_s']:.2f}s  "
+                f"complete {r['complete_s']:.2f}s  progress comments {r['comments']}"
+            )
+    print(
+        f"\noverload: {over['clients']} TT-SI clients at once (4 x max-queue {max_queue}): {over['accepted']} accepted, "
+        f"{over['status_503']} got 503 (Retry-After {over['retry_after_s']} s), {over['other_errors']} other errors; "
+        f"{over['accepted_right']}/{over['accepted']} accepted answers equal the sequential baseline; "
+        f"wall {over['wall_s']:.2f}s"
+    )
     if cancel:
-        print(f"\ncancellation: {cancel['abandons']} TT-SI requests (K={cancel['examples']}, {cancel['synthetic']} kept) abandoned a quarter "
-              f"into training, which takes {cancel['training_if_not_abandoned_s']}s when not abandoned "
-              f"({cancel['cancelled_by_server']} counted cancelled by the server); the next "
-              f"request waited {cancel['mean_queue_s']:.3f}s on average (max {cancel['max_queue_s']:.3f}s) for the "
-              f"model, {cancel['training_if_not_abandoned_s'] / max(cancel['max_queue_s'], 1e-3):.0f}x less than the "
-              f"training; {cancel['right']}/{cancel['abandons']} of those next answers right")
+        print(
+            f"\ncancellation: {cancel['abandons']} TT-SI requests (K={cancel['examples']}, {cancel['synthetic']} kept) abandoned a quarter "
+            f"into training, which takes {cancel['training_if_not_abandoned_s']}s when not abandoned "
+            f"({cancel['cancelled_by_server']} counted cancelled by the server); the next "
+            f"request waited {cancel['mean_queue_s']:.3f}s on average (max {cancel['max_queue_s']:.3f}s) for the "
+            f"model, {cancel['training_if_not_abandoned_s'] / max(cancel['max_queue_s'], 1e-3):.0f}x less than the "
+            f"training; {cancel['right']}/{cancel['abandons']} of those next answers right"
+        )
         for r in cancel["rows"]:
-            print(f"  next request queued {r['queue_s']:.3f}s, answered {r['close_to_answer_s']:.2f}s after the close "
-                  f"(alone it takes {cancel['base_alone_s']:.2f}s server time), right: {r['right']}")
+            print(
+                f"  next request queued {r['queue_s']:.3f}s, answered {r['close_to_answer_s']:.2f}s after the close "
+                f"(alone it takes {cancel['base_alone_s']:.2f}s server time), right: {r['right']}"
+            )
     print(f"\n/health after the run: {json.dumps(health)}")
 
 

@@ -15,7 +15,6 @@ import tempfile
 
 from _common import machine, sealtool_rows
 
-
 GOALS = {"smollm2-135m": 1.0, "qwen2.5-coder-0.5b": 3.5}  # GiB (issue 16)
 
 
@@ -26,16 +25,31 @@ def main():
     row = sealtool_rows()[1]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(row["tools"], f)
-    command = [sys.executable, "-m", "mlx_ttsi", "ask", row["query"], "--tools", f.name, "--mode", "ttsi", "--json", "-q",
-               "--model", args.model]
+    command = [
+        sys.executable,
+        "-m",
+        "mlx_ttsi",
+        "ask",
+        row["query"],
+        "--tools",
+        f.name,
+        "--mode",
+        "ttsi",
+        "--json",
+        "-q",
+        "--model",
+        args.model,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(result.stderr)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     answer = json.loads(result.stdout)
     print(f"machine: {machine()}")
-    print(f"mlx-ttsi ask --mode ttsi --model {args.model} (SealTool row 1): adapted={answer['adapted']}, "
-          f"total {answer['timings']['total']:.2f}s")
+    print(
+        f"mlx-ttsi ask --mode ttsi --model {args.model} (SealTool row 1): adapted={answer['adapted']}, "
+        f"total {answer['timings']['total']:.2f}s"
+    )
     goal = f"; goal <= {GOALS[args.model]} GiB" if args.model in GOALS else ""
     print(f"peak RSS: {peak_mib:.0f} MiB ({peak_mib / 1024:.2f} GiB{goal})")
 

@@ -104,8 +104,12 @@ BAD_BODIES = {
     "messages: unknown role": chat(messages=[{"role": "robot", "content": "hi"}]),
     "messages: only system": chat(messages=[{"role": "system", "content": "hi"}]),
     "messages: tool_calls string": chat(messages=[{"role": "user", "content": "hi", "tool_calls": "x"}]),
-    "messages: call arguments not JSON": chat(messages=[*ASK, {"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"name": "f", "arguments": "{nope"}}]}]),
+    "messages: call arguments not JSON": chat(
+        messages=[
+            *ASK,
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{nope"}}]},
+        ]
+    ),
     "messages: over 200k characters": chat(messages=[{"role": "user", "content": "x" * 200_001}]),
     "tools: string": chat(tools="tools.json"),
     "tools: number item": chat(tools=[5]),
@@ -147,8 +151,12 @@ BAD_BODIES = {
     "messages: tool_calls a number": chat(messages=[*ASK, {"role": "assistant", "tool_calls": 5}]),
     "messages: content part text a number": chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]),
     "messages: role a list": chat(messages=[{"role": ["user"], "content": "hi"}]),
-    "messages: call arguments nested 900 deep": chat(messages=[*ASK, {"role": "assistant", "tool_calls": [
-        {"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]}]),
+    "messages: call arguments nested 900 deep": chat(
+        messages=[
+            *ASK,
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]},
+        ]
+    ),
 }
 
 
@@ -156,8 +164,21 @@ class Server:
     """`python -m mlx_ttsi serve` in a child process, on a free loopback port."""
 
     def __init__(self, model, max_queue):
-        command = [sys.executable, "-m", "mlx_ttsi", "serve", "--model", model, "--port", "0", "--api-key", KEY,
-                   "--max-queue", str(max_queue), "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "mlx_ttsi",
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--api-key",
+            KEY,
+            "--max-queue",
+            str(max_queue),
+            "-q",
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         for line in self.process.stderr:
@@ -198,8 +219,14 @@ def raw(server, body=b"", length=None, key=KEY):
     """A socket with a hand-written POST: its headers (Content-Length `length`, default the body's) and `body`."""
     sock = socket.create_connection(server.address, timeout=30)
     size = str(len(body) if length is None else length).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
-                 + b"\r\nContent-Length: " + size + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + key.encode()
+        + b"\r\nContent-Length: "
+        + size
+        + b"\r\n\r\n"
+        + body
+    )
     return sock
 
 
@@ -267,8 +294,14 @@ def oversize_claimed(server):
 def header_case(extra, length=""):
     def send(server):
         sock = socket.create_connection(server.address, timeout=30)
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                     + b"\r\n" + extra + b"\r\n" + chat())
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\n"
+            + extra
+            + b"\r\n"
+            + chat()
+        )
         return answer_of(sock)
 
     return send
@@ -326,21 +359,25 @@ def garbage_line(server):
 
 
 # name: (send, the statuses it may get, extra seconds allowed)
-CASES = {name: (lambda server, body=body: bad_body(server, body), {"400", "404"}, 0) for name, body in BAD_BODIES.items()}
-CASES.update({
-    "body cut off (client closes)": (cut_off, {"400", "closed"}, 0),
-    "Content-Length larger than the body": (stalled, {"408"}, 0.5),
-    "slow sender (after the body deadline)": (slow_sender, {"408", "closed"}, 0),
-    "oversize body sent (2 MiB)": (oversize_sent, {"413"}, 0),
-    "oversize body claimed (50 MB), not sent": (oversize_claimed, {"413"}, 0),
-    "Content-Length not a number": (header_case(b"Content-Length: abc\r\n"), {"400", "411"}, 0),
-    "Content-Length negative": (header_case(b"Content-Length: -5\r\n"), {"400", "411"}, 0),
-    "no Content-Length": (header_case(b""), {"411"}, 0),
-    "chunked body": (header_case(b"Transfer-Encoding: chunked\r\n"), {"411"}, 0),
-    "wrong API key": (lambda server: answer_of(raw(server, chat(), key="wrong")), {"401"}, 0),
-    "garbage request line": (garbage_line, {"400", "closed"}, 0),
-    "headers trickled (after the header deadline)": (trickled_headers, {"closed"}, 0),
-})
+CASES = {
+    name: (lambda server, body=body: bad_body(server, body), {"400", "404"}, 0) for name, body in BAD_BODIES.items()
+}
+CASES.update(
+    {
+        "body cut off (client closes)": (cut_off, {"400", "closed"}, 0),
+        "Content-Length larger than the body": (stalled, {"408"}, 0.5),
+        "slow sender (after the body deadline)": (slow_sender, {"408", "closed"}, 0),
+        "oversize body sent (2 MiB)": (oversize_sent, {"413"}, 0),
+        "oversize body claimed (50 MB), not sent": (oversize_claimed, {"413"}, 0),
+        "Content-Length not a number": (header_case(b"Content-Length: abc\r\n"), {"400", "411"}, 0),
+        "Content-Length negative": (header_case(b"Content-Length: -5\r\n"), {"400", "411"}, 0),
+        "no Content-Length": (header_case(b""), {"411"}, 0),
+        "chunked body": (header_case(b"Transfer-Encoding: chunked\r\n"), {"411"}, 0),
+        "wrong API key": (lambda server: answer_of(raw(server, chat(), key="wrong")), {"401"}, 0),
+        "garbage request line": (garbage_line, {"400", "closed"}, 0),
+        "headers trickled (after the header deadline)": (trickled_headers, {"closed"}, 0),
+    }
+)
 
 
 # sent once, after the others: (send, the statuses it may get, extra seconds allowed)
@@ -377,7 +414,9 @@ def disconnect(server, how):
             time.sleep(0.01)
         sock.close()
     elif how == "training":  # the `: synthesis` comment comes just before training starts
-        streamed(server, chat(stream=True, ttsi={"mode": "ttsi", "examples": 8}), lambda line: line.startswith(": synthesis"))
+        streamed(
+            server, chat(stream=True, ttsi={"mode": "ttsi", "examples": 8}), lambda line: line.startswith(": synthesis")
+        )
     else:  # the first answer delta of a TT-SI answer (the answer is decoded after training)
         streamed(server, chat(stream=True, ttsi={"mode": "ttsi"}), lambda line: '"tool_calls"' in line)
     gone = time.perf_counter()
@@ -445,27 +484,59 @@ def main():
         settle(server)  # then on an idle model: the connection cap; hung up while training, while streaming
         results.update({name: [send(server)] for name, (send, _, _) in ALONE.items()})
         time.sleep(1)  # the idle connections' threads end
-        gone.update({how: [disconnect(server, how) for _ in range(args.disconnects)] for how in ("training", "streaming")})
+        gone.update(
+            {how: [disconnect(server, how) for _ in range(args.disconnects)] for how in ("training", "streaming")}
+        )
         health_after = settle(server)
         time.sleep(1)  # connection threads of closed sockets end
         threads_after = server.threads()
         alive = server.process.poll() is None
     finally:
         server.stop()
-    figures = report(args, results, gone, done, health_before, health_after, threads_before, threads_busy,
-                     threads_after, alive, server.log, load_before, os.getloadavg(), time.perf_counter() - started)
+    figures = report(
+        args,
+        results,
+        gone,
+        done,
+        health_before,
+        health_after,
+        threads_before,
+        threads_busy,
+        threads_after,
+        alive,
+        server.log,
+        load_before,
+        os.getloadavg(),
+        time.perf_counter() - started,
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))
     sys.exit(0 if figures["all_ok"] else 1)
 
 
-def report(args, results, gone, done, before, after, threads_before, threads_busy, threads_after, alive, log,
-           load_before, load_after, seconds):
+def report(
+    args,
+    results,
+    gone,
+    done,
+    before,
+    after,
+    threads_before,
+    threads_busy,
+    threads_after,
+    alive,
+    log,
+    load_before,
+    load_after,
+    seconds,
+):
     rows, all_ok = [], True
-    print(f"model {args.model}; {len(CASES)} kinds of bad input x {args.repeat} from {args.clients} clients "
-          f"(and {len(ALONE)} sent once), "
-          f"while the model was busy; limit {args.limit}s")
+    print(
+        f"model {args.model}; {len(CASES)} kinds of bad input x {args.repeat} from {args.clients} clients "
+        f"(and {len(ALONE)} sent once), "
+        f"while the model was busy; limit {args.limit}s"
+    )
     print(f"{'case':<44}{'answers':<22}{'p50 s':>7}{'max s':>7}  ok")
     for name, outcomes in results.items():
         _, allowed, extra = {**CASES, **ALONE}[name]
@@ -473,8 +544,15 @@ def report(args, results, gone, done, before, after, threads_before, threads_bus
         times = [t for _, t in outcomes]
         ok = set(statuses) <= allowed and max(times) <= args.limit + extra
         all_ok &= ok
-        rows.append({"case": name, "answers": dict(statuses), "p50_s": round(statistics.median(times), 3),
-                     "max_s": round(max(times), 3), "ok": ok})
+        rows.append(
+            {
+                "case": name,
+                "answers": dict(statuses),
+                "p50_s": round(statistics.median(times), 3),
+                "max_s": round(max(times), 3),
+                "ok": ok,
+            }
+        )
         answers = ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
         print(f"{name:<44}{answers:<22}{statistics.median(times):>7.3f}{max(times):>7.3f}  {'yes' if ok else 'NO'}")
     print("\nclients that hung up (seconds until the server flagged them as cancelled):")
@@ -487,22 +565,38 @@ def report(args, results, gone, done, before, after, threads_before, threads_bus
     balanced = delta["received"] == delta["answered"] + delta["cancelled"] + delta["failed"]
     settled = not after["busy"] and after["waiting"] == 0
     tracebacks = [line for line in log if "Traceback" in line]
-    checks = {"server up": alive, "nothing waiting, not busy": settled,
-              "every admitted request answered, cancelled or failed": balanced,
-              "threads back to where they were": threads_after == threads_before, "no traceback": not tracebacks,
-              "nothing fetched from the $ref URL": TRAP.hits == []}
+    checks = {
+        "server up": alive,
+        "nothing waiting, not busy": settled,
+        "every admitted request answered, cancelled or failed": balanced,
+        "threads back to where they were": threads_after == threads_before,
+        "no traceback": not tracebacks,
+        "nothing fetched from the $ref URL": TRAP.hits == [],
+    }
     all_ok &= all(checks.values())
     print(f"\nbusy-loop TT-SI requests answered meanwhile: {len(done)} ({dict(Counter(done))})")
     print(f"/health counters over the run: {delta}; after: busy {after['busy']}, waiting {after['waiting']}")
-    print(f"server threads: {threads_before} after the warm-up, {threads_busy} during the bad input, {threads_after} at the end")
+    print(
+        f"server threads: {threads_before} after the warm-up, {threads_busy} during the bad input, {threads_after} at the end"
+    )
     for check, ok in checks.items():
         print(f"  {check}: {'yes' if ok else 'NO'}")
-    print(f"load average (1, 5, 15 min): before {', '.join(f'{x:.2f}' for x in load_before)}; after "
-          f"{', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} cores); {seconds:.0f} s in all")
+    print(
+        f"load average (1, 5, 15 min): before {', '.join(f'{x:.2f}' for x in load_before)}; after "
+        f"{', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} cores); {seconds:.0f} s in all"
+    )
     print("all within limits" if all_ok else "SOME CHECKS FAILED")
-    return {"cases": rows, "disconnects": gone, "busy_requests": len(done), "health_delta": delta, "checks": checks,
-            "threads": [threads_before, threads_busy, threads_after], "loadavg": [load_before, load_after],
-            "seconds": round(seconds, 1), "all_ok": all_ok}
+    return {
+        "cases": rows,
+        "disconnects": gone,
+        "busy_requests": len(done),
+        "health_delta": delta,
+        "checks": checks,
+        "threads": [threads_before, threads_busy, threads_after],
+        "loadavg": [load_before, load_after],
+        "seconds": round(seconds, 1),
+        "all_ok": all_ok,
+    }
 
 
 if __name__ == "__main__":

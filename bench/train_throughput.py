@@ -14,14 +14,13 @@ import argparse
 import time
 from dataclasses import replace
 
+import mlx.core as mx
 from _common import machine, uncertain_rows
 
-import mlx.core as mx
-
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.settings import LoRASettings, Settings
-from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.context import ContextState
+from mlx_ttsi.prompts import render_prompt
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.synthesis import ModelWriter
 from mlx_ttsi.tools import parse_tools
 
@@ -43,8 +42,18 @@ def flops_per_step(model, config, suffix, answer, prefix, rank, layers):
     head_dim = hidden // heads
     inter = config["intermediate_size"]
     dense = hidden * (hidden + 2 * kv_heads * head_dim + hidden) + 3 * hidden * inter  # per layer
-    lora = rank * sum(i + o for i, o in [(hidden, hidden), (hidden, kv_heads * head_dim), (hidden, kv_heads * head_dim),
-                                         (hidden, hidden), (hidden, inter), (hidden, inter), (inter, hidden)])
+    lora = rank * sum(
+        i + o
+        for i, o in [
+            (hidden, hidden),
+            (hidden, kv_heads * head_dim),
+            (hidden, kv_heads * head_dim),
+            (hidden, hidden),
+            (hidden, inter),
+            (hidden, inter),
+            (inter, hidden),
+        ]
+    )
     tokens = suffix + answer - 1
     context = prefix + tokens / 2  # average attended positions per token (causal)
     attention = 2 * 2 * context * heads * head_dim  # QK^T and AV, per token per layer
@@ -64,7 +73,7 @@ def main():
     limit = gemm_flops()
     agent = Agent.load(args.model, settings=Settings(lora=LoRASettings(layers=args.layers)))
     lm = agent.loaded
-    (row, _), = uncertain_rows(agent, 1)
+    ((row, _),) = uncertain_rows(agent, 1)
     tools = parse_tools(row["tools"])
     prompt = render_prompt(lm.tokenizer, [{"role": "user", "content": row["query"]}], tools, agent.fmt)
     state = ContextState(lm.model, lm.tokenizer)
@@ -81,20 +90,28 @@ def main():
     lora = LoRASettings(layers=args.layers, batch_size=args.batch_size, stop_loss=0, stop_said_back=False)
     stats = train(agent, examples, frozen, state, replace(lora, epochs=max(1, args.steps // per_step)))
     one = train(agent, examples, frozen, state, replace(lora, epochs=1))
-    steady = (stats["seconds"] - one["seconds"]) / (stats["steps"] - one["steps"])  # per step, the first epoch (compile, warm-up) excluded
+    steady = (stats["seconds"] - one["seconds"]) / (
+        stats["steps"] - one["steps"]
+    )  # per step, the first epoch (compile, warm-up) excluded
     blocks = config["num_hidden_layers"]
     lora_blocks = blocks if not 0 < lora.layers < blocks else lora.layers
     # the FLOPs of every example's real tokens (padding not counted), spread over the steps of an epoch
     lengths = [(offset - frozen, len(ids) - offset) for ids, offset in examples]
-    step_flops = sum(flops_per_step(lm.model, config, s, a, frozen, lora.rank, lora_blocks) for s, a in lengths) / per_step
+    step_flops = (
+        sum(flops_per_step(lm.model, config, s, a, frozen, lora.rank, lora_blocks) for s, a in lengths) / per_step
+    )
     suffix, answer = (sum(x) / len(lengths) for x in zip(*lengths))
 
     print(f"machine: {machine()}")
     print(f"float32 GEMM (2048^3): {limit / 1e9:.1f} GFLOP/s")
-    print(f"examples: {len(examples)}, {args.batch_size} a step; frozen prefix {frozen} tokens, trained suffix "
-          f"{suffix:.0f} + answer {answer:.0f} tokens (mean); LoRA on the top {lora_blocks} of {blocks} blocks")
-    print(f"training: {stats['steps']} steps in {stats['seconds']:.2f}s; first epoch (with any compile) {one['seconds']:.2f}s; "
-          f"steady step {steady * 1000:.0f} ms")
+    print(
+        f"examples: {len(examples)}, {args.batch_size} a step; frozen prefix {frozen} tokens, trained suffix "
+        f"{suffix:.0f} + answer {answer:.0f} tokens (mean); LoRA on the top {lora_blocks} of {blocks} blocks"
+    )
+    print(
+        f"training: {stats['steps']} steps in {stats['seconds']:.2f}s; first epoch (with any compile) {one['seconds']:.2f}s; "
+        f"steady step {steady * 1000:.0f} ms"
+    )
     achieved = step_flops / steady
     print(f"model FLOPs per step: {step_flops / 1e9:.2f} GFLOP -> {achieved / 1e9:.1f} GFLOP/s")
     tokens = sum(s + a - 1 for s, a in lengths) / per_step

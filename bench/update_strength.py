@@ -18,8 +18,8 @@ import time
 
 from _common import ROOT, machine, sealtool_rows
 
-from mlx_ttsi.settings import LoRASettings
 from mlx_ttsi.agent import Agent
+from mlx_ttsi.settings import LoRASettings
 
 EXAMPLE = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."
 
@@ -39,13 +39,24 @@ def main():
     requests += [(rows[int(i)]["query"], rows[int(i)]["tools"]) for i in args.rows.split(",")]
     agent = Agent.load(args.model)
     print(f"machine: {machine()}")
-    print(f"{'schedule':<10} {'batch':>5} {'stop':>5} {'said':>4} {'reproduced':>10} {'mean loss':>9} {'steps':>5} {'train s':>7} {'s/request':>9}")
+    print(
+        f"{'schedule':<10} {'batch':>5} {'stop':>5} {'said':>4} {'reproduced':>10} {'mean loss':>9} {'steps':>5} {'train s':>7} {'s/request':>9}"
+    )
     for schedule in args.schedules.split(","):
         epochs, lr = schedule.split("x")
-        for batch, stop, said in [(int(b), s, d == "1") for b in args.batch_sizes.split(",")
-                                  for s in args.stop_losses.split(",") for d in args.said_back.split(",")]:
-            lora = LoRASettings(epochs=int(epochs), learning_rate=float(lr), stop_loss=float(stop), batch_size=batch,
-                                stop_said_back=said)
+        for batch, stop, said in [
+            (int(b), s, d == "1")
+            for b in args.batch_sizes.split(",")
+            for s in args.stop_losses.split(",")
+            for d in args.said_back.split(",")
+        ]:
+            lora = LoRASettings(
+                epochs=int(epochs),
+                learning_rate=float(lr),
+                stop_loss=float(stop),
+                batch_size=batch,
+                stop_said_back=said,
+            )
             same, losses, steps, train, started = 0, [], [], [], time.perf_counter()
             for request, tools in requests:
                 answer = agent.ask(request, tools=tools, mode="ttsi", force=True, lora=lora)
@@ -55,8 +66,11 @@ def main():
                 train.append(answer.timings["training"])
             seconds = (time.perf_counter() - started) / len(requests)
             n = len(requests)
-            print(f"{schedule:<10} {batch:>5} {float(stop):>5} {'yes' if said else 'no':>4} {same:>4} of {n:<3} {sum(losses) / n:9.3f} {sum(steps) / n:5.1f} "
-                  f"{sum(train) / n:7.2f} {seconds:9.1f}", flush=True)
+            print(
+                f"{schedule:<10} {batch:>5} {float(stop):>5} {'yes' if said else 'no':>4} {same:>4} of {n:<3} {sum(losses) / n:9.3f} {sum(steps) / n:5.1f} "
+                f"{sum(train) / n:7.2f} {seconds:9.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

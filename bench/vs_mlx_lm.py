@@ -23,9 +23,9 @@ from _common import machine, percentile, uncertain_rows
 
 from mlx_ttsi import _blas
 from mlx_ttsi.agent import Agent
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, calls_text, render_prompt, tool_line
-from mlx_ttsi.context import ContextState
 from mlx_ttsi.synthesis import ModelWriter
 from mlx_ttsi.tools import parse_tools
 
@@ -91,20 +91,69 @@ def main():
             data = scratch / f"data-{row['id']}"
             data.mkdir()
             system = FALLBACK_SYSTEM.format(tools="\n".join(tool_line(t) for t in tools))
-            lines = [json.dumps({"messages": [{"role": "system", "content": system},
-                                              {"role": "user", "content": e["request"]},
-                                              {"role": "assistant", "content": calls_text(e["calls"], agent.fmt)}]})
-                     for e in synthesis.examples]
+            lines = [
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": e["request"]},
+                            {"role": "assistant", "content": calls_text(e["calls"], agent.fmt)},
+                        ]
+                    }
+                )
+                for e in synthesis.examples
+            ]
             for split in ("train", "valid"):
                 (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
             adapters = scratch / f"adapters-{row['id']}"
-            run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(weights), "--train", "--data", str(data),
-                 "--iters", str(iters), "--batch-size", "1", "--num-layers", str(agent.settings.lora.layers),
-                 "--learning-rate", str(agent.settings.lora.learning_rate),
-                 "--mask-prompt", "--val-batches", "1", "--steps-per-eval", str(iters + 1),
-                 "--adapter-path", str(adapters)], env)
-            run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(weights), "--adapter-path", str(adapters),
-                 "--system-prompt", system, "--prompt", row["query"], "--max-tokens", "64"], env)
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlx_lm",
+                    "lora",
+                    "--model",
+                    str(weights),
+                    "--train",
+                    "--data",
+                    str(data),
+                    "--iters",
+                    str(iters),
+                    "--batch-size",
+                    "1",
+                    "--num-layers",
+                    str(agent.settings.lora.layers),
+                    "--learning-rate",
+                    str(agent.settings.lora.learning_rate),
+                    "--mask-prompt",
+                    "--val-batches",
+                    "1",
+                    "--steps-per-eval",
+                    str(iters + 1),
+                    "--adapter-path",
+                    str(adapters),
+                ],
+                env,
+            )
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlx_lm",
+                    "generate",
+                    "--model",
+                    str(weights),
+                    "--adapter-path",
+                    str(adapters),
+                    "--system-prompt",
+                    system,
+                    "--prompt",
+                    row["query"],
+                    "--max-tokens",
+                    "64",
+                ],
+                env,
+            )
             theirs = time.perf_counter() - started
             ours_times.append(ours)
             theirs_times.append(theirs)

@@ -116,8 +116,13 @@ def _probe(path, coretype):
     import subprocess  # only on a cache miss
 
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _PROBE, path, coretype], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _PROBE, path, coretype],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _result(child, timeout=60):

@@ -23,13 +23,13 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_unflatten
-from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.models.base import create_attention_mask
+from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
-from .errors import Cancelled, TTSIError
 from .context import cache_from_arrays, split_model
+from .errors import Cancelled, TTSIError
 from .saved_adapter import write as write_adapter
 from .settings import LoRASettings
 
@@ -155,8 +155,11 @@ def fit(model, optimizer, batches, loss, iters, cancelled=None, epoch=None, stop
             worst.append(high.item())
             said.append(back.item())
             tokens += count.item()
-            if epoch and len(losses) % epoch == 0 and (
-                    (stop_loss > 0 and max(worst[-epoch:]) < stop_loss) or (said_back and all(said[-epoch:]))):
+            if (
+                epoch
+                and len(losses) % epoch == 0
+                and ((stop_loss > 0 and max(worst[-epoch:]) < stop_loss) or (said_back and all(said[-epoch:])))
+            ):
                 break
     finally:
         model.eval()
@@ -219,9 +222,7 @@ class Adapter:
 
     def weights(self):
         """The current LoRA weights {name: array}, e.g. to keep in the adapter memory."""
-        return {
-            f"{name}.{leaf}": getattr(layer, leaf) for name, layer in self._lora for leaf in ("lora_a", "lora_b")
-        }
+        return {f"{name}.{leaf}": getattr(layer, leaf) for name, layer in self._lora for leaf in ("lora_a", "lora_b")}
 
     def fitted(self, weights, what="adapter weights do not match this model's LoRA layers"):
         """`weights` checked against this LoRA's layers (names and shapes) and cast to their dtype;
@@ -234,7 +235,9 @@ class Adapter:
             raise TTSIError(f"{what}: it has no {missing[0]}")
         if wrong:
             name = wrong[0]
-            raise TTSIError(f"{what}: {name} is {tuple(weights[name].shape)}, the model needs {tuple(expected[name].shape)}")
+            raise TTSIError(
+                f"{what}: {name} is {tuple(weights[name].shape)}, the model needs {tuple(expected[name].shape)}"
+            )
         if extra:
             raise TTSIError(f"{what}: unexpected {extra[0]}")
         return {name: weights[name].astype(value.dtype) for name, value in expected.items()}
@@ -294,9 +297,17 @@ class Adapter:
         self.attach()
         self.trained = True  # from the first step on: a cancelled training still needs a reset
         started = time.perf_counter()
-        mean_loss, tokens, steps = fit(self.model, optim.Adam(learning_rate=schedule), batches, loss, iters, cancelled,
-                                       epoch=len(examples) // batch, stop_loss=s.stop_loss,
-                                       said_back=s.stop_said_back)
+        mean_loss, tokens, steps = fit(
+            self.model,
+            optim.Adam(learning_rate=schedule),
+            batches,
+            loss,
+            iters,
+            cancelled,
+            epoch=len(examples) // batch,
+            stop_loss=s.stop_loss,
+            said_back=s.stop_said_back,
+        )
         return {
             "steps": steps,
             "examples": len(examples),
@@ -319,7 +330,7 @@ def answer_scores(model, examples, prefix=None):
     for ids, offset in examples:
         start = n if arrays is not None and n < offset else 0
         cache = cache_from_arrays(arrays) if start else None
-        logits = model(mx.array(ids[start:-1])[None], cache=cache)[0, offset - 1 - start:].astype(mx.float32)
+        logits = model(mx.array(ids[start:-1])[None], cache=cache)[0, offset - 1 - start :].astype(mx.float32)
         targets = mx.array(ids[offset:])
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         total = mx.take_along_axis(logprobs, targets[:, None], axis=-1).sum()

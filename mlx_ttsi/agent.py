@@ -24,8 +24,8 @@ from .adaptation import Adapter, answer_scores
 from .context import ContextState
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError, TTSIError
-from .self_check import better_tool, calls_made, context_text, label_calls, weigh_changes
 from .prompts import call_format, calls_text, last_user_text, normalize_messages, render_prompt
+from .self_check import better_tool, calls_made, context_text, label_calls, weigh_changes
 from .settings import LORA_FIELDS, Settings, default
 from .sources import SOURCES, Job
 from .synthesis import EndpointTeacher, ModelWriter, Synthesis, keep_examples
@@ -37,7 +37,7 @@ from .writer import BatchWriter
 
 log = logging.getLogger(__name__)
 # the brief-reasoning baseline (arXiv 2604.02155): a short plan line written before the call
-PLAN_ASK = "\n\nFirst write one short line \"Function: <tool name> / <key arguments>\", then the tool call."
+PLAN_ASK = '\n\nFirst write one short line "Function: <tool name> / <key arguments>", then the tool call.'
 PLAN_LEAD = "Function:"
 PLAN_TOKENS = 32
 
@@ -178,8 +178,9 @@ class Agent:
     """The model, its one LoRA and its settings; `saved` LoRA weights (`--adapter-path`) answer every
     request that is not in mode base, instead of training a LoRA for it."""
 
-    def __init__(self, loaded, settings=None, teacher=None, teacher_model=default("teacher_model"), api_key=None,
-                 saved=None):
+    def __init__(
+        self, loaded, settings=None, teacher=None, teacher_model=default("teacher_model"), api_key=None, saved=None
+    ):
         self.loaded = loaded
         self.settings = (settings or Settings()).check()
         self.adapter = Adapter(loaded.model, self.settings.lora)
@@ -245,8 +246,21 @@ class Agent:
         s = settings or self.settings
         return {"name_norm": s.norm, "max_calls": s.max_calls}
 
-    def ask(self, request=None, tools=None, messages=None, force=None, progress=None, adapter_weights=None,
-            keep_adapter=False, save_adapter=None, train_on=None, on_piece=None, cancelled=None, **overrides):
+    def ask(
+        self,
+        request=None,
+        tools=None,
+        messages=None,
+        force=None,
+        progress=None,
+        adapter_weights=None,
+        keep_adapter=False,
+        save_adapter=None,
+        train_on=None,
+        on_piece=None,
+        cancelled=None,
+        **overrides,
+    ):
         """Answer one request (or conversation).
 
         `force` overrides the uncertainty gate: True adapts whatever the score, False adapts only
@@ -265,11 +279,25 @@ class Agent:
         messages = normalize_messages(messages if messages is not None else _request_messages(request))
         tools = parse_tools(tools) if tools else []
         report = progress or (lambda phase, seconds, detail="": None)
-        plan = plan_request(settings.mode, self.teacher_spec is not None, force,
-                            stored=adapter_weights is not None, given=train_on is not None)
-        request = Request(messages, tools, settings, plan, train_on if plan.source == "given" else None,
-                          adapter_weights if plan.source == "stored" else None, keep_adapter, save_adapter, on_piece,
-                          cancelled)
+        plan = plan_request(
+            settings.mode,
+            self.teacher_spec is not None,
+            force,
+            stored=adapter_weights is not None,
+            given=train_on is not None,
+        )
+        request = Request(
+            messages,
+            tools,
+            settings,
+            plan,
+            train_on if plan.source == "given" else None,
+            adapter_weights if plan.source == "stored" else None,
+            keep_adapter,
+            save_adapter,
+            on_piece,
+            cancelled,
+        )
         with self._lock:
             try:
                 if not tools:
@@ -319,7 +347,9 @@ class Agent:
         prompt = render_prompt(self.loaded.tokenizer, request.messages, [], self.fmt)
         ids = self.loaded.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) > self.loaded.context_length:
-            raise RequestError(f"the prompt is {len(ids)} tokens, longer than the model's context of {self.loaded.context_length}")
+            raise RequestError(
+                f"the prompt is {len(ids)} tokens, longer than the model's context of {self.loaded.context_length}"
+            )
         mx.random.seed(settings.seed)
         pieces, last = [], None
         for last in stream_generate(self.loaded.model, self.loaded.tokenizer, ids, max_tokens=settings.max_tokens):
@@ -329,9 +359,20 @@ class Agent:
             if request.on_piece and last.text:
                 request.on_piece("content", last.text)
         clock.lap("answering")
-        return Answer("".join(pieces).strip(), [], None, False, "base", [], {}, clock.total(), self.name,
-                      prompt_tokens=len(ids), completion_tokens=last.generation_tokens if last else 0,
-                      finish_reason=(last.finish_reason if last else None) or "stop")
+        return Answer(
+            "".join(pieces).strip(),
+            [],
+            None,
+            False,
+            "base",
+            [],
+            {},
+            clock.total(),
+            self.name,
+            prompt_tokens=len(ids),
+            completion_tokens=last.generation_tokens if last else 0,
+            finish_reason=(last.finish_reason if last else None) or "stop",
+        )
 
     def _tool_answer(self, request, clock):
         """The request path: the plan's stages, each returning what the next one needs."""
@@ -345,9 +386,14 @@ class Agent:
         clock.lap("scoring", f"name margin {names.score:.3f}")
         base = decoder.decode(prompt, tools, name_choice, request.on_piece if plan.stream_base else None)
         clock.lap("decoding")
-        label = self._self_label(decoder, prompt, tools, base, names, name_choice, request.messages,
-                                 settings.check_odds) if plan.self_check else None
-        uncertainty = names.with_arguments(argument_margin(base.choices), None if label is None else label == base.calls)
+        label = (
+            self._self_label(decoder, prompt, tools, base, names, name_choice, request.messages, settings.check_odds)
+            if plan.self_check
+            else None
+        )
+        uncertainty = names.with_arguments(
+            argument_margin(base.choices), None if label is None else label == base.calls
+        )
         doubt = f"u {uncertainty.score:.3f} ({'uncertain' if uncertainty.uncertain else 'certain'})"
         if label is None:
             clock.say("gate", doubt)
@@ -356,15 +402,24 @@ class Agent:
         # the checked answer: mode check's answer, and TT-SI's when it finds nothing to learn
         checked = base if not label or label == base.calls else Decoded(label, self.fmt.calls_text(label))
         if plan.method == "check":
-            return self._answer(request, prompt, checked, uncertainty, label, clock,
-                                method="check" if checked is not base else None)
+            return self._answer(
+                request, prompt, checked, uncertainty, label, clock, method="check" if checked is not base else None
+            )
         if not plan.adapts(uncertainty):
             return self._answer(request, prompt, base, uncertainty, label, clock, streamed=plan.stream_base)
         adaptation = self._adapt(request, prompt, prefix, uncertainty, label, clock)
         if adaptation.note:
             clock.say("note", adaptation.note)
-            return self._answer(request, prompt, checked, uncertainty, label, clock, adaptation,
-                                method="check" if checked is not base else None)
+            return self._answer(
+                request,
+                prompt,
+                checked,
+                uncertainty,
+                label,
+                clock,
+                adaptation,
+                method="check" if checked is not base else None,
+            )
         decoder.restart(len(prefix))  # the answer is decoded on the prefix the LoRA was trained on
         # the label the LoRA was trained to say (else the base answer) is checked in one pass and
         # decoding takes every token of it that it would write anyway
@@ -373,10 +428,15 @@ class Agent:
         answer = decoder.decode(adaptation.prompt, tools, on_piece=request.on_piece)
         drafted, taken = decoder.draft_counts()
         clock.lap("answering", f"{taken} of {drafted} drafted tokens taken")
-        draft = {"source": "label" if label else "base", "tokens": drafted, "taken": taken,
-                 "answer_is_draft": answer.text == guess}
-        return self._answer(request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True,
-                            draft=draft)
+        draft = {
+            "source": "label" if label else "base",
+            "tokens": drafted,
+            "taken": taken,
+            "answer_is_draft": answer.text == guess,
+        }
+        return self._answer(
+            request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True, draft=draft
+        )
 
     def _planned_answer(self, request, clock):
         """Brief reasoning: the model writes "Function: name / key arguments" (at most PLAN_TOKENS),
@@ -428,7 +488,9 @@ class Agent:
         names = [t.name for t in tools]
         choice, scores = decoder.name_choice(prompt, tools)
         if settings.candidates == "name":
-            return estimate(names, scores, choice.logprobs, choice.lengths, settings.threshold, "name", settings.norm), choice
+            return estimate(
+                names, scores, choice.logprobs, choice.lengths, settings.threshold, "name", settings.norm
+            ), choice
         # the whole call the model would write for each tool
         texts = [decoder.decode(prompt, tools, replace(choice, index=i)).text for i in range(len(tools))]
         logprobs, lengths = decoder.score_after(prompt, texts)
@@ -469,8 +531,9 @@ class Agent:
         if not synthesis.examples:
             return Adaptation(synthesis, prompt)
         if request.plan.method == "ticl":
-            demonstrations = render_prompt(self.loaded.tokenizer, request.messages, request.tools, self.fmt,
-                                           demonstrations=synthesis.examples)
+            demonstrations = render_prompt(
+                self.loaded.tokenizer, request.messages, request.tools, self.fmt, demonstrations=synthesis.examples
+            )
             return Adaptation(synthesis, demonstrations)
         training = self._train(synthesis.examples, request, prefix)
         clock.lap("training", f"{training['steps']} steps, loss {training['loss']}")
@@ -484,19 +547,32 @@ class Agent:
         settings, messages, tools = request.settings, request.messages, request.tools
         if request.plan.source == "given":
             given = list(request.examples)
-            return Synthesis(examples=given, attempts=len(given), reason=None if given else "no examples were given to train on")
+            return Synthesis(
+                examples=given, attempts=len(given), reason=None if given else "no examples were given to train on"
+            )
         if request.plan.source == "teacher":  # a teacher may well know better than our own first choice
             same_tool = uncertainty.best if settings.same_tool else None
-            return self.teacher().synthesize(last_user_text(messages), tools, settings.examples, settings.seed,
-                                             same_tool=same_tool, temperature=settings.temperature,
-                                             decoder_options=self._decoder_options(settings),
-                                             cancelled=request.cancelled)
+            return self.teacher().synthesize(
+                last_user_text(messages),
+                tools,
+                settings.examples,
+                settings.seed,
+                same_tool=same_tool,
+                temperature=settings.temperature,
+                decoder_options=self._decoder_options(settings),
+                cancelled=request.cancelled,
+            )
         if settings.examples_from == "paper":  # one similar request, labelled by the model, unverified
-            return ModelWriter(self.loaded).synthesize(last_user_text(messages), tools, settings.examples,
-                                                       settings.seed, state=self._state(request, prefix),
-                                                       temperature=settings.temperature,
-                                                       decoder_options=self._decoder_options(settings),
-                                                       cancelled=request.cancelled)
+            return ModelWriter(self.loaded).synthesize(
+                last_user_text(messages),
+                tools,
+                settings.examples,
+                settings.seed,
+                state=self._state(request, prefix),
+                temperature=settings.temperature,
+                decoder_options=self._decoder_options(settings),
+                cancelled=request.cancelled,
+            )
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
         if settings.examples_from != "twins":
@@ -523,8 +599,19 @@ class Agent:
         def own_calls(text):
             return decoder.decode(prompt(text), tools).calls
 
-        return Job(last_user_text(request.messages), tools, names, request_values(label), settings.examples,
-                   settings.seed, settings.temperature, writer, prompt, self.fmt, own_calls)
+        return Job(
+            last_user_text(request.messages),
+            tools,
+            names,
+            request_values(label),
+            settings.examples,
+            settings.seed,
+            settings.temperature,
+            writer,
+            prompt,
+            self.fmt,
+            own_calls,
+        )
 
     def _state(self, request, prefix):
         """A fresh context that starts from the tools prefix (for writing and labelling examples)."""
@@ -534,25 +621,42 @@ class Agent:
         return state
 
     def _keep(self, synthesis, request, prefix):
-        """The verified examples to train on: at most K, and with --keep informative only those the
-        base model does not already say back (one teacher-forced pass each)."""
-        if request.settings.keep == "informative" and synthesis.examples:
-            frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
-            scores = answer_scores(self.loaded.model, self.training_examples(synthesis.examples, request.tools), frozen)
-            return keep_examples(synthesis, [said for _, _, said in scores], request.settings.examples)
-        return keep_examples(synthesis, [False] * len(synthesis.examples), request.settings.examples)
+        """The verified examples to train on: at most K; with --keep informative or anchored, chosen by
+        whether the base model already says each back (one teacher-forced pass each)."""
+        keep, k = request.settings.keep, request.settings.examples
+        if keep == "verified" or not synthesis.examples:
+            return keep_examples(synthesis, [False] * len(synthesis.examples), k)
+        frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
+        scores = answer_scores(self.loaded.model, self.training_examples(synthesis.examples, request.tools), frozen)
+        return keep_examples(synthesis, [said for _, _, said in scores], k, anchored=keep == "anchored")
 
     def _train(self, examples, request, prefix):
         """A fresh LoRA fitted to the examples over the frozen tools prefix; returns training stats."""
         settings = request.settings
         self.adapter.reset(settings.seed)
         frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
-        return self.adapter.train(self.training_examples(examples, request.tools), settings.seed,
-                                  self.loaded.context_length, prefix=frozen, settings=settings.lora,
-                                  cancelled=request.cancelled)
+        return self.adapter.train(
+            self.training_examples(examples, request.tools),
+            settings.seed,
+            self.loaded.context_length,
+            prefix=frozen,
+            settings=settings.lora,
+            cancelled=request.cancelled,
+        )
 
-    def _answer(self, request, prompt, decoded, uncertainty, label, clock, adaptation=None, streamed=False,
-                method=None, draft=None):
+    def _answer(
+        self,
+        request,
+        prompt,
+        decoded,
+        uncertainty,
+        label,
+        clock,
+        adaptation=None,
+        streamed=False,
+        method=None,
+        draft=None,
+    ):
         """The Answer for the decoded calls; a base answer decoded before the gate is replayed to on_piece."""
         if request.on_piece and not streamed:
             for call in decoded.calls:
@@ -595,7 +699,9 @@ class Agent:
             conversation = example.get("messages") or [{"role": "user", "content": example["request"]}]
             prompt = render_prompt(tok, normalize_messages(conversation), tools, fmt)
             # no wrapper (the fallback prompt): the model itself ends its turn, so end-of-turn stays in the loss
-            body = fmt.written(example["calls"]) if wrapped else calls_text(example["calls"], fmt) + (tok.eos_token or "")
+            body = (
+                fmt.written(example["calls"]) if wrapped else calls_text(example["calls"], fmt) + (tok.eos_token or "")
+            )
             prompt_ids = tok.encode(prompt, add_special_tokens=False) + tok.encode(lead, add_special_tokens=False)
             pairs.append((prompt_ids + tok.encode(body, add_special_tokens=False), len(prompt_ids)))
         return pairs

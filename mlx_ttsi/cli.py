@@ -12,14 +12,18 @@ from pathlib import Path
 
 import click
 
-from .embedded import DEFAULT as DEFAULT_MODEL, EMBEDDED
+from .embedded import DEFAULT as DEFAULT_MODEL
+from .embedded import EMBEDDED
 from .errors import RequestError, TTSIError
-
 
 
 def model_option(f):
     return click.option(
-        "-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="MLX_TTSI_MODEL",
+        "-m",
+        "--model",
+        default=DEFAULT_MODEL,
+        show_default=True,
+        envvar="MLX_TTSI_MODEL",
         help=f"Embedded model ({', '.join(EMBEDDED)}), .gguf file, mlx-lm directory or Hugging Face repo id.",
     )(f)
 
@@ -36,8 +40,11 @@ def table_option(option, **extra):
         kind = None
     env = {"envvar": "MLX_TTSI_" + option.name.upper()} if option.env else {}
     flags = [option.cli_flag] + ([option.short] if option.short else [])
-    return click.option(*flags, option.name, **{"type": kind, "default": option.default, "show_default": True,
-                                                "help": option.help, **env, **extra})
+    return click.option(
+        *flags,
+        option.name,
+        **{"type": kind, "default": option.default, "show_default": True, "help": option.help, **env, **extra},
+    )
 
 
 def adaptation_options(f):
@@ -45,10 +52,18 @@ def adaptation_options(f):
     how the model and the teacher are loaded."""
     from .settings import OPTIONS
 
-    options = [table_option(o) for o in OPTIONS
-               if o.group in ("agent", "lora", "load") and o.name not in ("mode", "seed", "max_tokens")]
-    options.append(click.option("--teacher", envvar="MLX_TTSI_TEACHER",
-                                help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL."))
+    options = [
+        table_option(o)
+        for o in OPTIONS
+        if o.group in ("agent", "lora", "load") and o.name not in ("mode", "seed", "max_tokens")
+    ]
+    options.append(
+        click.option(
+            "--teacher",
+            envvar="MLX_TTSI_TEACHER",
+            help="TT-D teacher: a model (as --model) or an OpenAI-compatible base URL.",
+        )
+    )
     for option in reversed(options):
         f = option(f)
     return f
@@ -72,16 +87,23 @@ def build_agent(model, precision, teacher, teacher_model, adapter_path=None, **s
         settings.update(saved_adapter.lora_options(adapter_path))  # the adapter fixes the LoRA's shape
         saved = saved_adapter.load_weights(adapter_path)
     return Agent.load(
-        model, precision=precision, settings=Settings.from_options(settings), teacher=teacher,
-        teacher_model=teacher_model, api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"), saved=saved,
+        model,
+        precision=precision,
+        settings=Settings.from_options(settings),
+        teacher=teacher,
+        teacher_model=teacher_model,
+        api_key=os.environ.get("MLX_TTSI_TEACHER_API_KEY"),
+        saved=saved,
     )
 
 
 def adapter_path_option(f):
     return click.option(
-        "--adapter-path", type=click.Path(file_okay=False), envvar="MLX_TTSI_ADAPTER_PATH",
+        "--adapter-path",
+        type=click.Path(file_okay=False),
+        envvar="MLX_TTSI_ADAPTER_PATH",
         help="Answer with this saved LoRA adapter (from --save-adapter or mlx_lm.lora) instead of training "
-             "one; its adapter_config.json sets --rank, --alpha and --layers.",
+        "one; its adapter_config.json sets --rank, --alpha and --layers.",
     )(f)
 
 
@@ -160,37 +182,66 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlx-ttsi")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning",
-              show_default=True, envvar="MLX_TTSI_LOG_LEVEL",
-              help="Log messages of this level and above to stderr (debug: every phase and its timing).")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="warning",
+    show_default=True,
+    envvar="MLX_TTSI_LOG_LEVEL",
+    help="Log messages of this level and above to stderr (debug: every phase and its timing).",
+)
 def cli(log_level):
     """LLM agents that improve themselves at test time, on MLX."""
     import logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
 
 
 @cli.command()
 @click.argument("request", required=False)
 @click.option("--tools", "-t", "tools_file", type=click.Path(dir_okay=False), help="JSON file of tool specs.")
 @click.option("-s", "--system-prompt", help="A system message before the request.")
-@click.option("--messages", "messages_file", type=click.Path(dir_okay=False, allow_dash=True),
-              help="JSON file with a conversation (a list of messages, or {messages, tools}).")
+@click.option(
+    "--messages",
+    "messages_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="JSON file with a conversation (a list of messages, or {messages, tools}).",
+)
 @model_option
 @setting_option("mode")
 @adaptation_options
 @setting_option("seed")
 @setting_option("max_tokens")
-@click.option("--save-adapter", type=click.Path(file_okay=False),
-              help="Keep the trained LoRA here as an mlx-lm adapter, in a new or empty directory "
-                   "(nothing is written when the request is not adapted).")
+@click.option(
+    "--save-adapter",
+    type=click.Path(file_okay=False),
+    help="Keep the trained LoRA here as an mlx-lm adapter, in a new or empty directory "
+    "(nothing is written when the request is not adapted).",
+)
 @click.option("--force", is_flag=True, help="Let --save-adapter overwrite the adapter in a non-empty directory.")
 @adapter_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the full result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def ask(request, tools_file, system_prompt, messages_file, model, mode, precision, teacher, teacher_model, seed,
-        save_adapter, force, adapter_path, as_json, quiet, **settings):
+def ask(
+    request,
+    tools_file,
+    system_prompt,
+    messages_file,
+    model,
+    mode,
+    precision,
+    teacher,
+    teacher_model,
+    seed,
+    save_adapter,
+    force,
+    adapter_path,
+    as_json,
+    quiet,
+    **settings,
+):
     """Answer REQUEST (- reads it from stdin), self-improving first when the model is unsure."""
     from .tools import load_tools, parse_tools
 
@@ -235,31 +286,58 @@ def ask(request, tools_file, system_prompt, messages_file, model, mode, precisio
 
 
 @cli.command("eval")
-@click.option("--data", "-d", multiple=True, required=True, metavar="FILE",
-              help="Benchmark JSONL file; repeat for several (e.g. ../shared/benchmarks/sealtool.jsonl).")
-@click.option("--methods", default="base,ttsi", show_default=True,
-              help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
-                   "self-label (the checked answer, no training), plan (brief reasoning), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
-              help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.")
+@click.option(
+    "--data",
+    "-d",
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="Benchmark JSONL file; repeat for several (e.g. ../shared/benchmarks/sealtool.jsonl).",
+)
+@click.option(
+    "--methods",
+    default="base,ttsi",
+    show_default=True,
+    help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
+    "self-label (the checked answer, no training), plan (brief reasoning), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for results.jsonl, summary.json/.md and plots; rerun the command to resume.",
+)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N rows of each data file.")
 @click.option("--sample", type=click.IntRange(1), help="N random rows of each data file, drawn with the first seed.")
-@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True, metavar="SEEDS",
-              help="Run seed; repeat or comma-separate (0,1,2) for mean and spread.")
-@click.option("--threshold-sweep", "sweep", metavar="TAUS",
-              help="Taus for the sweep, e.g. 0.1,0.3,0.5 [default: 0,0.1,...,0.9,0.95,1].")
+@click.option(
+    "--seed",
+    "seeds",
+    multiple=True,
+    default=["0"],
+    show_default=True,
+    metavar="SEEDS",
+    help="Run seed; repeat or comma-separate (0,1,2) for mean and spread.",
+)
+@click.option(
+    "--threshold-sweep",
+    "sweep",
+    metavar="TAUS",
+    help="Taus for the sweep, e.g. 0.1,0.3,0.5 [default: 0,0.1,...,0.9,0.95,1].",
+)
 @model_option
 @adaptation_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @click.pass_context
-def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, precision, teacher, teacher_model,
-                 quiet, **settings):
+def eval_command(
+    ctx, data, methods, out, limit, sample, seeds, sweep, model, precision, teacher, teacher_model, quiet, **settings
+):
     """Score methods on benchmark files: results are kept as they come, so a rerun resumes.
 
     Under `mlx.launch -n N -- mlx-ttsi eval ...` each rank takes every N-th row."""
     from .evaluation import report, runner
-    from .evaluation.rows import load_rows, select
     from .evaluation.methods import parse_methods
+    from .evaluation.rows import load_rows, select
 
     methods = parse_methods(methods)
     if "ttd" in methods and not teacher:
@@ -268,12 +346,21 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
     # --max-calls given (flag or config file) applies everywhere; else a per-benchmark default
     explicit = ctx.get_parameter_source("max_calls") is not click.core.ParameterSource.DEFAULT
     max_calls = settings["max_calls"] if explicit else None
-    recorded = {**settings, "model": model, "precision": precision, "teacher": teacher,
-                "teacher_model": teacher_model if teacher else None, "max_calls": max_calls or "per benchmark"}
+    recorded = {
+        **settings,
+        "model": model,
+        "precision": precision,
+        "teacher": teacher,
+        "teacher_model": teacher_model if teacher else None,
+        "max_calls": max_calls or "per benchmark",
+    }
     plan = runner.Plan(
-        select(load_rows(data), limit, sample, seeds[0]), methods, seeds,
+        select(load_rows(data), limit, sample, seeds[0]),
+        methods,
+        seeds,
         taus=runner.parse_taus(sweep) if sweep else runner.DEFAULT_SWEEP,
-        max_calls=max_calls, settings=recorded,
+        max_calls=max_calls,
+        settings=recorded,
     )
 
     def load():  # only when rows are left to run
@@ -292,13 +379,23 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
 
 @cli.command()
 @model_option
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="MLX_TTSI_HOST",
-              help="Address to listen on; loopback only unless you change it.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="MLX_TTSI_PORT",
-              help="Port to listen on (0: any free port).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="MLX_TTSI_HOST",
+    help="Address to listen on; loopback only unless you change it.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    envvar="MLX_TTSI_PORT",
+    help="Port to listen on (0: any free port).",
+)
 @setting_option("mode")
-@click.option("--api-key", envvar="MLX_TTSI_API_KEY",
-              help="Require `Authorization: Bearer KEY` on every /v1 request.")
+@click.option("--api-key", envvar="MLX_TTSI_API_KEY", help="Require `Authorization: Bearer KEY` on every /v1 request.")
 @click.option("--memory", is_flag=True, help="Keep the adapters trained for uncertain requests and reuse them.")
 @setting_option("memory_size")
 @setting_option("memory_similarity")
@@ -307,8 +404,24 @@ def eval_command(ctx, data, methods, out, limit, sample, seeds, sweep, model, pr
 @setting_option("seed")
 @adapter_path_option
 @click.option("-q", "--quiet", is_flag=True, help="No request log on stderr.")
-def serve(model, host, port, mode, api_key, memory, memory_size, memory_similarity, max_queue, precision, teacher,
-          teacher_model, seed, adapter_path, quiet, **settings):
+def serve(
+    model,
+    host,
+    port,
+    mode,
+    api_key,
+    memory,
+    memory_size,
+    memory_similarity,
+    max_queue,
+    precision,
+    teacher,
+    teacher_model,
+    seed,
+    adapter_path,
+    quiet,
+    **settings,
+):
     """Serve the model behind an OpenAI-compatible API (POST /v1/chat/completions)."""
     import ipaddress
     import signal
@@ -326,8 +439,9 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
     progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
     store = AdapterMemory.for_agent(agent, memory_size, memory_similarity) if memory else None
     try:
-        server = make_server(agent, host, port, api_key=api_key, memory=store, names=[model], max_queue=max_queue,
-                             quiet=quiet)
+        server = make_server(
+            agent, host, port, api_key=api_key, memory=store, names=[model], max_queue=max_queue, quiet=quiet
+        )
     except OSError as error:
         raise TTSIError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     try:
@@ -336,8 +450,10 @@ def serve(model, host, port, mode, api_key, memory, memory_size, memory_similari
         loopback = False
     if not loopback and not api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use it", err=True)
-    click.echo(f"serving {agent.name} at {server.url}" + (f" (adapter memory: {store.directory})" if store else ""),
-               err=True)
+    click.echo(
+        f"serving {agent.name} at {server.url}" + (f" (adapter memory: {store.directory})" if store else ""), err=True
+    )
+
     def stop(signum, frame):  # SIGTERM (docker stop, systemd) shuts down like Ctrl-C
         raise KeyboardInterrupt
 

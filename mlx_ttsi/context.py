@@ -159,7 +159,7 @@ class ContextState:
         inputs = mx.array(rest + ids)[None]
         if rest:  # the context's last position and the draft's, through the vocabulary
             body, head = split
-            logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1:])[0].astype(mx.float32)
+            logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1 :])[0].astype(mx.float32)
         else:
             logits = self.model(inputs, cache=self.cache)[0].astype(mx.float32)
         self.forward_tokens += len(rest) + len(ids)

@@ -54,8 +54,9 @@ class Vocabulary:
         if source not in self._pieces_in:
             if len(self._pieces_in) >= 8:
                 self._pieces_in.pop(next(iter(self._pieces_in)))
-            self._pieces_in[source] = [i for i, p in enumerate(self.pieces)
-                                       if p.strip() and not self.special[i] and p.lstrip() in source]
+            self._pieces_in[source] = [
+                i for i, p in enumerate(self.pieces) if p.strip() and not self.special[i] and p.lstrip() in source
+            ]
         return self._pieces_in[source]
 
     @classmethod
@@ -138,7 +139,7 @@ class CallDecoder:
         self._start(prompt)
         context, ids = self.state.encode(prompt), self.state.encode(prompt + text)
         if ids[: len(context)] == context:  # the prompt's rest and the guess in one pass
-            self.state.draft(ids[len(context):], context=context)
+            self.state.draft(ids[len(context) :], context=context)
         else:
             self._sync()
 
@@ -186,7 +187,7 @@ class CallDecoder:
         self.state.set_text(self.text)
         guess = self.guess
         if guess and len(guess) > len(self.text) and guess.startswith(self.text) and not self.state.drafting():
-            self.state.draft(self.state.encode(guess[len(self.text):]))
+            self.state.draft(self.state.encode(guess[len(self.text) :]))
 
     # -- values -----------------------------------------------------------------------------
     def write_string(self, within=None):

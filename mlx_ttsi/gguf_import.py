@@ -6,8 +6,8 @@ transformers' GGUF builders, and llama.cpp's q/k row permutation is undone.
 """
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import re
 import shutil
@@ -135,16 +135,16 @@ def _read_with_gguf_package(path):
     for name, field in reader.fields.items():
         if name.startswith("GGUF."):
             continue
-        metadata[name] = mx.array(field.contents()) if not isinstance(field.contents(), (str, list)) else field.contents()
+        metadata[name] = (
+            mx.array(field.contents()) if not isinstance(field.contents(), (str, list)) else field.contents()
+        )
     return tensors, metadata
 
 
 def model_config(meta, tensors):
     arch = _scalar(meta, "general.architecture")
     if arch not in ARCHITECTURES:
-        raise ModelError(
-            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
-        )
+        raise ModelError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})")
     if "token_embd.weight" not in tensors:
         raise ModelError("GGUF file has no token_embd.weight tensor (the token embeddings)")
     heads = _count(meta, f"{arch}.attention.head_count")

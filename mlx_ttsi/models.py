@@ -17,9 +17,9 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from . import embedded
+from .config import cache_dir
 from .errors import ModelError
 from .gguf_import import cached_import
-from .config import cache_dir
 from .settings import PRECISIONS
 
 EMBEDDED_NAME = embedded.DEFAULT
@@ -78,14 +78,15 @@ def hub_cache():
     return Path(home).expanduser() / "hub"
 
 
-
-
 def _download(repo):
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS, cache_dir=hub_cache(),
-                                      local_files_only=embedded.offline()))
+        return Path(
+            snapshot_download(
+                repo, allow_patterns=_HF_PATTERNS, cache_dir=hub_cache(), local_files_only=embedded.offline()
+            )
+        )
     except Exception as error:  # hub errors vary by version and transport; all mean "not available"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot get model {repo!r} from Hugging Face: {reason}") from None
@@ -123,9 +124,7 @@ def set_precision(model, precision):
         raise ModelError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     dequantize_model(model)
     dtype = getattr(mx, precision)
-    model.update(
-        tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters())
-    )
+    model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters()))
     mx.eval(model.parameters())
     return precision
 
@@ -143,5 +142,7 @@ def load(spec, precision="auto"):
     precision = set_precision(model, precision)
     log.info("%s runs in %s", name, precision)
     config = json.loads((path / "config.json").read_text())
-    context = int(config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings") or 4096)
+    context = int(
+        config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings") or 4096
+    )
     return LoadedModel(model, tokenizer, name, path, context, precision)

@@ -78,11 +78,13 @@ def _plain_call(call, index):
         try:
             arguments = loads(arguments, "tool-call arguments") if arguments.strip() else {}
         except (json.JSONDecodeError, ToolsError):
-            raise RequestError(f"message #{index + 1} has tool-call arguments that are not JSON of at most "
-                               f"{MAX_NESTING} levels") from None
+            raise RequestError(
+                f"message #{index + 1} has tool-call arguments that are not JSON of at most {MAX_NESTING} levels"
+            ) from None
     if not isinstance(arguments, dict) or nesting(arguments) > MAX_NESTING:
-        raise RequestError(f"message #{index + 1} has tool-call arguments that are not a JSON object of at most "
-                           f"{MAX_NESTING} levels")
+        raise RequestError(
+            f"message #{index + 1} has tool-call arguments that are not a JSON object of at most {MAX_NESTING} levels"
+        )
     return {"name": body["name"], "arguments": arguments}
 
 

@@ -62,8 +62,10 @@ def prepare(directory, force=False):
         raise TTSIError(f"--save-adapter {directory} is a file, not a directory")
     held = sorted(path.name for path in directory.iterdir()) if directory.is_dir() else []
     if held and not force:
-        raise TTSIError(f"--save-adapter {directory} is not empty (it holds {', '.join(held[:3])}"
-                        f"{', ...' if len(held) > 3 else ''}): choose a new directory, or add --force to overwrite")
+        raise TTSIError(
+            f"--save-adapter {directory} is not empty (it holds {', '.join(held[:3])}"
+            f"{', ...' if len(held) > 3 else ''}): choose a new directory, or add --force to overwrite"
+        )
     created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,10 @@ def write(directory, weights, config):
     leaves the old file or the new one, never half of one."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    staged = {WEIGHTS: directory / f".{WEIGHTS}.{os.getpid()}.tmp.safetensors", CONFIG: directory / f".{CONFIG}.{os.getpid()}.tmp"}
+    staged = {
+        WEIGHTS: directory / f".{WEIGHTS}.{os.getpid()}.tmp.safetensors",
+        CONFIG: directory / f".{CONFIG}.{os.getpid()}.tmp",
+    }
     try:
         mx.save_safetensors(str(staged[WEIGHTS]), weights)
         staged[CONFIG].write_text(json.dumps(config, indent=2))

@@ -115,7 +115,7 @@ def changes(base, label):
     edits = []
     for i, (old, new) in enumerate(zip(base, label)):
         if old["name"] != new["name"]:
-            edits.append(lambda calls, i=i, new=new: calls[:i] + [new] + calls[i + 1:])
+            edits.append(lambda calls, i=i, new=new: calls[:i] + [new] + calls[i + 1 :])
             continue
         before, after = old["arguments"], new["arguments"]
         for key in list(before) + [k for k in after if k not in before]:
@@ -131,7 +131,7 @@ def _edit(calls, i, key, value):
     arguments = {k: v for k, v in calls[i]["arguments"].items() if k != key or value is not _ABSENT}
     if value is not _ABSENT:
         arguments[key] = value
-    return calls[:i] + [{"name": calls[i]["name"], "arguments": arguments}] + calls[i + 1:]
+    return calls[:i] + [{"name": calls[i]["name"], "arguments": arguments}] + calls[i + 1 :]
 
 
 def weigh_changes(score, base, label, odds):
@@ -165,8 +165,9 @@ def _label_call(decoder, before, tool, call, context):
             if not _verbatim(value, context) or _taken(value, arguments):
                 # the user's exact words, and none that another argument already took
                 source = _blank(context, [v for v in arguments.values() if isinstance(v, str)])
-                value = decoder.value_after(_open_key(decoder, before, tool, arguments, key), schema,
-                                            copy_from=source) or (value if key in required else "")
+                value = decoder.value_after(
+                    _open_key(decoder, before, tool, arguments, key), schema, copy_from=source
+                ) or (value if key in required else "")
                 if not value:
                     continue
         elif key not in required and free_value(schema) and not stated:

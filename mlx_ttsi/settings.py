@@ -68,62 +68,191 @@ class Option:
 
 
 OPTIONS = [
-    Option("mode", "auto", "auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never; "
-           "check: answer with the self-checked answer, without training; plan: brief reasoning (a 'Function: "
-           "name / key arguments' line, then the call), never adapts.",
-           choices=MODES, env=True, request=True),
-    Option("threshold", 0.5, "Uncertain when u = min(name margin, argument margin) is below this (tau); u = 0 "
-           "when the self-label disagrees.", float, 0, 1, env=True, request=True),
-    Option("examples", 3, "Examples per adapted request (K): at most K verified examples are trained on "
-           "(--examples-from twins: the request with its self-label and K-1 twins).",
-           int, 1, 16, short="-k", env=True, request=True),
-    Option("examples_from", "calls", "Where TT-SI's examples come from: calls = the model writes example calls, "
-           "then the request for each (labels independent of its answer); requests = similar requests, then its "
-           "own call for each (the paper's direction); twins = the request with its self-label and twins of it; "
-           "paper = one similar request and its call, unverified (the paper's TT-SI, with K 1).",
-           choices=("calls", "requests", "twins", "paper"), env=True, request=True),
-    Option("keep", "informative", "Which verified examples are trained on: informative = those the base model "
-           "does not already say back (teacher-forced argmax); verified = all of them.",
-           choices=("informative", "verified"), request=True),
-    Option("candidates", "name", "Candidate actions scored for uncertainty: tool names or whole calls.",
-           choices=("name", "call")),
-    Option("norm", "sum", "Length normalisation of candidate log-likelihoods (sum measured better).",
-           choices=("sum", "mean")),
-    Option("check_odds", 0.1, "A self-check change (a value added, dropped or rewritten, another tool) is kept only "
-           "when the base model finds the changed call at least this likely against the call before it; 0 keeps "
-           "every change.", float, 0.0, 1.0, env=True, request=True),
+    Option(
+        "mode",
+        "auto",
+        "auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never; "
+        "check: answer with the self-checked answer, without training; plan: brief reasoning (a 'Function: "
+        "name / key arguments' line, then the call), never adapts.",
+        choices=MODES,
+        env=True,
+        request=True,
+    ),
+    Option(
+        "threshold",
+        0.5,
+        "Uncertain when u = min(name margin, argument margin) is below this (tau); u = 0 "
+        "when the self-label disagrees.",
+        float,
+        0,
+        1,
+        env=True,
+        request=True,
+    ),
+    Option(
+        "examples",
+        3,
+        "Examples per adapted request (K): at most K verified examples are trained on "
+        "(--examples-from twins: the request with its self-label and K-1 twins).",
+        int,
+        1,
+        16,
+        short="-k",
+        env=True,
+        request=True,
+    ),
+    Option(
+        "examples_from",
+        "calls",
+        "Where TT-SI's examples come from: calls = the model writes example calls, "
+        "then the request for each (labels independent of its answer); requests = similar requests, then its "
+        "own call for each (the paper's direction); twins = the request with its self-label and twins of it; "
+        "paper = one similar request and its call, unverified (the paper's TT-SI, with K 1).",
+        choices=("calls", "requests", "twins", "paper"),
+        env=True,
+        request=True,
+    ),
+    Option(
+        "keep",
+        "informative",
+        "Which verified examples are trained on (at most K): informative = those the base model does not already "
+        "say back (teacher-forced argmax); anchored = those first, then ones it already says (anchors against "
+        "drift), and none when it already says all; verified = all of them.",
+        choices=("informative", "anchored", "verified"),
+        request=True,
+    ),
+    Option(
+        "candidates",
+        "name",
+        "Candidate actions scored for uncertainty: tool names or whole calls.",
+        choices=("name", "call"),
+    ),
+    Option(
+        "norm",
+        "sum",
+        "Length normalisation of candidate log-likelihoods (sum measured better).",
+        choices=("sum", "mean"),
+    ),
+    Option(
+        "check_odds",
+        0.1,
+        "A self-check change (a value added, dropped or rewritten, another tool) is kept only "
+        "when the base model finds the changed call at least this likely against the call before it; 0 keeps "
+        "every change.",
+        float,
+        0.0,
+        1.0,
+        env=True,
+        request=True,
+    ),
     Option("max_calls", 1, "Most tool calls in one answer.", int, 1, 16),
     Option("max_tokens", 256, "Most tokens of a text answer (requests without tools).", int, 1, 4096),
     Option("temperature", 0.8, "Sampling temperature of a local TT-D teacher writing requests.", float, 0, 2),
-    Option("same_tool", True, "TT-D keeps only teacher examples that call the tool the model picks for the request.",
-           bool, flag="--same-tool/--any-tool"),
-    Option("seed", 0, "Seed of the LoRA's initialisation, example order and sampling: the same seed gives the "
-           "same answer.", int, 0, 2**32 - 1),
-    Option("epochs", 5, "LoRA epochs over the K examples (the paper's 5; at lr 1e-3, see docs/results.md).",
-           int, 1, 100, group="lora"),
-    Option("learning_rate", 1e-3, "LoRA learning rate (the paper's 1e-4 teaches this model nothing).",
-           float, 1e-7, 1.0, flag="--lr", group="lora"),
-    Option("stop_loss", 0.02, "Stop training after an epoch in which every example's loss was below this "
-           "(the LoRA already says them back); 0: run every epoch.", float, 0.0, 10.0, group="lora"),
-    Option("stop_said_back", True, "Also stop training after an epoch in which the LoRA said back every example: "
-           "each answer token its argmax, teacher-forced (read off the step's own pass; docs/performance.md).", bool,
-           flag="--stop-said-back/--no-stop-said-back", group="lora"),
-    Option("batch_size", 1, "Examples per LoRA training step (at most K): 1 = one at a time; 3 = the K examples in "
-           "one padded step an epoch, 2x faster training on Qwen2.5-Coder-0.5B but too few steps for SmolLM2-135M "
-           "(docs/performance.md).", int, 1, 16, group="lora"),
+    Option(
+        "same_tool",
+        True,
+        "TT-D keeps only teacher examples that call the tool the model picks for the request.",
+        bool,
+        flag="--same-tool/--any-tool",
+    ),
+    Option(
+        "seed",
+        0,
+        "Seed of the LoRA's initialisation, example order and sampling: the same seed gives the same answer.",
+        int,
+        0,
+        2**32 - 1,
+    ),
+    Option(
+        "epochs",
+        5,
+        "LoRA epochs over the K examples (the paper's 5; at lr 1e-3, see docs/results.md).",
+        int,
+        1,
+        100,
+        group="lora",
+    ),
+    Option(
+        "learning_rate",
+        1e-3,
+        "LoRA learning rate (the paper's 1e-4 teaches this model nothing).",
+        float,
+        1e-7,
+        1.0,
+        flag="--lr",
+        group="lora",
+    ),
+    Option(
+        "stop_loss",
+        0.02,
+        "Stop training after an epoch in which every example's loss was below this "
+        "(the LoRA already says them back); 0: run every epoch.",
+        float,
+        0.0,
+        10.0,
+        group="lora",
+    ),
+    Option(
+        "stop_said_back",
+        True,
+        "Also stop training after an epoch in which the LoRA said back every example: "
+        "each answer token its argmax, teacher-forced (read off the step's own pass; docs/performance.md).",
+        bool,
+        flag="--stop-said-back/--no-stop-said-back",
+        group="lora",
+    ),
+    Option(
+        "batch_size",
+        1,
+        "Examples per LoRA training step (at most K): 1 = one at a time; 3 = the K examples in "
+        "one padded step an epoch, 2x faster training on Qwen2.5-Coder-0.5B but too few steps for SmolLM2-135M "
+        "(docs/performance.md).",
+        int,
+        1,
+        16,
+        group="lora",
+    ),
     Option("rank", 8, "LoRA rank.", int, 1, 256, group="lora"),
     Option("alpha", 16.0, "LoRA alpha: scale = alpha / rank, as in the paper.", float, 0.0, 1024.0, group="lora"),
-    Option("layers", 8, "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.", int, -1, 1024,
-           group="lora"),
-    Option("precision", "auto", "Weights dtype: auto = float32 on CPU, the model's own on a GPU.", choices=PRECISIONS,
-           env=True, group="load"),
+    Option(
+        "layers",
+        8,
+        "LoRA on the top N transformer blocks (-1: all); 8 measured as good as all.",
+        int,
+        -1,
+        1024,
+        group="lora",
+    ),
+    Option(
+        "precision",
+        "auto",
+        "Weights dtype: auto = float32 on CPU, the model's own on a GPU.",
+        choices=PRECISIONS,
+        env=True,
+        group="load",
+    ),
     Option("teacher_model", "gpt-5-mini", "Model name sent to a TT-D teacher URL.", env=True, group="load"),
-    Option("max_queue", 16, "serve: requests that may wait for the model; more get 503 with Retry-After.", int, 1,
-           env=True, group="serve"),
-    Option("memory_size", 32, "serve --memory: most adapters kept (least recently used dropped).", int, 1,
-           group="serve"),
-    Option("memory_similarity", 0.95, "serve --memory: reuse an adapter when the request's embedding is at least "
-           "this close (cosine).", float, -1, 1, group="serve"),
+    Option(
+        "max_queue",
+        16,
+        "serve: requests that may wait for the model; more get 503 with Retry-After.",
+        int,
+        1,
+        env=True,
+        group="serve",
+    ),
+    Option(
+        "memory_size", 32, "serve --memory: most adapters kept (least recently used dropped).", int, 1, group="serve"
+    ),
+    Option(
+        "memory_similarity",
+        0.95,
+        "serve --memory: reuse an adapter when the request's embedding is at least this close (cosine).",
+        float,
+        -1,
+        1,
+        group="serve",
+    ),
 ]
 BY_NAME = {option.name: option for option in OPTIONS}
 LORA_FIELDS = tuple(o.name for o in OPTIONS if o.group == "lora")

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
+from .context import ContextState
 from .decoding import CallDecoder
 from .errors import Cancelled, TeacherError
 from .prompts import call_format, render_prompt, tool_line
-from .context import ContextState
 from .settings import default
 from .tools import check_call, parse_calls
 
@@ -137,8 +137,19 @@ class ModelWriter:
         prompt = render_prompt(self.loaded.tokenizer, [{"role": "user", "content": request}], tools, self.fmt)
         return CallDecoder(state, self.fmt, **(decoder_options or {})).decode(prompt, tools).calls
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None,
-                   temperature=TEMPERATURE, decoder_options=None, cancelled=None):
+    def synthesize(
+        self,
+        original,
+        tools,
+        k,
+        seed,
+        max_attempts=None,
+        state=None,
+        same_tool=None,
+        temperature=TEMPERATURE,
+        decoder_options=None,
+        cancelled=None,
+    ):
         """Up to k examples: requests sampled at `temperature`, labelled by a CallDecoder with `decoder_options`.
         `cancelled()` is polled before every forward pass (as the request's own are)."""
         state = state or self.own_state()
@@ -151,7 +162,11 @@ class ModelWriter:
                     break
                 synthesis.attempts += 1
                 request = self.write_request(state, original, tools, temperature)
-                calls = self.label(state, request, tools, decoder_options) if request_problem(request, original) is None else []
+                calls = (
+                    self.label(state, request, tools, decoder_options)
+                    if request_problem(request, original) is None
+                    else []
+                )
                 admit(synthesis, request, calls, original, tools, "self", same_tool)
         finally:
             state.cancelled = polled
@@ -191,6 +206,7 @@ class EndpointTeacher:
     def _fetch(self, request, cancelled):
         """The endpoint's reply body. With `cancelled`, fetched on a helper thread while this one checks
         every POLL seconds that the request is still wanted (the helper ends by its own timeout)."""
+
         def read():
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read()
@@ -204,8 +220,19 @@ class EndpointTeacher:
                 raise Cancelled("the request was cancelled while the teacher answered")
         return reply.result()
 
-    def synthesize(self, original, tools, k, seed, max_attempts=None, state=None, same_tool=None, temperature=None,
-                   decoder_options=None, cancelled=None):
+    def synthesize(
+        self,
+        original,
+        tools,
+        k,
+        seed,
+        max_attempts=None,
+        state=None,
+        same_tool=None,
+        temperature=None,
+        decoder_options=None,
+        cancelled=None,
+    ):
         """Up to k examples from the endpoint; `temperature` and `decoder_options` are a local writer's
         (an endpoint samples and writes calls as it is set up). `cancelled()` is polled while it answers."""
         synthesis = Synthesis()
@@ -217,8 +244,15 @@ class EndpointTeacher:
             reply = self.ask(TEACHER_USER.format(tools=tools_text, request=original, k=k), seed + attempt, cancelled)
             for item in _json_items(reply)[: k - len(synthesis.examples)]:
                 calls = item.get("calls") or ([item["call"]] if isinstance(item.get("call"), dict) else [])
-                admit(synthesis, item.get("request"), parse_calls(json.dumps(calls)), original, tools, "teacher",
-                      same_tool)
+                admit(
+                    synthesis,
+                    item.get("request"),
+                    parse_calls(json.dumps(calls)),
+                    original,
+                    tools,
+                    "teacher",
+                    same_tool,
+                )
         return synthesis
 
 
@@ -245,14 +279,15 @@ def _json_items(reply):
     return []
 
 
-def keep_examples(synthesis, said_back, k):
+def keep_examples(synthesis, said_back, k, anchored=False):
     """The synthesis with at most k of its examples: those the base model does not already say back
-    (`said_back`, one flag per example; each one it does is counted as a rejection)."""
-    kept = []
-    for example, said in zip(synthesis.examples, said_back):
-        if said:
-            synthesis.reject("the base model already says it")
-        elif len(kept) < k:
-            kept.append(example)
+    (`said_back`, one flag per example), then, when `anchored` and there is at least one of those,
+    examples it does say back (they hold what it already gets right in place). Each example it
+    says back and that is not kept is counted as a rejection."""
+    new = [e for e, said in zip(synthesis.examples, said_back) if not said]
+    known = [e for e, said in zip(synthesis.examples, said_back) if said]
+    kept = new[:k] + (known[: k - len(new[:k])] if anchored and new else [])
+    for _ in range(len(known) - (len(kept) - len(new[:k]))):
+        synthesis.reject("the base model already says it")
     synthesis.examples = kept
     return synthesis

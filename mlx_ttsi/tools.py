@@ -16,8 +16,8 @@ import regex
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from .errors import ToolsError
 
@@ -106,8 +106,10 @@ def _check_schema(name, parameters):
     references = list(_strings(parameters, _REFS))
     outside = next((ref for ref in references if not ref.startswith("#")), None)
     if outside is not None:
-        raise ToolsError(f"tool {name!r}: $ref {outside[:100]!r} points outside the schema; only local "
-                         "references (#/...) are allowed: nothing is fetched")
+        raise ToolsError(
+            f"tool {name!r}: $ref {outside[:100]!r} points outside the schema; only local "
+            "references (#/...) are allowed: nothing is fetched"
+        )
     _check_local(name, parameters, references)
 
 
@@ -181,8 +183,9 @@ def matches(pattern, text):
 
 def _pattern(validator, pattern, instance, schema):
     if validator.is_type(instance, "string") and not matches(pattern, instance):
-        yield ValidationError(f"{instance[:100]!r} does not match {pattern[:100]!r} "
-                              f"(or its search took over {PATTERN_SECONDS}s)")
+        yield ValidationError(
+            f"{instance[:100]!r} does not match {pattern[:100]!r} (or its search took over {PATTERN_SECONDS}s)"
+        )
 
 
 def _pattern_properties(validator, patterns, instance, schema):

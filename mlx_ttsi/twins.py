@@ -46,18 +46,99 @@ CODES = {  # ISO codes by what an argument's name or description calls them
     "country": "US FR DE ES IT PT NL SE NO DK FI PL JP CN KR BR MX CA AU IN".split(),
     "airport": "JFK LHR CDG FRA AMS MAD FCO LIS OSL ARN HND SIN SYD YYZ GRU DXB IST VIE ZRH CPH".split(),
 }
-CODE_WORDS = {"currency": "currency", "language": "language", "lang": "language", "locale": "language",
-              "country": "country", "airport": "airport", "iata": "airport"}
+CODE_WORDS = {
+    "currency": "currency",
+    "language": "language",
+    "lang": "language",
+    "locale": "language",
+    "country": "country",
+    "airport": "airport",
+    "iata": "airport",
+}
 KEEP_WORDS = {"a", "an", "the", "of", "on", "in", "at", "for", "to", "and", "or", "with", "by", "from", "de"}
-PERSON_WORDS = {"passenger", "person", "guest", "traveler", "traveller", "attendee", "recipient", "author",
-                "customer", "contact", "patient", "employee", "driver", "owner", "participant", "sender",
-                "student", "teacher", "doctor", "friend", "firstname", "lastname", "fullname", "surname", "who"}
-PLACE_WORDS = {"city", "town", "place", "location", "origin", "destination", "departure", "arrival", "venue",
-               "region", "village", "capital", "where", "hometown"}
-THING_WORDS = {"restaurant", "file", "product", "company", "hotel", "event", "song", "movie", "book", "title",
-               "team", "brand", "store", "shop", "item", "model", "tool", "project", "app", "street", "dish",
-               "recipe", "airline", "playlist", "account", "username", "device", "room", "category", "folder",
-               "channel", "organization", "organisation", "service", "course", "game", "artist", "album"}
+PERSON_WORDS = {
+    "passenger",
+    "person",
+    "guest",
+    "traveler",
+    "traveller",
+    "attendee",
+    "recipient",
+    "author",
+    "customer",
+    "contact",
+    "patient",
+    "employee",
+    "driver",
+    "owner",
+    "participant",
+    "sender",
+    "student",
+    "teacher",
+    "doctor",
+    "friend",
+    "firstname",
+    "lastname",
+    "fullname",
+    "surname",
+    "who",
+}
+PLACE_WORDS = {
+    "city",
+    "town",
+    "place",
+    "location",
+    "origin",
+    "destination",
+    "departure",
+    "arrival",
+    "venue",
+    "region",
+    "village",
+    "capital",
+    "where",
+    "hometown",
+}
+THING_WORDS = {
+    "restaurant",
+    "file",
+    "product",
+    "company",
+    "hotel",
+    "event",
+    "song",
+    "movie",
+    "book",
+    "title",
+    "team",
+    "brand",
+    "store",
+    "shop",
+    "item",
+    "model",
+    "tool",
+    "project",
+    "app",
+    "street",
+    "dish",
+    "recipe",
+    "airline",
+    "playlist",
+    "account",
+    "username",
+    "device",
+    "room",
+    "category",
+    "folder",
+    "channel",
+    "organization",
+    "organisation",
+    "service",
+    "course",
+    "game",
+    "artist",
+    "album",
+}
 MONTHS = [calendar.month_name[i] for i in range(1, 13)]
 EMAIL = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*@[A-Za-z0-9.-]+\.[A-Za-z]+")
 ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})([T ].*)?")
@@ -214,7 +295,10 @@ def _swap_text(text, mapping):
 
 
 def _swap_call(call, mapping):
-    return {"name": call["name"], "arguments": {k: _swap_value(v, mapping) for k, v in call.get("arguments", {}).items()}}
+    return {
+        "name": call["name"],
+        "arguments": {k: _swap_value(v, mapping) for k, v in call.get("arguments", {}).items()},
+    }
 
 
 def _swap_message(message, mapping):
@@ -337,7 +421,7 @@ def _date(text, form, rng):
         match = ISO_DATE.fullmatch(text)
         tail = match.group(4) or ""
         time = TIME.search(tail)
-        return day.isoformat() + (tail[: time.start()] + _time(time, rng) + tail[time.end():] if time else tail)
+        return day.isoformat() + (tail[: time.start()] + _time(time, rng) + tail[time.end() :] if time else tail)
     if form == "numeric":
         first, separator, second, year = NUMERIC_DATE.fullmatch(text).groups()
         # both numbers at most 12, so the date reads the same as day/month or month/day
@@ -357,7 +441,9 @@ def _date(text, form, rng):
 
 def _month(word):
     word = word.lower()
-    return next((i for i, m in enumerate(MONTHS) if m.lower() == word or (len(word) == 3 and m.lower()[:3] == word)), None)
+    return next(
+        (i for i, m in enumerate(MONTHS) if m.lower() == word or (len(word) == 3 and m.lower()[:3] == word)), None
+    )
 
 
 def _time(match, rng):

@@ -52,8 +52,13 @@ class Uncertainty:
 
         u = min(name margin, argument margin), and 0 when the self-label disagrees with the answer."""
         score = 0.0 if label_agrees is False else min(self.name_score, argument_score)
-        return replace(self, score=round(score, 6), uncertain=bool(score < self.threshold),
-                       argument_score=round(argument_score, 6), label_agrees=label_agrees)
+        return replace(
+            self,
+            score=round(score, 6),
+            uncertain=bool(score < self.threshold),
+            argument_score=round(argument_score, 6),
+            label_agrees=label_agrees,
+        )
 
 
 def estimate(names, scores, logprobs, lengths, threshold, form="name", norm="sum"):

@@ -61,6 +61,13 @@ def unstated_key(arguments, request):
     return None
 
 
+def unpassed_number(calls, request):
+    """A number the request writes that none of the calls' values holds (a stated value the label
+    leaves out: training on it would teach dropping what the user said), or None."""
+    passed = numbers_in(" ".join(str(leaf) for call in calls for leaf in leaves(call["arguments"])))
+    return next((n for n in sorted(numbers_in(request)) if n not in passed), None)
+
+
 def request_values(calls):
     """The values of the user's request as its own answer reads them: strings of at least
     MIN_LEAK_CHARS characters and numbers (no booleans)."""
@@ -102,6 +109,8 @@ def example_problem(request, calls, tools, original, values=(), examples=()):
             return "argument repeats itself"
         if unstated_key(call["arguments"], request) is not None:
             return "a value is not stated in its request"
+    if unpassed_number(calls, request) is not None:
+        return "its request states a number its call leaves out"
     if leaked(calls, request, values) is not None:
         return "a value of the user's request leaks into it"
     if any(normal_words(request) == normal_words(e["request"]) or e["calls"] == calls for e in examples):

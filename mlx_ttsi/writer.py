@@ -39,9 +39,13 @@ class BatchWriter:
         if seed is not None:
             mx.random.seed(seed)
         sampler = make_sampler(temp=temperature, top_p=top_p if temperature > 0 else 0.0)
-        generator = BatchGenerator(self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
-                                   sampler=sampler, completion_batch_size=len(prompts),
-                                   prefill_batch_size=len(prompts))
+        generator = BatchGenerator(
+            self.model,
+            stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
+            sampler=sampler,
+            completion_batch_size=len(prompts),
+            prefill_batch_size=len(prompts),
+        )
         try:
             uids = generator.insert(*self._inputs(prompts, max_tokens))
             return self._run(generator, uids, stop)

@@ -8,10 +8,10 @@ import json
 import os
 from pathlib import Path
 
-import mlx_ttsi  # noqa: F401  (loads OpenBLAS before mlx)
+import mlx.core as mx
 import pytest
 
-import mlx.core as mx
+import mlx_ttsi  # noqa: F401  (loads OpenBLAS before mlx)
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -19,7 +19,7 @@ CHATML = (
 )
 
 CORPUS = [
-    'You are a function-calling assistant. You can call these tools:',
+    "You are a function-calling assistant. You can call these tools:",
     '{"name": "get_weather", "description": "Get the weather for a city", "parameters": {"type": "object"}}',
     '{"name": "set_alarm", "arguments": {"time": "07:30", "label": "work"}}',
     "What is the weather in Paris tomorrow? Set an alarm at 7 for work. Convert 100 USD to EUR.",
@@ -57,8 +57,13 @@ TOOLS = [
 ]
 
 
-def build_tokenizer(template=CHATML, special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos="<|im_start|>",
-                    eos="<|im_end|>", vocab_size=400):
+def build_tokenizer(
+    template=CHATML,
+    special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    bos="<|im_start|>",
+    eos="<|im_end|>",
+    vocab_size=400,
+):
     """A small byte-level BPE tokenizer trained on CORPUS, with a chat template and its special tokens
     (the first is the unknown token)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -69,11 +74,22 @@ def build_tokenizer(template=CHATML, special=("<|endoftext|>", "<|im_start|>", "
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=special[0],
-                                   pad_token=eos, chat_template=template, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=special[0],
+        pad_token=eos,
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def tiny_config(vocab_size):

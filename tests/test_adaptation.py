@@ -4,8 +4,8 @@ import mlx.core as mx
 import pytest
 
 from mlx_ttsi.adaptation import Adapter
-from mlx_ttsi.settings import LoRASettings
 from mlx_ttsi.errors import TTSIError
+from mlx_ttsi.settings import LoRASettings
 
 
 def logits(loaded, text="Set an alarm at 7 for work."):
@@ -165,14 +165,18 @@ def test_top_layer_lora_reuses_the_bottom_layers_hidden_states(tiny):
 
 def test_training_stops_after_an_epoch_whose_every_loss_is_below_stop_loss(tiny):
     two = examples(tiny) * 2  # two examples: an epoch is two steps
-    adapter = Adapter(tiny.model, LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=0, stop_said_back=False, batch_size=1))
+    adapter = Adapter(
+        tiny.model, LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=0, stop_said_back=False, batch_size=1)
+    )
     full = adapter.train(two)
     adapter.reset(seed=0)
     assert full["steps"] == 12  # stop_loss 0: every epoch runs
     stopped = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=10.0, batch_size=1))
     adapter.reset(seed=0)
     assert stopped["steps"] == 2  # every loss is below 10: the first whole epoch is the last
-    fitted = adapter.train(two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=full["loss"], batch_size=1))
+    fitted = adapter.train(
+        two, settings=LoRASettings(epochs=6, learning_rate=1e-2, stop_loss=full["loss"], batch_size=1)
+    )
     assert fitted["steps"] % 2 == 0 and 2 <= fitted["steps"] <= 12  # stops only at an epoch's end
 
 
@@ -184,9 +188,14 @@ def test_a_padded_batch_gives_each_example_its_own_loss(tiny, lower):
 
     adapter = Adapter(tiny.model, LoRASettings(layers=1, epochs=2, learning_rate=1e-2))
     tok = tiny.tokenizer
-    pairs = [(tok.encode(q, add_special_tokens=False), tok.encode(a, add_special_tokens=False)) for q, a in
-             [("Set an alarm at 7", ' {"time": "7"}'), ("Weather in Paris, France, today?", ' {"city": "Paris"}'),
-              ("Hi", ' {"time": "07:00 tomorrow morning"}')]]
+    pairs = [
+        (tok.encode(q, add_special_tokens=False), tok.encode(a, add_special_tokens=False))
+        for q, a in [
+            ("Set an alarm at 7", ' {"time": "7"}'),
+            ("Weather in Paris, France, today?", ' {"city": "Paris"}'),
+            ("Hi", ' {"time": "07:00 tomorrow morning"}'),
+        ]
+    ]
     n = 4
     state = ContextState(tiny.model, tok)
     state.sync(tok.encode("System: tools here.", add_special_tokens=False))
@@ -207,7 +216,9 @@ def test_batched_training_fits_every_example(tiny):
     from mlx_ttsi.context import ContextState
 
     three = examples(tiny) * 3
-    adapter = Adapter(tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, batch_size=3, stop_loss=0, stop_said_back=False))
+    adapter = Adapter(
+        tiny.model, LoRASettings(epochs=20, learning_rate=5e-3, batch_size=3, stop_loss=0, stop_said_back=False)
+    )
     ids, offset = three[0]
     state = ContextState(tiny.model, tiny.tokenizer)
     state.sync(ids[:5])
@@ -229,13 +240,24 @@ def test_training_stops_once_the_lora_says_back_every_example(tiny):
     state = ContextState(tiny.model, tok)
     state.sync(tok.encode("System: tools.", add_special_tokens=False))
     n = len(state.tokens)
-    pairs = [(list(state.tokens) + tok.encode(p, add_special_tokens=False) + answer,
-              n + len(tok.encode(p, add_special_tokens=False))) for p in prompts]
+    pairs = [
+        (
+            list(state.tokens) + tok.encode(p, add_special_tokens=False) + answer,
+            n + len(tok.encode(p, add_special_tokens=False)),
+        )
+        for p in prompts
+    ]
     prefix = (n, state.prefix_arrays(n))
-    adapter = Adapter(tiny.model, LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, stop_said_back=False, batch_size=1))
+    adapter = Adapter(
+        tiny.model, LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, stop_said_back=False, batch_size=1)
+    )
     full = adapter.train(pairs, prefix=prefix)
     adapter.reset(seed=0)
-    stopped = adapter.train(pairs, prefix=prefix, settings=LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, batch_size=1, stop_said_back=True))
+    stopped = adapter.train(
+        pairs,
+        prefix=prefix,
+        settings=LoRASettings(epochs=60, learning_rate=3e-3, stop_loss=0, batch_size=1, stop_said_back=True),
+    )
     assert stopped["steps"] % 2 == 0 and stopped["steps"] < full["steps"] == 120
     for ids, offset in pairs:
         state.truncate(n)

@@ -7,15 +7,14 @@ import mlx.core as mx
 import numpy as np
 import openai
 import pytest
+from conftest import TOOLS
 
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.embedding import embed
 from mlx_ttsi.serve.adapter_memory import AdapterMemory, tools_key
 from mlx_ttsi.serve.http import make_server
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import parse_tools
-
-from conftest import TOOLS
 
 SHAPES = {"layers.0.lora_a": (4, 2), "layers.0.lora_b": (2, 4)}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -109,8 +108,9 @@ def test_embedding_is_deterministic_and_normalised(tiny):
 
 @pytest.fixture(scope="module")
 def agent(tiny_model_dir):
-    return Agent.load(str(tiny_model_dir), precision="float32",
-                      settings=Settings(lora=LoRASettings(epochs=1, learning_rate=1e-2)))
+    return Agent.load(
+        str(tiny_model_dir), precision="float32", settings=Settings(lora=LoRASettings(epochs=1, learning_rate=1e-2))
+    )
 
 
 def serve(agent, root):

@@ -2,13 +2,12 @@ import json
 
 import mlx.core as mx
 import pytest
+from conftest import TOOLS
 
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.errors import RequestError, TTSIError
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call
-
-from conftest import TOOLS
 
 
 def base_logits(agent):
@@ -103,8 +102,17 @@ def test_conversation_ending_with_an_assistant_turn_gets_a_new_turn(agent):
 def test_multi_turn_messages(agent):
     messages = [
         {"role": "user", "content": "Set an alarm at 7"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function",
-                                                             "function": {"name": "set_alarm", "arguments": "{\"time\": \"07:00\", \"loud\": true}"}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "set_alarm", "arguments": '{"time": "07:00", "loud": true}'},
+                }
+            ],
+        },
         {"role": "tool", "content": "ok"},
         {"role": "user", "content": "and what is the weather in Oslo?"},
     ]
@@ -190,15 +198,19 @@ def test_same_tool_check_refuses_teacher_examples_for_another_tool(tiny, tiny_mo
 
     strict = Agent(tiny, Settings(same_tool=True, examples=1), teacher=str(tiny_model_dir))
     own = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="base").uncertainty.best
-    other = next(c for c in ({"name": "list_alarms", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}})
-                 if c["name"] != own)  # a valid call of another tool than the model's own choice
+    other = next(
+        c
+        for c in ({"name": "list_alarms", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}})
+        if c["name"] != own
+    )  # a valid call of another tool than the model's own choice
     monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools, options=None: [other])
     answer = strict.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
     assert answer.uncertainty.best == own
     assert not answer.adapted and answer.rejected == {"another tool than the model's own choice": 3}
     # a request meant to adapt that cannot says why, and is answered by the base model
-    assert answer.note == ("not adapted: all 3 candidate examples were rejected "
-                           "(3 another tool than the model's own choice)")
+    assert answer.note == (
+        "not adapted: all 3 candidate examples were rejected (3 another tool than the model's own choice)"
+    )
     assert answer.method == "base" and answer.training is None
 
 
@@ -231,19 +243,23 @@ def test_warm_caches_the_tools_prefix_without_changing_answers(agent):
     assert len(agent.prefixes.entries) == 1  # the request used the warmed prefix, not a new one
     assert warm.tool_calls == cold.tool_calls
     assert [c["prob"] for c in warm.uncertainty.candidates] == pytest.approx(
-        [c["prob"] for c in cold.uncertainty.candidates], abs=1e-5)
+        [c["prob"] for c in cold.uncertainty.candidates], abs=1e-5
+    )
 
 
-@pytest.mark.parametrize("mode, options, expected", [
-    ("auto", {}, ("ttsi", True, "self-label", False)),
-    ("auto", {"has_teacher": True}, ("ttd", True, "teacher", False)),
-    ("ttsi", {}, ("ttsi", False, "self-label", False)),
-    ("ttsi", {"force": False}, ("ttsi", True, "self-label", False)),
-    ("ttsi", {"stored": True}, ("ttsi", False, "stored", False)),
-    ("ticl", {"stored": True}, ("ticl", False, "self-label", False)),  # demonstrations, not weights
-    ("auto", {"given": True}, ("ttsi", False, "given", False)),
-    ("base", {}, ("base", False, "self-label", True)),
-])
+@pytest.mark.parametrize(
+    "mode, options, expected",
+    [
+        ("auto", {}, ("ttsi", True, "self-label", False)),
+        ("auto", {"has_teacher": True}, ("ttd", True, "teacher", False)),
+        ("ttsi", {}, ("ttsi", False, "self-label", False)),
+        ("ttsi", {"force": False}, ("ttsi", True, "self-label", False)),
+        ("ttsi", {"stored": True}, ("ttsi", False, "stored", False)),
+        ("ticl", {"stored": True}, ("ticl", False, "self-label", False)),  # demonstrations, not weights
+        ("auto", {"given": True}, ("ttsi", False, "given", False)),
+        ("base", {}, ("base", False, "self-label", True)),
+    ],
+)
 def test_the_plan_of_a_request(mode, options, expected):
     from mlx_ttsi.agent import plan_request
 
@@ -264,8 +280,12 @@ def test_streamed_pieces_add_up_to_the_answer(agent, mode):
 
 def test_text_answers_stream_while_they_are_generated(agent):
     heard = []
-    answer = agent.ask("Hello there", max_tokens=8, on_piece=lambda *p: heard.append(p),
-                       progress=lambda phase, *_: heard.append(("phase", phase)))
+    answer = agent.ask(
+        "Hello there",
+        max_tokens=8,
+        on_piece=lambda *p: heard.append(p),
+        progress=lambda phase, *_: heard.append(("phase", phase)),
+    )
     assert heard[-1] == ("phase", "answering") and {kind for kind, _ in heard[:-1]} == {"content"}
     assert "".join(text for _, text in heard[:-1]).strip() == answer.answer
     assert answer.completion_tokens == 8 and answer.finish_reason == "length"
@@ -282,8 +302,14 @@ def test_a_cancelled_request_stops_during_training_and_leaves_the_model_clean(ag
         return steps.count("synthesis") >= 2
 
     with pytest.raises(Cancelled):
-        agent.ask("Set an alarm at 7", tools=TOOLS, mode="ttsi", epochs=50,
-                  progress=lambda phase, *_: phases.append(phase), cancelled=cancelled)
+        agent.ask(
+            "Set an alarm at 7",
+            tools=TOOLS,
+            mode="ttsi",
+            epochs=50,
+            progress=lambda phase, *_: phases.append(phase),
+            cancelled=cancelled,
+        )
     assert phases[-1] == "synthesis" and "training" not in phases
     assert agent.adapter.is_reset()
     after = agent.ask("Set an alarm at 7", tools=TOOLS, mode="base")

@@ -17,23 +17,28 @@ SKYLAKEX = BASE | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
 LIB = next((p for p in _blas._CANDIDATES if os.path.exists(p)), None)
 
 
-@pytest.mark.parametrize("flags, coretype", [
-    (SKYLAKEX | {"avx512_bf16", "amx_tile"}, "Cooperlake"),  # the issue's family-6 model-207 Xeon
-    (SKYLAKEX, "SkylakeX"),
-    (BASE | {"avx512f"}, "Haswell"),  # AVX-512 without BW/VL/DQ is not enough for SkylakeX
-    (SKYLAKEX - {"fma"}, None),
-    (BASE, "Haswell"),
-    ({"sse3", "avx"}, None),
-    (set(), None),  # e.g. aarch64's "Features" line
-])
+@pytest.mark.parametrize(
+    "flags, coretype",
+    [
+        (SKYLAKEX | {"avx512_bf16", "amx_tile"}, "Cooperlake"),  # the issue's family-6 model-207 Xeon
+        (SKYLAKEX, "SkylakeX"),
+        (BASE | {"avx512f"}, "Haswell"),  # AVX-512 without BW/VL/DQ is not enough for SkylakeX
+        (SKYLAKEX - {"fma"}, None),
+        (BASE, "Haswell"),
+        ({"sse3", "avx"}, None),
+        (set(), None),  # e.g. aarch64's "Features" line
+    ],
+)
 def test_coretype_for_fake_flags(flags, coretype):
     assert _blas.coretype_for(flags) == coretype
 
 
 def test_cpu_info_reads_the_first_processor(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
-                       "flags\t\t: fpu avx2 fma avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+        "flags\t\t: fpu avx2 fma avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    )
     flags, cpu = _blas.cpu_info(cpuinfo)
     assert flags == ["fpu", "avx2", "fma", "avx512f"]
     assert cpu == {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "207"}
@@ -44,15 +49,18 @@ def ok(name, error=3e-7):
     return {"corename": name, "error": error}
 
 
-@pytest.mark.parametrize("own, forced, use, alarming", [
-    (ok("Prescott"), ok("Cooperlake"), True, False),  # the issue: OpenBLAS falls back, we fix it
-    (ok("Cooperlake"), ok("Cooperlake"), False, False),  # OpenBLAS knows this CPU: keep its own
-    (ok("SapphireRapids"), ok("Cooperlake"), False, False),  # a newer OpenBLAS knows better
-    (ok("Prescott"), {"failed": "exit status -4"}, False, True),  # SIGILL in the child
-    (ok("Prescott"), ok("Prescott"), False, False),  # not a dynamic-arch build: the name is ignored
-    (ok("Prescott"), ok("Cooperlake", error=0.5), False, True),
-    ({"failed": "exit status 1 OSError"}, {"failed": "exit status 1 OSError"}, False, False),
-])
+@pytest.mark.parametrize(
+    "own, forced, use, alarming",
+    [
+        (ok("Prescott"), ok("Cooperlake"), True, False),  # the issue: OpenBLAS falls back, we fix it
+        (ok("Cooperlake"), ok("Cooperlake"), False, False),  # OpenBLAS knows this CPU: keep its own
+        (ok("SapphireRapids"), ok("Cooperlake"), False, False),  # a newer OpenBLAS knows better
+        (ok("Prescott"), {"failed": "exit status -4"}, False, True),  # SIGILL in the child
+        (ok("Prescott"), ok("Prescott"), False, False),  # not a dynamic-arch build: the name is ignored
+        (ok("Prescott"), ok("Cooperlake", error=0.5), False, True),
+        ({"failed": "exit status 1 OSError"}, {"failed": "exit status 1 OSError"}, False, False),
+    ],
+)
 def test_verdict(own, forced, use, alarming):
     got_use, why, got_alarming = _blas.verdict("Cooperlake", {"own": own, "forced": forced})
     assert (got_use, got_alarming) == (use, alarming), why
@@ -76,7 +84,9 @@ def fake_machine(monkeypatch, flags, own="Prescott"):
 def test_choose_kernel_names_and_caches_it(monkeypatch):
     runs = fake_machine(monkeypatch, SKYLAKEX | {"avx512_bf16"})
     assert _blas.choose_kernel("/lib/libopenblas.so.0") == (
-        "Cooperlake", ("mlx-ttsi", "from the CPU flags; OpenBLAS alone picks Prescott"))
+        "Cooperlake",
+        ("mlx-ttsi", "from the CPU flags; OpenBLAS alone picks Prescott"),
+    )
     assert _blas.choose_kernel("/lib/libopenblas.so.0")[0] == "Cooperlake"
     assert runs == ["Cooperlake"]  # the second start read the cached verdict
     assert _blas._cache_file().exists()
@@ -87,7 +97,9 @@ def test_choose_kernel_names_and_caches_it(monkeypatch):
 def test_choose_kernel_keeps_openblas_own_choice(monkeypatch):
     fake_machine(monkeypatch, SKYLAKEX | {"avx512_bf16"}, own="Cooperlake")
     assert _blas.choose_kernel("/lib/libopenblas.so.0") == (
-        None, ("OpenBLAS", "as good as Cooperlake, which the CPU flags allow"))
+        None,
+        ("OpenBLAS", "as good as Cooperlake, which the CPU flags allow"),
+    )
     fake_machine(monkeypatch, {"sse3"})
     assert _blas.choose_kernel("/lib/libopenblas.so.0")[1][0] == "OpenBLAS"
 
@@ -104,8 +116,9 @@ def test_user_setting_wins(monkeypatch):
 
 def test_failed_probe_warns_once(monkeypatch):
     fake_machine(monkeypatch, SKYLAKEX | {"avx512_bf16"})
-    monkeypatch.setattr(_blas, "probe", lambda path, coretype: {"own": ok("Prescott"),
-                                                                "forced": {"failed": "exit status -4"}})
+    monkeypatch.setattr(
+        _blas, "probe", lambda path, coretype: {"own": ok("Prescott"), "forced": {"failed": "exit status -4"}}
+    )
     with pytest.warns(UserWarning, match="Cooperlake failed its check"):
         assert _blas.choose_kernel("/lib/libopenblas.so.0")[0] is None
     import warnings
@@ -113,7 +126,9 @@ def test_failed_probe_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _blas.choose_kernel("/lib/libopenblas.so.0")[1] == (
-            "OpenBLAS", "Cooperlake failed its check (exit status -4)")
+            "OpenBLAS",
+            "Cooperlake failed its check (exit status -4)",
+        )
 
 
 @pytest.mark.skipif(LIB is None, reason="no system OpenBLAS to probe")
@@ -142,11 +157,16 @@ def test_preload_sets_the_kernel_only_while_loading(tmp_path):
 
 
 def test_doctor_says_which_kernel_and_who_chose_it(monkeypatch):
-    assert kernel_line({"name": "Cooperlake", "chosen_by": "mlx-ttsi",
-                        "why": "from the CPU flags; OpenBLAS alone picks Prescott"}) == \
-        "Cooperlake (chosen by mlx-ttsi: from the CPU flags; OpenBLAS alone picks Prescott)"
-    assert kernel_line({"name": "Haswell", "chosen_by": "user", "why": "OPENBLAS_CORETYPE=Haswell"}) == \
-        "Haswell (set by the user: OPENBLAS_CORETYPE=Haswell)"
+    assert (
+        kernel_line(
+            {"name": "Cooperlake", "chosen_by": "mlx-ttsi", "why": "from the CPU flags; OpenBLAS alone picks Prescott"}
+        )
+        == "Cooperlake (chosen by mlx-ttsi: from the CPU flags; OpenBLAS alone picks Prescott)"
+    )
+    assert (
+        kernel_line({"name": "Haswell", "chosen_by": "user", "why": "OPENBLAS_CORETYPE=Haswell"})
+        == "Haswell (set by the user: OPENBLAS_CORETYPE=Haswell)"
+    )
     assert kernel_line(None) == "none (no OpenBLAS loaded)"
     monkeypatch.setattr(_blas, "kernel", {"name": "Cooperlake", "chosen_by": "OpenBLAS", "why": "as good"})
     result = CliRunner().invoke(cli, ["doctor"])

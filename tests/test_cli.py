@@ -49,13 +49,19 @@ def test_settings_come_from_env_and_config_file(tiny_model_dir, tools_file, tmp_
     config = tmp_path / "config.json"
     monkeypatch.setenv("MLX_TTSI_CONFIG", str(config))
     config.write_text(json.dumps({"model": str(tiny_model_dir), "threshold": 0.0}))
-    result = CliRunner().invoke(cli, ["ask", "hi", "--tools", str(tools_file), "--json", "-q"],
-                                default_map={"ask": json.loads(config.read_text())})
+    result = CliRunner().invoke(
+        cli,
+        ["ask", "hi", "--tools", str(tools_file), "--json", "-q"],
+        default_map={"ask": json.loads(config.read_text())},
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["uncertainty"]["threshold"] == 0.0
     monkeypatch.setenv("MLX_TTSI_THRESHOLD", "1.0")  # env beats the config file
-    result = CliRunner().invoke(cli, ["ask", "hi", "--tools", str(tools_file), "--json", "-q", "--mode", "base"],
-                                default_map={"ask": json.loads(config.read_text())})
+    result = CliRunner().invoke(
+        cli,
+        ["ask", "hi", "--tools", str(tools_file), "--json", "-q", "--mode", "base"],
+        default_map={"ask": json.loads(config.read_text())},
+    )
     assert json.loads(result.stdout)["uncertainty"]["threshold"] == 1.0
 
 
@@ -147,13 +153,39 @@ def test_ask_never_passes_training_examples(run, tools_file, train_on_seen):
 
 
 def test_log_level_debug_logs_each_phase_on_stderr(tiny_model_dir, tools_file):
-    result = CliRunner().invoke(cli, ["--log-level", "debug", "ask", "Set an alarm at 7", "--tools", str(tools_file),
-                                      "--model", str(tiny_model_dir), "--mode", "base", "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--log-level",
+            "debug",
+            "ask",
+            "Set an alarm at 7",
+            "--tools",
+            str(tools_file),
+            "--model",
+            str(tiny_model_dir),
+            "--mode",
+            "base",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert "DEBUG mlx_ttsi.agent: scoring" in result.stderr and "INFO mlx_ttsi.models: loading" in result.stderr
     assert "mlx_ttsi" not in result.stdout  # the answer alone on stdout
-    quiet = CliRunner().invoke(cli, ["ask", "Set an alarm at 7", "--tools", str(tools_file),
-                                     "--model", str(tiny_model_dir), "--mode", "base", "-q"])
+    quiet = CliRunner().invoke(
+        cli,
+        [
+            "ask",
+            "Set an alarm at 7",
+            "--tools",
+            str(tools_file),
+            "--model",
+            str(tiny_model_dir),
+            "--mode",
+            "base",
+            "-q",
+        ],
+    )
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
 

@@ -1,9 +1,8 @@
 import mlx.core as mx
 import pytest
+from conftest import scripted_sampler
 
 from mlx_ttsi.context import ContextState
-
-from conftest import scripted_sampler
 
 
 def full_logprob(model, ids, start):

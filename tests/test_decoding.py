@@ -3,9 +3,9 @@ import json
 import mlx.core as mx
 import pytest
 
+from mlx_ttsi.context import ContextState
 from mlx_ttsi.decoding import CallDecoder, _parse_number, _string_end
 from mlx_ttsi.prompts import CallFormat, call_format, calls_text, render_prompt
-from mlx_ttsi.context import ContextState
 from mlx_ttsi.tools import check_call, parse_tools
 
 SCHEMAS = parse_tools(
@@ -25,7 +25,10 @@ SCHEMAS = parse_tools(
                 "required": ["guests", "price", "vip", "room"],
             },
         },
-        {"name": "cancel", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}},
+        {
+            "name": "cancel",
+            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+        },
     ]
 )
 
@@ -65,7 +68,10 @@ def test_several_calls_when_allowed(tiny, tools):
 def test_native_call_format_wraps_calls_in_tags():
     fmt = CallFormat(open="<tool_call>\n", close="\n</tool_call>", native=True)
     text = calls_text([{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}], fmt)
-    assert text == '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b", "arguments": {"x": 1}}\n</tool_call>'
+    assert (
+        text
+        == '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b", "arguments": {"x": 1}}\n</tool_call>'
+    )
 
 
 def test_string_end_skips_escaped_quotes():
@@ -84,7 +90,7 @@ def test_parse_number():
 
 HERMES = (
     "{%- if tools %}<|im_start|>system\nTools:\n{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n"
-    "Call one with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{%- endif %}"
+    'Call one with <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n{%- endif %}'
     "{%- for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}"
     "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}<tool_call>{{ tool_call.name }}</tool_call>"
     "{%- endfor %}{%- endif %}<|im_end|>\n{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
@@ -107,9 +113,9 @@ def test_models_with_a_tool_template_get_their_own_format(tiny, tools):
 
 
 def test_a_new_tokenizer_never_gets_the_vocabulary_of_a_dead_one():
+    from conftest import build_tokenizer
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-    from conftest import build_tokenizer
     from mlx_ttsi.decoding import Vocabulary
 
     small, large = build_tokenizer(vocab_size=300), build_tokenizer(vocab_size=400)
@@ -144,7 +150,7 @@ def test_a_draft_never_changes_the_answer(tiny, seed):
     assert right.calls == plain.calls and right.text == plain.text
     assert taken > 0.5 * len(tiny.tokenizer.encode(plain.text))  # a right guess saves most decoding steps
     wrong_text = plain.text.replace(plain.calls[0]["name"], "cancel" if plain.calls[0]["name"] == "book" else "book")
-    wrong, (drafted, taken) = decode_with_draft(tiny, SCHEMAS, request, wrong_text + ' extra words')
+    wrong, (drafted, taken) = decode_with_draft(tiny, SCHEMAS, request, wrong_text + " extra words")
     assert wrong.calls == plain.calls and wrong.text == plain.text
     assert taken < drafted
 
@@ -155,7 +161,7 @@ def test_a_draft_keeps_the_log_probs_of_step_by_step_decoding(tiny):
     stepped, drafted = ContextState(tiny.model, tiny.tokenizer), ContextState(tiny.model, tiny.tokenizer)
     stepped.set_text(prompt)
     drafted.set_text(prompt)
-    ids = stepped.encode(prompt + ' {"id": "42"}')[len(stepped.tokens):]
+    ids = stepped.encode(prompt + ' {"id": "42"}')[len(stepped.tokens) :]
     drafted.draft(ids)
     for token in ids:
         stepped.push(token)

@@ -6,9 +6,21 @@ from click.testing import CliRunner
 
 from mlx_ttsi.cli import cli
 
-LINES = ("backend", "blas", "blas kernel", "dtype", "cache dir", "config file", "model smollm2-135m", "model qwen2.5-coder-0.5b",
-         "mlx", "mlx-lm", "mlx-ttsi",
-         "python", "platform")
+LINES = (
+    "backend",
+    "blas",
+    "blas kernel",
+    "dtype",
+    "cache dir",
+    "config file",
+    "model smollm2-135m",
+    "model qwen2.5-coder-0.5b",
+    "mlx",
+    "mlx-lm",
+    "mlx-ttsi",
+    "python",
+    "platform",
+)
 
 
 def test_doctor_prints_one_line_per_check(tmp_path):

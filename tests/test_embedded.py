@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import require_embedded
 
 from mlx_ttsi.tools import check_call, parse_tools
-
-from conftest import require_embedded
 
 pytestmark = pytest.mark.model
 EXAMPLE_TOOLS = Path(__file__).resolve().parents[1] / "mlx_ttsi" / "examples" / "tools.json"
@@ -30,12 +29,21 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
     # but with the weighed self-check (check_odds 0.1) the model vetoes that switch; with every change
     # kept (check_odds 0) the LoRA trained on the flight search and its twins answers with it
     row = embedded_requests["flight"]
-    flight = {"name": "search_flights", "arguments": {"origin": "Boston", "destination": "Denver", "date": "2025-03-14"}}
+    flight = {
+        "name": "search_flights",
+        "arguments": {"origin": "Boston", "destination": "Denver", "date": "2025-03-14"},
+    }
     weighed = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", examples_from="twins")
     assert weighed.label[0]["name"] == "get_local_time" and weighed.tool_calls == weighed.label
     base = embedded_agent.ask(row["request"], tools=row["tools"], mode="base")
-    answer = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", save_adapter=tmp_path / "adapter",
-                                check_odds=0, examples_from="twins")
+    answer = embedded_agent.ask(
+        row["request"],
+        tools=row["tools"],
+        mode="ttsi",
+        save_adapter=tmp_path / "adapter",
+        check_odds=0,
+        examples_from="twins",
+    )
     assert base.tool_calls[0]["name"] == "get_local_time"
     assert answer.adapted is True and answer.method == "ttsi"
     assert answer.tool_calls == [flight] and check_call(answer.tool_calls[0], parse_tools(row["tools"])) is None
@@ -45,8 +53,9 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
     from mlx_ttsi.saved_adapter import load_weights
 
     weights = load_weights(tmp_path / "adapter")
-    again = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True,
-                               check_odds=0)
+    again = embedded_agent.ask(
+        row["request"], tools=row["tools"], mode="ttsi", adapter_weights=weights, force=True, check_odds=0
+    )
     assert again.reused and again.tool_calls == [flight] and "training" not in again.timings
     assert embedded_agent.adapter.is_reset()
 

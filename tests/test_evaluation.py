@@ -16,15 +16,14 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from conftest import TOOLS
 
-from mlx_ttsi.evaluation.rows import gold_examples, load_rows, row_input, select
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import DataError
-from mlx_ttsi.evaluation.runner import Plan, evaluate, finish
-from mlx_ttsi.evaluation.results import read_records
 from mlx_ttsi.evaluation.ranks import Ranks
-
-from conftest import TOOLS
+from mlx_ttsi.evaluation.results import read_records
+from mlx_ttsi.evaluation.rows import gold_examples, load_rows, row_input, select
+from mlx_ttsi.evaluation.runner import Plan, evaluate, finish
 
 THRESHOLD = 0.6
 
@@ -40,8 +39,16 @@ SCRIPT = {"r0": (0.1, RIGHT, WRONG), "r1": (0.5, RIGHT, RIGHT), "r2": (0.7, WRON
 
 
 def make_row(ident, benchmark="tinybench", **extra):
-    return {"id": ident, "benchmark": benchmark, "tools": TOOLS, "query": f"request {ident}",
-            "messages": [{"role": "user", "content": f"request {ident}"}], "answer": RIGHT, "meta": {}, **extra}
+    return {
+        "id": ident,
+        "benchmark": benchmark,
+        "tools": TOOLS,
+        "query": f"request {ident}",
+        "messages": [{"role": "user", "content": f"request {ident}"}],
+        "answer": RIGHT,
+        "meta": {},
+        **extra,
+    }
 
 
 ROWS = [make_row(ident) for ident in SCRIPT]
@@ -67,9 +74,15 @@ class ScriptedAgent:
         answer = adapted if adapt else base
         if adapt and self.seed_matters and seed % 2:
             answer = WRONG
-        return SimpleNamespace(tool_calls=answer, adapted=adapt, synthetic=[{}] if adapt else [], rejected={},
-                               uncertainty=SimpleNamespace(score=score, uncertain=uncertain, threshold=THRESHOLD),
-                               training={"loss": 1.0} if adapt else None, timings={"total": 2.0 if adapt else 1.0})
+        return SimpleNamespace(
+            tool_calls=answer,
+            adapted=adapt,
+            synthetic=[{}] if adapt else [],
+            rejected={},
+            uncertainty=SimpleNamespace(score=score, uncertain=uncertain, threshold=THRESHOLD),
+            training={"loss": 1.0} if adapt else None,
+            timings={"total": 2.0 if adapt else 1.0},
+        )
 
 
 def plan(methods=("base", "ttsi", "ttsi-all"), rows=ROWS, **options):
@@ -85,6 +98,7 @@ def lines(path):
 
 
 # ---- summary and sweep ----
+
 
 def test_summary_table_is_worked_out_from_the_results(tmp_path):
     summary = evaluate(plan(), tmp_path, agent=ScriptedAgent(), progress=False)
@@ -121,8 +135,9 @@ def test_sweep_from_a_gated_run_stops_at_its_threshold(tmp_path):
 
 
 def test_several_seeds_give_mean_and_spread(tmp_path):
-    summary = evaluate(plan(("ttsi-all",), seeds=[0, 1]), tmp_path, agent=ScriptedAgent(seed_matters=True),
-                       progress=False)
+    summary = evaluate(
+        plan(("ttsi-all",), seeds=[0, 1]), tmp_path, agent=ScriptedAgent(seed_matters=True), progress=False
+    )
     every = cell(summary, "ttsi-all")
     assert every["seeds"] == 2 and every["accuracy"] == 25.0  # seed 0: 50, seed 1: 0
     assert every["accuracy_std"] == pytest.approx(35.36, abs=0.01)
@@ -141,8 +156,9 @@ def test_base_runs_once_and_stands_for_every_seed(tmp_path):
 
 def test_average_over_benchmarks_is_taken_per_seed(tmp_path):
     rows = ROWS + [make_row(r["id"], benchmark="other") for r in ROWS[:2]]
-    summary = evaluate(plan(("ttsi-all",), rows=rows, seeds=[0, 1]), tmp_path,
-                       agent=ScriptedAgent(seed_matters=True), progress=False)
+    summary = evaluate(
+        plan(("ttsi-all",), rows=rows, seeds=[0, 1]), tmp_path, agent=ScriptedAgent(seed_matters=True), progress=False
+    )
     assert cell(summary, "ttsi-all", "other")["per_seed"] == {"0": 50.0, "1": 0.0}
     average = cell(summary, "ttsi-all", "average")  # seed 0: (50 + 50) / 2, seed 1: 0
     assert average["per_seed"] == {"0": 50.0, "1": 0.0} and average["accuracy"] == 25.0
@@ -173,6 +189,7 @@ def test_plots_are_written(tmp_path):
 
 # ---- resume ----
 
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(plan(), tmp_path, agent=ScriptedAgent(stop_after=5), progress=False)
@@ -189,8 +206,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
 
 def test_finished_run_is_resummarised_without_a_model(tmp_path):
     first = evaluate(plan(), tmp_path, agent=ScriptedAgent(), progress=False)
-    again = evaluate(plan(taus=(0.0, 1.0)), tmp_path, load_agent=lambda: pytest.fail("loaded a model"),
-                     progress=False)
+    again = evaluate(plan(taus=(0.0, 1.0)), tmp_path, load_agent=lambda: pytest.fail("loaded a model"), progress=False)
     assert again["table"] == first["table"] and len(again["sweep"][0]["points"]) == 2
 
 
@@ -215,6 +231,7 @@ def test_results_are_not_reused_under_other_settings(tmp_path):
 
 # ---- ranks ----
 
+
 def test_ranks_split_rows_and_merge_into_the_single_process_summary(tmp_path):
     single = evaluate(plan(taus=(0.0, 0.5, 1.0)), tmp_path / "one", agent=ScriptedAgent(), progress=False)
     shared = tmp_path / "shared"  # an out dir every rank can see
@@ -233,6 +250,7 @@ def test_ranks_split_rows_and_merge_into_the_single_process_summary(tmp_path):
 
 
 # ---- rows ----
+
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -270,9 +288,13 @@ def test_bad_data_files_are_one_line_errors(tmp_path, content, message):
 
 
 def test_apibank_conversation_is_asked_whole():
-    messages = [{"role": "user", "content": "Add a meeting"}, {"role": "assistant", "content": "Sure."},
-                {"role": "assistant", "content": "", "tool_calls": [call("ToolSearcher", keywords="meeting")]},
-                {"role": "tool", "content": "AddMeeting"}, {"role": "assistant", "content": "Got it."}]
+    messages = [
+        {"role": "user", "content": "Add a meeting"},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "assistant", "content": "", "tool_calls": [call("ToolSearcher", keywords="meeting")]},
+        {"role": "tool", "content": "AddMeeting"},
+        {"role": "assistant", "content": "Got it."},
+    ]
     request, asked = row_input({"query": None, "messages": messages})
     assert request is None and asked == messages  # the agent answers in a new turn after the filler
     assert row_input({"query": "hi", "messages": messages}) == ("hi", None)
@@ -287,8 +309,9 @@ def test_multi_call_benchmarks_get_a_fixed_max_calls(tmp_path):
     rows = [make_row("r0", benchmark="toolalpaca_real"), make_row("r1", benchmark="sealtool")]
     for max_calls, expected in ((None, [5, 1]), (2, [2, 2])):
         agent = Recorder()
-        evaluate(plan(("base",), rows=rows, max_calls=max_calls), tmp_path / str(max_calls), agent=agent,
-                 progress=False)
+        evaluate(
+            plan(("base",), rows=rows, max_calls=max_calls), tmp_path / str(max_calls), agent=agent, progress=False
+        )
         assert agent.limits == expected  # never taken from the gold answer
 
 
@@ -297,8 +320,12 @@ def test_multi_call_benchmarks_get_a_fixed_max_calls(tmp_path):
 TINY_ROWS = [
     make_row("w", query="What is the weather in Paris?", answer=[call("get_weather", city="Paris")]),
     make_row("a", query="Set an alarm at 7", answer=[call("set_alarm", time="07:00", loud=True)]),
-    make_row("l", query=None, messages=[{"role": "user", "content": "List my alarms"},
-                                        {"role": "assistant", "content": "Sure."}], answer=[call("list_alarms")]),
+    make_row(
+        "l",
+        query=None,
+        messages=[{"role": "user", "content": "List my alarms"}, {"role": "assistant", "content": "Sure."}],
+        answer=[call("list_alarms")],
+    ),
 ]
 TINY_ARGS = ["--methods", "base,ttsi-all", "--epochs", "2", "--lr", "0.05", "--threshold-sweep", "0.5,1", "--any-tool"]
 
@@ -325,7 +352,11 @@ def test_eval_command_writes_results_summary_and_plots(tiny_model_dir, tiny_data
     summary = json.loads((out / "summary.json").read_text())
     assert [p["tau"] for p in summary["sweep"][0]["points"]] == [0.5, 1.0]
     config = json.loads((out / "config.json").read_text())
-    assert config["max_calls"] == "per benchmark" and config["learning_rate"] == 0.05 and config["model"] == str(tiny_model_dir)
+    assert (
+        config["max_calls"] == "per benchmark"
+        and config["learning_rate"] == 0.05
+        and config["model"] == str(tiny_model_dir)
+    )
     again = run_eval(tiny_model_dir, tiny_data, out, *TINY_ARGS)  # finished: nothing runs, nothing loads
     assert again.exit_code == 0 and "loading" not in again.stderr and len(lines(out / "results.jsonl")) == 6
 
@@ -374,14 +405,25 @@ def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data,
     if launcher is None:
         pytest.skip("mlx.launch is not installed")
     # both runs are child processes, so both use the tiny model's own synthetic requests
-    evaluate = [sys.executable, "-m", "mlx_ttsi", "eval", "--model", str(tiny_model_dir), "--data", str(tiny_data),
-                *TINY_ARGS]
-    single = subprocess.run([*evaluate, "--out", str(tmp_path / "one"), "-q"], capture_output=True, text=True,
-                            timeout=120)
+    evaluate = [
+        sys.executable,
+        "-m",
+        "mlx_ttsi",
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_data),
+        *TINY_ARGS,
+    ]
+    single = subprocess.run(
+        [*evaluate, "--out", str(tmp_path / "one"), "-q"], capture_output=True, text=True, timeout=120
+    )
     assert single.returncode == 0, single.stderr
     command = [launcher, "-n", "2", "-p", str(free_port()), "--", *evaluate, "--out", str(tmp_path / "two")]
-    launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)  # its own process group: a hang is cleaned up whole
+    launch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group: a hang is cleaned up whole
     try:
         stdout, stderr = launch.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -395,18 +437,25 @@ def test_two_ranks_under_mlx_launch_match_one_process(tiny_model_dir, tiny_data,
 
     def without_timings(data):
         if isinstance(data, dict):
-            return {k: without_timings(v) for k, v in data.items() if k not in ("timings", "seconds_per_row", "rows_per_hour")}
+            return {
+                k: without_timings(v)
+                for k, v in data.items()
+                if k not in ("timings", "seconds_per_row", "rows_per_hour")
+            }
         return [without_timings(v) for v in data] if isinstance(data, list) else data
 
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
     assert without_timings(summaries[0]) == without_timings(summaries[1])
-    results = [{(r["id"], r["method"]): without_timings(r) for r in lines(tmp_path / d / "results.jsonl")}
-               for d in ("one", "two")]
+    results = [
+        {(r["id"], r["method"]): without_timings(r) for r in lines(tmp_path / d / "results.jsonl")}
+        for d in ("one", "two")
+    ]
     assert results[0] == results[1] and len(results[1]) == 6  # same answers and losses: each rank trained alone
     assert not list((tmp_path / "two").glob("results.rank*"))
 
 
 # ---- the gold answer reaches only the oracle ablations ----
+
 
 class GoldWatcher(ScriptedAgent):
     """Records everything each request was given, to look for the gold answer in it."""
@@ -437,8 +486,14 @@ def test_only_the_oracle_methods_ever_see_the_gold_answer(tmp_path):
 def test_oracle_examples_are_the_gold_call_and_its_twins():
     row = make_row("r0", query="What is the weather in Lisbon?", answer=[call("get_weather", city="Lisbon")])
     own = gold_examples(row, "oracle", 3, 0)
-    assert own == [{"messages": [{"role": "user", "content": row["query"]}], "request": row["query"],
-                    "calls": row["answer"], "source": "gold"}]
+    assert own == [
+        {
+            "messages": [{"role": "user", "content": row["query"]}],
+            "request": row["query"],
+            "calls": row["answer"],
+            "source": "gold",
+        }
+    ]
     twins = gold_examples(row, "oracle-twin", 3, 0)
     assert len(twins) == 3 and all(t["source"] == "gold twin" for t in twins)
     for twin in twins:

@@ -1,8 +1,8 @@
 """The embedded-model tests' own inputs and their requirement switch (fast: no model is loaded)."""
 
 import pytest
-
 from conftest import require_embedded
+
 from mlx_ttsi.tools import parse_tools
 
 

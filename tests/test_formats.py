@@ -11,6 +11,7 @@ import json
 
 import mlx.core as mx
 import pytest
+from conftest import TOOLS, build_tokenizer, write_tiny_model
 
 from mlx_ttsi import models
 from mlx_ttsi.adaptation import Adapter
@@ -23,8 +24,6 @@ from mlx_ttsi.prompts import FALLBACK_SYSTEM, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call
 
-from conftest import TOOLS, build_tokenizer, write_tiny_model
-
 # ---- templates -------------------------------------------------------------------------------
 
 _SYSTEM_FIRST = "{%- if messages[0].role == 'system' %}{%- set messages = messages[1:] %}{%- endif %}"
@@ -36,7 +35,7 @@ QWEN25 = (
     "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
     "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": "
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": '
     "<args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
     "{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -45,7 +44,7 @@ QWEN25 = (
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
     "{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant' }}"
     "{%- for tool_call in message.tool_calls %}{%- set tool_call = tool_call.function %}"
-    "{{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
     "{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}"
     "{%- elif message.role == 'tool' %}"
     "{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
@@ -61,7 +60,7 @@ LLAMA32 = (
     "{{- 'Cutting Knowledge Date: December 2023\\n\\n' }}"
     "{%- if tools %}{{- 'You have access to the following functions. To call a function, please respond with "
     "JSON for a function call. ' }}"
-    "{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+    '{{- \'Respond in the format {"name": function name, "parameters": dictionary of argument name and its '
     "value}. Do not use variables.\\n\\n' }}"
     "{%- for t in tools %}{{- t | tojson(indent=4) }}{{- '\\n\\n' }}{%- endfor %}{%- endif %}"
     "{{- system_message }}{{- '<|eot_id|>' }}"
@@ -69,7 +68,7 @@ LLAMA32 = (
     "{%- if message.role == 'assistant' and message.tool_calls %}"
     "{%- set tool_call = message.tool_calls[0].function %}"
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{{- '{\"name\": \"' + tool_call.name + '\", \"parameters\": ' }}{{- tool_call.arguments | tojson }}"
+    '{{- \'{"name": "\' + tool_call.name + \'", "parameters": \' }}{{- tool_call.arguments | tojson }}'
     "{{- '}<|eot_id|>' }}"
     "{%- elif message.role == 'tool' %}"
     "{{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' }}"
@@ -120,8 +119,7 @@ FUNCTION_GEMMA = (
     "{%- for tool in tools %}{%- set f = tool.function %}"
     "{{- '<start_function_declaration>declaration:' + f.name + '{description:<escape>' + f.description + "
     "'<escape>,parameters:' + f.parameters | tojson + '}<end_function_declaration>' }}{%- endfor %}"
-    "{{- '<end_of_turn>\\n' }}{%- endif %}" + _SYSTEM_FIRST
-    + "{%- for message in messages %}"
+    "{{- '<end_of_turn>\\n' }}{%- endif %}" + _SYSTEM_FIRST + "{%- for message in messages %}"
     "{%- if message.role == 'tool' %}{{- '<start_function_response>response:' + message.content + "
     "'<end_function_response>' }}"
     "{%- else %}{{- '<start_of_turn>' + ('model' if message.role == 'assistant' else message.role) + '\\n' }}"
@@ -139,7 +137,8 @@ GEMMA4 = (
     "{%- if messages[0].role == 'system' %}{{- messages[0].content }}{%- endif %}"
     "{%- for tool in tools %}{%- set f = tool.function %}"
     "{{- '<|tool>declaration:' + f.name + '{description:<|\"|>' + f.description + '<|\"|>,parameters:' + "
-    "f.parameters | tojson + '}<tool|>' }}{%- endfor %}{{- '<turn|>\\n' }}{%- endif %}" + _SYSTEM_FIRST
+    "f.parameters | tojson + '}<tool|>' }}{%- endfor %}{{- '<turn|>\\n' }}{%- endif %}"
+    + _SYSTEM_FIRST
     + "{%- for message in messages %}"
     "{{- '<|turn>' + ('model' if message.role == 'assistant' else message.role) + '\\n' }}"
     "{%- for tool_call in message.tool_calls or [] %}{%- set f = tool_call.function %}"
@@ -177,27 +176,109 @@ CHATML_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # family -> (template, special tokens, bos, eos, mlx-lm parser module or None, generation prompt's end,
 #            the answer's text before the tool name, the character after it)
 FAMILIES = {
-    "json_tools": (QWEN25, CHATML_TOKENS + ["<tool_call>", "</tool_call>"], None, "<|im_end|>", "json_tools",
-                   "<|im_start|>assistant\n", '<tool_call>\n{"name": "', '"'),
-    "llama3_json": (LLAMA32, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-                    "<|begin_of_text|>", "<|eot_id|>", None,
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n", '{"name": "', '"'),
-    "mistral": (MISTRAL_V03, ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
-                              "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"], "<s>", "</s>", "mistral",
-                "[/INST]", '[TOOL_CALLS] [{"name": "', '"'),
-    "pythonic": (LFM2, ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|tool_list_start|>", "<|tool_list_end|>",
-                        "<|tool_call_start|>", "<|tool_call_end|>", "<|tool_response_start|>",
-                        "<|tool_response_end|>"], "<|startoftext|>", "<|im_end|>", "pythonic",
-                 "<|im_start|>assistant\n", "<|tool_call_start|>[", "("),
-    "function_gemma": (FUNCTION_GEMMA, ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>",
-                                        "<start_function_declaration>", "<end_function_declaration>",
-                                        "<start_function_call>", "<end_function_call>", "<start_function_response>",
-                                        "<end_function_response>", "<escape>"], "<bos>", "<end_of_turn>",
-                       "function_gemma", "<start_of_turn>model\n", "<start_function_call>call:", "{"),
-    "gemma4": (GEMMA4, ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>",
-                        '<|"|>'], "<bos>", "<turn|>", "gemma4", "<|turn>model\n", "<|tool_call>call:", "{"),
-    "qwen3_coder": (QWEN3_CODER, CHATML_TOKENS + ["<tool_call>", "</tool_call>"], None, "<|im_end|>", "qwen3_coder",
-                    "<|im_start|>assistant\n", "<tool_call>\n<function=", ">"),
+    "json_tools": (
+        QWEN25,
+        CHATML_TOKENS + ["<tool_call>", "</tool_call>"],
+        None,
+        "<|im_end|>",
+        "json_tools",
+        "<|im_start|>assistant\n",
+        '<tool_call>\n{"name": "',
+        '"',
+    ),
+    "llama3_json": (
+        LLAMA32,
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        None,
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        '{"name": "',
+        '"',
+    ),
+    "mistral": (
+        MISTRAL_V03,
+        [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "[INST]",
+            "[/INST]",
+            "[TOOL_CALLS]",
+            "[AVAILABLE_TOOLS]",
+            "[/AVAILABLE_TOOLS]",
+            "[TOOL_RESULTS]",
+            "[/TOOL_RESULTS]",
+        ],
+        "<s>",
+        "</s>",
+        "mistral",
+        "[/INST]",
+        '[TOOL_CALLS] [{"name": "',
+        '"',
+    ),
+    "pythonic": (
+        LFM2,
+        [
+            "<|startoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|tool_list_start|>",
+            "<|tool_list_end|>",
+            "<|tool_call_start|>",
+            "<|tool_call_end|>",
+            "<|tool_response_start|>",
+            "<|tool_response_end|>",
+        ],
+        "<|startoftext|>",
+        "<|im_end|>",
+        "pythonic",
+        "<|im_start|>assistant\n",
+        "<|tool_call_start|>[",
+        "(",
+    ),
+    "function_gemma": (
+        FUNCTION_GEMMA,
+        [
+            "<bos>",
+            "<eos>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_function_declaration>",
+            "<end_function_declaration>",
+            "<start_function_call>",
+            "<end_function_call>",
+            "<start_function_response>",
+            "<end_function_response>",
+            "<escape>",
+        ],
+        "<bos>",
+        "<end_of_turn>",
+        "function_gemma",
+        "<start_of_turn>model\n",
+        "<start_function_call>call:",
+        "{",
+    ),
+    "gemma4": (
+        GEMMA4,
+        ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", '<|"|>'],
+        "<bos>",
+        "<turn|>",
+        "gemma4",
+        "<|turn>model\n",
+        "<|tool_call>call:",
+        "{",
+    ),
+    "qwen3_coder": (
+        QWEN3_CODER,
+        CHATML_TOKENS + ["<tool_call>", "</tool_call>"],
+        None,
+        "<|im_end|>",
+        "qwen3_coder",
+        "<|im_start|>assistant\n",
+        "<tool_call>\n<function=",
+        ">",
+    ),
 }
 JSON_FAMILIES = ("json_tools", "llama3_json", "mistral")
 
@@ -234,7 +315,9 @@ def mlx_lm_read(tokenizer, text):
     if tokenizer.tool_call_end:
         inner = inner.split(tokenizer.tool_call_end, 1)[0]
     parsed = tokenizer.tool_parser(inner, _openai_tools())
-    return [{"name": c["name"], "arguments": c["arguments"]} for c in (parsed if isinstance(parsed, list) else [parsed])]
+    return [
+        {"name": c["name"], "arguments": c["arguments"]} for c in (parsed if isinstance(parsed, list) else [parsed])
+    ]
 
 
 def _openai_tools():
@@ -249,6 +332,7 @@ def ask_prompt(loaded, tools, request="What is the weather in Paris?"):
 
 
 # ---- tests -----------------------------------------------------------------------------------
+
 
 def test_mlx_lm_picks_the_parser_and_we_follow_it(family):
     name, loaded = family
@@ -288,7 +372,8 @@ def test_calls_text_is_what_the_template_renders_for_a_call(name, family_dirs):
     call = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
     turn = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}
     rendered = loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Weather?"}, turn], tools=_openai_tools(), tokenize=False)
+        [{"role": "user", "content": "Weather?"}, turn], tools=_openai_tools(), tokenize=False
+    )
     assert fmt.calls_text([call]) in rendered
 
 
@@ -328,9 +413,12 @@ def test_unreadable_native_answers_get_a_one_line_error(family, tools):
     name, loaded = family
     fmt = call_format(loaded.tokenizer)
     broken = fmt.calls_text([CALLS[0]])
-    for text in ("no call here", broken[: len(broken) // 2 + 3] + "\n(((",
-                 fmt.calls_text([{"name": "get_weather", "arguments": {"unit": "celsius"}}]),
-                 fmt.calls_text([{"name": "no_such_tool", "arguments": {}}])):
+    for text in (
+        "no call here",
+        broken[: len(broken) // 2 + 3] + "\n(((",
+        fmt.calls_text([{"name": "get_weather", "arguments": {"unit": "celsius"}}]),
+        fmt.calls_text([{"name": "no_such_tool", "arguments": {}}]),
+    ):
         with pytest.raises(CallError) as raised:
             fmt.read(text, tools)
         message = str(raised.value)
@@ -394,6 +482,7 @@ def teach(loaded, tools, max_steps=120):
 def taught_dirs(family_dirs, tmp_path_factory):
     """Per family (taught on first use), a tiny model that answers TAUGHT_REQUEST with TAUGHT_CALL natively."""
     from mlx.utils import tree_flatten
+
     from mlx_ttsi.tools import parse_tools
 
     root, dirs = tmp_path_factory.mktemp("taught"), {}
@@ -447,7 +536,7 @@ def test_self_improvement_trains_on_native_examples(name, family_dirs, taught_di
     for (ids, offset), example in zip(seen, answer.synthetic):
         # the loss covers the calls the model writes, not the wrapper the decoder writes around them
         text = fmt.calls_text(example["calls"])
-        trained = text[len(lead): len(text) - len(tail)] if lead or tail else text + tok.eos_token
+        trained = text[len(lead) : len(text) - len(tail)] if lead or tail else text + tok.eos_token
         assert tok.decode(ids[offset:]) == trained and tok.decode(ids[:offset]).endswith(lead)
     assert answer.tool_calls and all(check_call(call, tools) is None for call in answer.tool_calls)
     if free:
@@ -471,6 +560,7 @@ def test_free_formats_give_no_calls_and_say_why_when_the_answer_does_not_read(na
 
 
 # ---- a Hugging Face repo id, loaded offline from the hub cache ---------------------------------
+
 
 def _cache_repo(hub, repo, source):
     """Lay `source` out as huggingface-hub caches a download: blobs, a snapshot of links, refs/main."""

@@ -1,12 +1,11 @@
 import mlx.core as mx
 import pytest
+from conftest import CHATML
 from mlx_lm.gguf import permute_weights, translate_weight_names
 
 from mlx_ttsi import models
 from mlx_ttsi.errors import ModelError
 from mlx_ttsi.gguf_import import cached_import, unpermute
-
-from conftest import CHATML
 
 
 def bytes_tokens(tokenizer):
@@ -108,12 +107,17 @@ def test_unsupported_architecture_is_a_clear_error(tiny_model_dir, tmp_path):
         models.load(str(gguf))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda tensors, meta: tensors.pop("token_embd.weight"), "no token_embd.weight"),
-    (lambda tensors, meta: meta.update({"llama.attention.head_count": mx.array(0, dtype=mx.uint32)}),
-     "head_count is 0: it must be a positive integer"),
-    (lambda tensors, meta: meta.update({"llama.block_count": mx.array(-2, dtype=mx.int32)}), "block_count is -2"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda tensors, meta: tensors.pop("token_embd.weight"), "no token_embd.weight"),
+        (
+            lambda tensors, meta: meta.update({"llama.attention.head_count": mx.array(0, dtype=mx.uint32)}),
+            "head_count is 0: it must be a positive integer",
+        ),
+        (lambda tensors, meta: meta.update({"llama.block_count": mx.array(-2, dtype=mx.int32)}), "block_count is -2"),
+    ],
+)
 def test_gguf_without_embeddings_or_with_zero_heads_is_a_one_line_error(tiny_model_dir, tmp_path, change, message):
     good = write_gguf(tmp_path / "good.gguf", tiny_model_dir)
     tensors, meta = mx.load(str(good), return_metadata=True)

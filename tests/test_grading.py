@@ -69,14 +69,26 @@ def test_apibank_list_reprs_match_lists_in_order():
     assert not is_correct(APIBANK, [call("AddMeeting", token="abc", attendees=["John Smith"])])
 
 
-NEXUS_TOOLS = [{"name": "searchCPE", "parameters": {"type": "object", "properties": {
-    "keywordSearch": {"type": "string", "default": None},
-    "limit": {"type": "integer", "default": None},
-    "delay": {"type": "number", "default": 2},
-    "cpeMatchString": {"type": "string"},
-}}}]
-NEXUS = row("nexusraven", call("searchCPE", keywordSearch="Microsoft Exchange 2010", limit=2), tools=NEXUS_TOOLS,
-            meta={"arguments_with_defaults": {"keywordSearch": "Microsoft Exchange 2010", "limit": 2, "delay": 2}})
+NEXUS_TOOLS = [
+    {
+        "name": "searchCPE",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "keywordSearch": {"type": "string", "default": None},
+                "limit": {"type": "integer", "default": None},
+                "delay": {"type": "number", "default": 2},
+                "cpeMatchString": {"type": "string"},
+            },
+        },
+    }
+]
+NEXUS = row(
+    "nexusraven",
+    call("searchCPE", keywordSearch="Microsoft Exchange 2010", limit=2),
+    tools=NEXUS_TOOLS,
+    meta={"arguments_with_defaults": {"keywordSearch": "Microsoft Exchange 2010", "limit": 2, "delay": 2}},
+)
 
 
 def test_nexusraven_fills_defaults_before_comparing():
@@ -86,17 +98,23 @@ def test_nexusraven_fills_defaults_before_comparing():
     assert not is_correct(NEXUS, [call("searchCPE", keywordSearch="Microsoft Exchange 2010", limit=2, delay=None)])
     assert not is_correct(NEXUS, [call("searchCPE", keywordSearch="Microsoft Exchange 2010", limit=2, delay=5)])
     assert not is_correct(NEXUS, [call("searchCPE", keywordSearch="Microsoft Exchange 2010")])  # limit left at None
-    assert not is_correct(NEXUS, [call("searchCPE", keywordSearch="Microsoft Exchange 2010", limit=2,
-                                       cpeMatchString="cpe:2.3")])  # an argument the gold leaves out
+    assert not is_correct(
+        NEXUS, [call("searchCPE", keywordSearch="Microsoft Exchange 2010", limit=2, cpeMatchString="cpe:2.3")]
+    )  # an argument the gold leaves out
 
 
 def test_nexusraven_nested_dict_values():
     tools = [{"name": "vt_comment", "parameters": {"type": "object", "properties": {"ip": {}, "data": {}}}}]
     data = {"type": "comment", "attributes": {"text": "Clean IP #safe"}}
-    gold = row("nexusraven", call("vt_comment", ip="1.2.3.4", data=data), tools=tools,
-               meta={"arguments_with_defaults": {"ip": "1.2.3.4", "data": data}})
-    assert is_correct(gold, [call("vt_comment", ip="1.2.3.4", data={"attributes": {"text": "Clean IP #safe"},
-                                                                    "type": "comment"})])
+    gold = row(
+        "nexusraven",
+        call("vt_comment", ip="1.2.3.4", data=data),
+        tools=tools,
+        meta={"arguments_with_defaults": {"ip": "1.2.3.4", "data": data}},
+    )
+    assert is_correct(
+        gold, [call("vt_comment", ip="1.2.3.4", data={"attributes": {"text": "Clean IP #safe"}, "type": "comment"})]
+    )
     assert not is_correct(gold, [call("vt_comment", ip="1.2.3.4", data={"type": "comment", "attributes": {}})])
 
 
@@ -119,7 +137,10 @@ def test_every_benchmark_has_a_documented_rule():
 BENCHMARKS = Path(os.environ.get("MLX_TTSI_BENCHMARKS", Path(__file__).parents[2] / "shared" / "benchmarks"))
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="the benchmark files are not beside the checkout (../shared/benchmarks) nor in MLX_TTSI_BENCHMARKS")
+@pytest.mark.skipif(
+    not BENCHMARKS.is_dir(),
+    reason="the benchmark files are not beside the checkout (../shared/benchmarks) nor in MLX_TTSI_BENCHMARKS",
+)
 def test_every_gold_answer_scores_correct_on_the_real_files():
     for path in sorted(BENCHMARKS.glob("*.jsonl")):
         for line in path.read_text().splitlines():

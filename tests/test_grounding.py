@@ -4,35 +4,65 @@ import re
 
 import pytest
 
-from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
-from mlx_ttsi.self_check import better_tool, coverage, grounded, label_calls
-from mlx_ttsi.prompts import call_format
 from mlx_ttsi.context import ContextState
+from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
+from mlx_ttsi.prompts import call_format
+from mlx_ttsi.self_check import better_tool, coverage, grounded, label_calls
 from mlx_ttsi.tools import parse_tools
 from mlx_ttsi.uncertainty import estimate
 
-BOOKING = parse_tools([{
-    "name": "book_table",
-    "description": "Book a restaurant table",
-    "parameters": {"type": "object", "properties": {
-        "restaurant": {"type": "string"}, "people": {"type": "integer"}, "date": {"type": "string"},
-        "email": {"type": "string"}, "seating": {"type": "string", "enum": ["inside", "outside"]},
-        "note": {"type": "string"}},
-        "required": ["restaurant", "people"]},
-}])
+BOOKING = parse_tools(
+    [
+        {
+            "name": "book_table",
+            "description": "Book a restaurant table",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "restaurant": {"type": "string"},
+                    "people": {"type": "integer"},
+                    "date": {"type": "string"},
+                    "email": {"type": "string"},
+                    "seating": {"type": "string", "enum": ["inside", "outside"]},
+                    "note": {"type": "string"},
+                },
+                "required": ["restaurant", "people"],
+            },
+        }
+    ]
+)
 REQUEST = "Book a table for 4 at Casa Lisboa on 2024-05-01, outside please; confirm to ana@example.com"
-CALL = {"name": "book_table", "arguments": {"restaurant": "Casa Lisboa", "people": 4, "date": "2024-05-01",
-                                            "email": "ana@example.com", "seating": "outside"}}
+CALL = {
+    "name": "book_table",
+    "arguments": {
+        "restaurant": "Casa Lisboa",
+        "people": 4,
+        "date": "2024-05-01",
+        "email": "ana@example.com",
+        "seating": "outside",
+    },
+}
 
 
 def user(text):
     return [{"role": "user", "content": text, "tool_calls": []}]
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("Casa Lisboa", True), ("casa lisboa", True), ("Casa", True), ("Lisb", False), ("Porto", False),
-    (4, True), ("2024-05-01", True), (True, False), ("", False), (["Casa"], False),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("Casa Lisboa", True),
+        ("casa lisboa", True),
+        ("Casa", True),
+        ("Lisb", False),
+        ("Porto", False),
+        (4, True),
+        ("2024-05-01", True),
+        (True, False),
+        ("", False),
+        (["Casa"], False),
+    ],
+)
 def test_grounded_means_a_whole_span_of_the_request(value, expected):
     assert grounded(value, REQUEST) is expected
 
@@ -55,14 +85,22 @@ class ScriptedDecoder:
 
 def test_self_label_drops_unstated_options_adds_stated_ones_and_copies_required_strings():
     greedy = {"name": "book_table", "arguments": {"restaurant": "The Place", "people": 4, "note": "window seat"}}
-    decoder = ScriptedDecoder(probes={"date": "2024-05-01", "email": "bob@example.com", "seating": "outside"},
-                              copies={"restaurant": "Casa Lisboa"})
+    decoder = ScriptedDecoder(
+        probes={"date": "2024-05-01", "email": "bob@example.com", "seating": "outside"},
+        copies={"restaurant": "Casa Lisboa"},
+    )
     label = label_calls(decoder, "PROMPT", BOOKING, [greedy], REQUEST)
-    assert label == [{"name": "book_table", "arguments": {
-        "restaurant": "Casa Lisboa",  # required, not in the request: copied from it
-        "people": 4,  # stated: kept
-        "date": "2024-05-01", "seating": "outside",  # optional, left out, stated: added
-    }}]  # the unstated note is dropped; the probed email is not the request's, so not added
+    assert label == [
+        {
+            "name": "book_table",
+            "arguments": {
+                "restaurant": "Casa Lisboa",  # required, not in the request: copied from it
+                "people": 4,  # stated: kept
+                "date": "2024-05-01",
+                "seating": "outside",  # optional, left out, stated: added
+            },
+        }
+    ]  # the unstated note is dropped; the probed email is not the request's, so not added
     assert ("restaurant", True) in decoder.asked and ("note", False) not in decoder.asked
 
 
@@ -105,12 +143,26 @@ def test_uncertainty_joins_names_arguments_and_the_self_label():
 
 
 def test_the_rival_tool_wins_only_when_it_uses_more_of_the_request():
-    tools = parse_tools([
-        {"name": "get_article", "parameters": {"type": "object", "properties": {"article_id": {"type": "string"}},
-                                               "required": ["article_id"]}},
-        {"name": "request_article", "parameters": {"type": "object", "properties": {
-            "title": {"type": "string"}, "card": {"type": "string"}}, "required": ["title", "card"]}},
-    ])
+    tools = parse_tools(
+        [
+            {
+                "name": "get_article",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"article_id": {"type": "string"}},
+                    "required": ["article_id"],
+                },
+            },
+            {
+                "name": "request_article",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"title": {"type": "string"}, "card": {"type": "string"}},
+                    "required": ["title", "card"],
+                },
+            },
+        ]
+    )
     request = 'Get the article "Minds and Machines" with library card 789123'
     first = [{"name": "get_article", "arguments": {"article_id": "789123"}}]
     rival = [{"name": "request_article", "arguments": {"title": "Minds and Machines", "card": "789123"}}]
@@ -123,21 +175,33 @@ def test_the_rival_tool_wins_only_when_it_uses_more_of_the_request():
 
 
 def test_a_rival_that_repeats_a_call_already_made_is_never_taken():
-    from mlx_ttsi.self_check import calls_made
     from mlx_ttsi.prompts import normalize_messages
+    from mlx_ttsi.self_check import calls_made
 
-    tools = parse_tools([
-        {"name": "GetUserToken", "parameters": {"type": "object", "properties": {
-            "username": {"type": "string"}, "password": {"type": "string"}}, "required": ["username", "password"]}},
-        {"name": "DeleteAccount", "parameters": {"type": "object", "properties": {"token": {"type": "string"}},
-                                                 "required": ["token"]}},
-    ])
+    tools = parse_tools(
+        [
+            {
+                "name": "GetUserToken",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                    "required": ["username", "password"],
+                },
+            },
+            {
+                "name": "DeleteAccount",
+                "parameters": {"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]},
+            },
+        ]
+    )
     token = {"name": "GetUserToken", "arguments": {"username": "ann", "password": "pw1"}}
-    messages = normalize_messages([
-        {"role": "user", "content": "Delete my account. I am ann, password pw1."},
-        {"role": "assistant", "content": "", "tool_calls": [token]},
-        {"role": "tool", "content": "{'token': 'x9y8'}"},
-    ])
+    messages = normalize_messages(
+        [
+            {"role": "user", "content": "Delete my account. I am ann, password pw1."},
+            {"role": "assistant", "content": "", "tool_calls": [token]},
+            {"role": "tool", "content": "{'token': 'x9y8'}"},
+        ]
+    )
     context = "\n".join(m["content"] for m in messages)
     first = [{"name": "DeleteAccount", "arguments": {"token": "x9y8"}}]
     assert coverage([token], tools, context) > coverage(first, tools, context)  # more stated values...

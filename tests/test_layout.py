@@ -51,10 +51,13 @@ def test_the_resolver_sees_the_command_line_use_every_part():
 @pytest.mark.parametrize("importer", ["core", *PARTS])
 def test_imports_run_one_way(importer):
     # the core never imports serve/ or evaluation/; those two use the core and not each other
-    wrong = sorted(f"{module} imports {target}"
-                   for module, targets in imports_by_module().items()
-                   if module not in FRONT and part(module) == importer
-                   for target in targets if part(target) not in ("core", importer))
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in imports_by_module().items()
+        if module not in FRONT and part(module) == importer
+        for target in targets
+        if part(target) not in ("core", importer)
+    )
     assert not wrong
 
 

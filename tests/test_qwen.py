@@ -13,8 +13,10 @@ from mlx_ttsi.tools import check_call, parse_tools
 from mlx_ttsi.verify import example_problem
 
 pytestmark = pytest.mark.model
-ENGLISH = ("The library opens at nine in the morning and closes at six in the evening. On Saturdays it "
-           "closes earlier, and on Sundays it stays closed all day.")
+ENGLISH = (
+    "The library opens at nine in the morning and closes at six in the evening. On Saturdays it "
+    "closes earlier, and on Sundays it stays closed all day."
+)
 
 
 def perplexity(loaded, text):
@@ -28,7 +30,9 @@ def perplexity(loaded, text):
 def test_the_import_reads_plain_english_well(qwen_agent):
     # a wrongly imported tensor or tokenizer gives fluent-looking garbage: perplexity in the hundreds
     assert perplexity(qwen_agent.loaded, ENGLISH) < 20
-    assert perplexity(qwen_agent.loaded, ENGLISH) < perplexity(qwen_agent.loaded, " ".join(reversed(ENGLISH.split()))) / 4
+    assert (
+        perplexity(qwen_agent.loaded, ENGLISH) < perplexity(qwen_agent.loaded, " ".join(reversed(ENGLISH.split()))) / 4
+    )
 
 
 def test_hermes_tool_calls_through_the_models_own_template(qwen_agent, embedded_requests):
@@ -37,7 +41,9 @@ def test_hermes_tool_calls_through_the_models_own_template(qwen_agent, embedded_
     row = embedded_requests["song"]
     tools = parse_tools(row["tools"])
     assert qwen_agent.fmt.family == "json_tools" and qwen_agent.fmt.native
-    prompt = render_prompt(qwen_agent.loaded.tokenizer, [{"role": "user", "content": row["request"]}], tools, qwen_agent.fmt)
+    prompt = render_prompt(
+        qwen_agent.loaded.tokenizer, [{"role": "user", "content": row["request"]}], tools, qwen_agent.fmt
+    )
     assert "<tools>" in prompt and "<tool_call>" in prompt and '"name": "play_song"' in prompt  # Qwen's own wording
     answer = qwen_agent.ask(row["request"], tools=row["tools"], mode="base")
     assert answer.answer.startswith("<tool_call>\n{") and answer.answer.rstrip().endswith("</tool_call>")
@@ -45,7 +51,9 @@ def test_hermes_tool_calls_through_the_models_own_template(qwen_agent, embedded_
     assert len(answer.tool_calls) == 1 and call["name"] == "play_song" and call["arguments"]["title"] == "Yellow"
     assert check_call(call, tools) is None
     # mlx-lm's own Hermes parser reads the answer the same way
-    parsed = qwen_agent.loaded.tokenizer.tool_parser(answer.answer.split("<tool_call>")[1].split("</tool_call>")[0], tools)
+    parsed = qwen_agent.loaded.tokenizer.tool_parser(
+        answer.answer.split("<tool_call>")[1].split("</tool_call>")[0], tools
+    )
     assert parsed["name"] == "play_song" and parsed["arguments"] == call["arguments"]
 
 
@@ -54,8 +62,9 @@ def test_forced_ttsi_answers_with_a_trained_lora_and_resets(qwen_agent, embedded
     tools = parse_tools(row["tools"])
     before = qwen_agent.loaded.model(mx.array([[1, 2, 3]]))
     # examples written call first (the model's own calls, then a request for each), verified, all kept
-    answer = qwen_agent.ask(row["request"], tools=row["tools"], mode="ttsi", force=True, examples=2,
-                            examples_from="calls", keep="verified")
+    answer = qwen_agent.ask(
+        row["request"], tools=row["tools"], mode="ttsi", force=True, examples=2, examples_from="calls", keep="verified"
+    )
     assert answer.adapted and answer.method == "ttsi" and answer.training["steps"] >= 2
     assert check_call(answer.tool_calls[0], tools) is None and answer.tool_calls[0]["name"] == "search_flights"
     for example in answer.synthetic:

@@ -78,8 +78,9 @@ def test_the_agent_weighs_its_self_label_with_the_requests_check_odds(tiny, tool
 
     monkeypatch.setattr(agent_module, "weigh_changes", spy)
     agent = Agent(tiny)
-    answer = agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="ttsi", force=True, check_odds=odds,
-                       examples=1, epochs=1)
+    answer = agent.ask(
+        "Set an alarm at 07:30 for the gym", tools=tools, mode="ttsi", force=True, check_odds=odds, examples=1, epochs=1
+    )
     assert calls == [odds] and answer.label is not None
 
 
@@ -102,11 +103,15 @@ def test_brief_reasoning_writes_a_plan_line_then_a_schema_valid_call(tiny, tools
     agent = Agent(tiny)
     monkeypatch.setattr(Agent, "_train", lambda *a, **k: pytest.fail("brief reasoning trained"))
     seen = []
-    answer = agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="plan",
-                       progress=lambda phase, seconds, detail="": seen.append((phase, detail)))
+    answer = agent.ask(
+        "Set an alarm at 07:30 for the gym",
+        tools=tools,
+        mode="plan",
+        progress=lambda phase, seconds, detail="": seen.append((phase, detail)),
+    )
     planning = dict(seen)["planning"]
     assert planning.startswith(PLAN_LEAD) and "\n" not in planning
-    assert len(tiny.tokenizer.encode(planning[len(PLAN_LEAD):], add_special_tokens=False)) <= PLAN_TOKENS + 1
+    assert len(tiny.tokenizer.encode(planning[len(PLAN_LEAD) :], add_special_tokens=False)) <= PLAN_TOKENS + 1
     assert [p for p, _ in seen] == ["planning", "scoring", "decoding"]
     assert answer.method == "plan" and not answer.adapted and check_call(answer.tool_calls[0], tools) is None
     # the call is decoded after the plan line: the prompt it was decoded from holds it

@@ -13,13 +13,12 @@ import urllib.request
 
 import openai
 import pytest
+from conftest import TOOLS
 
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.serve.http import POLL, make_server
+from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call, parse_tools
-
-from conftest import TOOLS
 
 KEY = "test-key"
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -39,8 +38,9 @@ def stop(server):
 
 @pytest.fixture(scope="module")
 def agent(tiny_model_dir):
-    return Agent.load(str(tiny_model_dir), precision="float32",
-                      settings=Settings(lora=LoRASettings(epochs=1, learning_rate=1e-2)))
+    return Agent.load(
+        str(tiny_model_dir), precision="float32", settings=Settings(lora=LoRASettings(epochs=1, learning_rate=1e-2))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +81,18 @@ def base_request(client, name):
 
 
 def test_openai_client_gets_tool_calls_in_the_openai_shape(client, agent, name):
-    completion = client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, seed=3,
-                                                temperature=0.7, extra_body=BASE)
+    completion = client.chat.completions.create(
+        model=name, messages=ASK, tools=TOOLS, seed=3, temperature=0.7, extra_body=BASE
+    )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     call = choice.message.tool_calls[0]
     assert call.type == "function" and call.id.startswith("call_")
     assert isinstance(call.function.arguments, str)  # a JSON string, as OpenAI sends it
-    assert check_call({"name": call.function.name, "arguments": json.loads(call.function.arguments)},
-                      parse_tools(TOOLS)) is None
+    assert (
+        check_call({"name": call.function.name, "arguments": json.loads(call.function.arguments)}, parse_tools(TOOLS))
+        is None
+    )
     assert completion.model == agent.name and completion.object == "chat.completion"
     usage = completion.usage
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
@@ -102,8 +105,11 @@ def test_openai_client_gets_tool_calls_in_the_openai_shape(client, agent, name):
 
 def test_stream_gives_the_same_calls_as_a_plain_request(client, name):
     plain = base_request(client, name)
-    chunks = list(client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, stream=True,
-                                                 stream_options={"include_usage": True}, extra_body=BASE))
+    chunks = list(
+        client.chat.completions.create(
+            model=name, messages=ASK, tools=TOOLS, stream=True, stream_options={"include_usage": True}, extra_body=BASE
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     calls = {}
     for chunk in chunks:
@@ -132,22 +138,29 @@ def test_tool_choice_none_answers_in_text_streamed_or_not(client, name):
 
 def test_named_tool_choice_calls_that_tool(client, name):
     completion = client.chat.completions.create(
-        model=name, messages=ASK, tools=TOOLS, extra_body=BASE,
-        tool_choice={"type": "function", "function": {"name": "list_alarms"}})
+        model=name,
+        messages=ASK,
+        tools=TOOLS,
+        extra_body=BASE,
+        tool_choice={"type": "function", "function": {"name": "list_alarms"}},
+    )
     assert [c.function.name for c in completion.choices[0].message.tool_calls] == ["list_alarms"]
     with pytest.raises(openai.BadRequestError, match="not in tools"):
-        client.chat.completions.create(model=name, messages=ASK, tools=TOOLS,
-                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+        client.chat.completions.create(
+            model=name, messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}}
+        )
 
 
 def test_ttsi_field_overrides_the_server_defaults(client, name):
-    adapted = client.chat.completions.create(model=name, messages=ASK, tools=TOOLS,
-                                             extra_body={"ttsi": {"mode": "ttsi", "examples": 1}})
+    adapted = client.chat.completions.create(
+        model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "ttsi", "examples": 1}}
+    )
     ttsi = adapted.model_extra["ttsi"]
     assert ttsi["adapted"] is True and ttsi["method"] == "ttsi" and ttsi["synthetic"] == 1
     assert {"synthesis", "training"} <= set(ttsi["timings"])
-    certain = client.chat.completions.create(model=name, messages=ASK, tools=TOOLS,
-                                             extra_body={"ttsi": {"mode": "auto", "threshold": 0.0}})
+    certain = client.chat.completions.create(
+        model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "auto", "threshold": 0.0}}
+    )
     ttsi = certain.model_extra["ttsi"]
     assert ttsi["adapted"] is False and ttsi["uncertainty"]["threshold"] == 0.0
 
@@ -161,8 +174,9 @@ def test_eight_concurrent_clients_are_all_answered_and_isolated(client, agent, n
         try:
             barrier.wait()
             ttsi = {"mode": "ttsi"} if index in (0, 4) else {"mode": "base"}
-            results[index] = client.chat.completions.create(model=name, messages=ASK, tools=TOOLS,
-                                                            extra_body={"ttsi": ttsi})
+            results[index] = client.chat.completions.create(
+                model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": ttsi}
+            )
         except Exception as error:  # reported below
             errors.append(error)
 
@@ -243,9 +257,14 @@ def send_and_close(server, body):
     """A client that sends a whole request and hangs up without reading the answer."""
     sock = socket.create_connection(server.server_address[:2])
     data = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(data)).encode()
-                 + b"\r\n\r\n" + data)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(data)).encode()
+        + b"\r\n\r\n"
+        + data
+    )
     return sock
 
 
@@ -303,9 +322,26 @@ def test_client_that_disconnects_mid_adaptation_stops_it(server, client, agent, 
 
 def test_serve_command_starts_and_stops(tiny_model_dir):
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlx_ttsi", "serve", "--model", str(tiny_model_dir), "--port", "0",
-         "--precision", "float32", "--api-key", KEY, "--memory", "--max-queue", "4"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "mlx_ttsi",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            "0",
+            "--precision",
+            "float32",
+            "--api-key",
+            KEY,
+            "--memory",
+            "--max-queue",
+            "4",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         lines = []
@@ -315,8 +351,9 @@ def test_serve_command_starts_and_stops(tiny_model_dir):
                 break
         url = lines[-1].split(" at ")[1].split()[0]
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
-        completion = client.chat.completions.create(model=tiny_model_dir.name, messages=ASK, tools=TOOLS,
-                                                    extra_body=BASE)
+        completion = client.chat.completions.create(
+            model=tiny_model_dir.name, messages=ASK, tools=TOOLS, extra_body=BASE
+        )
         assert completion.choices[0].finish_reason == "tool_calls"
         with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=60) as response:
             assert json.load(response)["max_queue"] == 4
@@ -352,11 +389,13 @@ def read_sse(response):
 def test_keep_alive_serves_several_requests_on_one_connection(server, name):
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
     seen = []
-    for method, path, body in [("GET", "/health", None),
-                               ("POST", "/v1/chat/completions", {"model": name, "messages": ASK, "tools": TOOLS, **BASE}),
-                               ("POST", "/v1/chat/completions", {"messages": ASK, "tools": TOOLS, "stream": True, **BASE}),
-                               ("POST", "/v1/chat/completions", b"{not json"),
-                               ("GET", "/v1/models", None)]:
+    for method, path, body in [
+        ("GET", "/health", None),
+        ("POST", "/v1/chat/completions", {"model": name, "messages": ASK, "tools": TOOLS, **BASE}),
+        ("POST", "/v1/chat/completions", {"messages": ASK, "tools": TOOLS, "stream": True, **BASE}),
+        ("POST", "/v1/chat/completions", b"{not json"),
+        ("GET", "/v1/models", None),
+    ]:
         data, headers = post_body(body) if isinstance(body, dict) else (body, post_body(None)[1])
         connection.request(method, path, data, headers)
         response = connection.getresponse()
@@ -372,8 +411,9 @@ def test_keep_alive_serves_several_requests_on_one_connection(server, name):
 
 def test_an_error_before_the_body_is_read_closes_the_connection(server):
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    connection.request("POST", "/v1/chat/completions", json.dumps({"messages": ASK}).encode(),
-                       {"Authorization": "Bearer wrong"})
+    connection.request(
+        "POST", "/v1/chat/completions", json.dumps({"messages": ASK}).encode(), {"Authorization": "Bearer wrong"}
+    )
     response = connection.getresponse()
     response.read()
     assert response.status == 401 and response.will_close  # the unread body must not be taken for a request
@@ -383,8 +423,11 @@ def test_an_error_before_the_body_is_read_closes_the_connection(server):
 def test_progress_comments_arrive_while_the_request_is_still_training(server, agent, monkeypatch):
     training, release = hold_training(agent, monkeypatch)
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    connection.request("POST", "/v1/chat/completions",
-                       *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}),
+    )
     response = connection.getresponse()
     assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
     lines = read_sse(response)
@@ -395,7 +438,9 @@ def test_progress_comments_arrive_while_the_request_is_still_training(server, ag
             break
     assert training.wait(30) and not release.is_set()  # training is held: nothing of the answer exists yet
     assert [line.split()[1] for line in early] == ["scoring", "decoding", "labelling", "synthesis"]
-    assert early[0].startswith(": scoring ") and early[0].split()[2].endswith("s")  # `: scoring 0.12s name margin 0.988`
+    assert early[0].startswith(": scoring ") and early[0].split()[2].endswith(
+        "s"
+    )  # `: scoring 0.12s name margin 0.988`
     release.set()
     rest = list(lines)
     connection.close()
@@ -428,8 +473,11 @@ def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, mo
 
     monkeypatch.setattr(agent, "_adapt", unreachable)  # fails after scoring's progress went out
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    connection.request("POST", "/v1/chat/completions",
-                       *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}),
+    )
     response = connection.getresponse()
     lines = list(read_sse(response))
     assert response.status == 200 and lines[0].startswith(": scoring")
@@ -438,18 +486,25 @@ def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, mo
     assert error["type"] == "server_error" and "10.0.0.7" not in error["message"]  # the teacher's URL stays in the log
     connection.close()
     with pytest.raises(openai.APIError, match="teacher could not be reached"):
-        list(client.chat.completions.create(model=name, messages=ASK, tools=TOOLS, stream=True,
-                                            extra_body={"ttsi": {"mode": "ttsi"}}))
-    status, data = raw(server, "POST", "/v1/chat/completions", *post_body({"messages": ASK, "tools": TOOLS,
-                                                                          "ttsi": {"mode": "ttsi"}}))
+        list(
+            client.chat.completions.create(
+                model=name, messages=ASK, tools=TOOLS, stream=True, extra_body={"ttsi": {"mode": "ttsi"}}
+            )
+        )
+    status, data = raw(
+        server, "POST", "/v1/chat/completions", *post_body({"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}})
+    )
     assert status == 502 and "10.0.0.7" not in data["error"]["message"]
 
 
 @pytest.fixture(scope="module")
 def slow_agent(tiny_model_dir):
     """A second agent whose training runs long (100 epochs), for the queue and cancellation."""
-    return Agent.load(str(tiny_model_dir), precision="float32",
-                      settings=Settings(lora=LoRASettings(epochs=100, learning_rate=1e-2, stop_loss=0, stop_said_back=False)))
+    return Agent.load(
+        str(tiny_model_dir),
+        precision="float32",
+        settings=Settings(lora=LoRASettings(epochs=100, learning_rate=1e-2, stop_loss=0, stop_said_back=False)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -469,8 +524,14 @@ def test_beyond_max_queue_requests_get_503_with_retry_after(small):
     release = threading.Event()
     small.service.worker.submit(release.wait)  # the model thread is busy
     results = []
-    waiting = [threading.Thread(target=lambda: results.append(
-        client.chat.completions.create(model="", messages=ASK, tools=TOOLS, extra_body=BASE))) for _ in range(2)]
+    waiting = [
+        threading.Thread(
+            target=lambda: results.append(
+                client.chat.completions.create(model="", messages=ASK, tools=TOOLS, extra_body=BASE)
+            )
+        )
+        for _ in range(2)
+    ]
     for thread in waiting:
         thread.start()
     wait_for(lambda: health(small)["waiting"] == 2)
@@ -496,12 +557,18 @@ def test_a_client_gone_mid_training_frees_the_model_at_once(small, slow_agent, m
     client = openai.OpenAI(base_url=small.url, api_key=KEY, max_retries=0, timeout=60)
     before = fingerprint(base_request(client, slow_agent.name))
     train = slow_agent.adapter.train
-    monkeypatch.setattr(slow_agent.adapter, "train",  # five times the examples: about half a minute of training
-                        lambda examples, *args, **kwargs: train(examples * 5, *args, **kwargs))
+    monkeypatch.setattr(
+        slow_agent.adapter,
+        "train",  # five times the examples: about half a minute of training
+        lambda examples, *args, **kwargs: train(examples * 5, *args, **kwargs),
+    )
     cancelled = small.service.stats["cancelled"]
     connection = http.client.HTTPConnection(*small.server_address[:2], timeout=60)
-    connection.request("POST", "/v1/chat/completions",
-                       *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}))
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        *post_body({"messages": ASK, "tools": TOOLS, "stream": True, "ttsi": {"mode": "ttsi"}}),
+    )
     for line in read_sse(connection.getresponse()):
         if line.startswith(": synthesis"):  # training has started
             break
@@ -543,7 +610,10 @@ def test_a_stream_the_agent_refuses_gets_a_status_not_a_200(server):
 
 
 BAD_WHILE_BUSY = [
-    {"messages": ASK, "tools": [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "nonsense"}}}}]},
+    {
+        "messages": ASK,
+        "tools": [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "nonsense"}}}}],
+    },
     {"messages": [{"role": "robot", "content": "hi"}], "tools": TOOLS},
     {"messages": ASK, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
     {"messages": ASK, "tools": TOOLS, "ttsi": {"threshold": "high"}},
@@ -553,8 +623,15 @@ BAD_WHILE_BUSY = [
 @pytest.mark.parametrize("body", BAD_WHILE_BUSY)
 def test_a_bad_request_is_refused_at_once_while_the_model_is_busy(server, agent, monkeypatch, body):
     training, release = hold_training(agent, monkeypatch)
-    busy = threading.Thread(target=raw, args=(server, "POST", "/v1/chat/completions",
-                                               *post_body({"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}})))
+    busy = threading.Thread(
+        target=raw,
+        args=(
+            server,
+            "POST",
+            "/v1/chat/completions",
+            *post_body({"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "ttsi"}}),
+        ),
+    )
     busy.start()
     try:
         assert training.wait(30)  # the model thread is held in a training
@@ -576,9 +653,14 @@ def test_a_bad_request_is_refused_at_once_while_the_model_is_busy(server, agent,
 def raw_socket(server, head, body=b"", length=None):
     """A POST written by hand: its headers with Content-Length `length` (default: the body's)."""
     sock = socket.create_connection(server.server_address[:2], timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                 + b"\r\nContent-Length: " + str(len(body) if length is None else length).encode() + b"\r\n\r\n"
-                 + head)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Length: "
+        + str(len(body) if length is None else length).encode()
+        + b"\r\n\r\n"
+        + head
+    )
     return sock
 
 
@@ -626,8 +708,12 @@ def test_a_tool_schema_ref_to_a_url_is_refused_and_never_fetched(server, trap, t
     (tmp_path / "s.json").write_text('{"type": "string"}')
     for ref in (trap.url, (tmp_path / "s.json").as_uri()):
         tools = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": ref}}}}]
-        status, data = raw(server, "POST", "/v1/chat/completions",
-                           *post_body({"messages": ASK, "tools": tools, "ttsi": {"mode": "ttsi"}}))
+        status, data = raw(
+            server,
+            "POST",
+            "/v1/chat/completions",
+            *post_body({"messages": ASK, "tools": tools, "ttsi": {"mode": "ttsi"}}),
+        )
         assert status == 400 and "outside the schema" in data["error"]["message"], data
     assert trap.hits == []
 
@@ -643,14 +729,27 @@ MALFORMED = {
     "nested 100000 deep": b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     "unclosed nesting": b'{"messages": ' + b"[" * 100_000,
     "tool_calls a number": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": 5}]}).encode(),
-    "content part text a number": json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
+    "content part text a number": json.dumps(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}
+    ).encode(),
     "role a list": json.dumps({"messages": [{"role": ["user"], "content": "hi"}]}).encode(),
-    "call arguments a number": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": [
-        {"function": {"name": "f", "arguments": "5"}}]}]}).encode(),
-    "call arguments nested 900 deep": json.dumps({"messages": [*ASK, {"role": "assistant", "tool_calls": [
-        {"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]}]}).encode(),
-    "schema nested 150 levels": json.dumps({"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(150)}]}).encode(),
-    "schema nested 40 levels": json.dumps({"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(40)}]}).encode(),
+    "call arguments a number": json.dumps(
+        {"messages": [*ASK, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "5"}}]}]}
+    ).encode(),
+    "call arguments nested 900 deep": json.dumps(
+        {
+            "messages": [
+                *ASK,
+                {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[" * 900 + "]" * 900}}]},
+            ]
+        }
+    ).encode(),
+    "schema nested 150 levels": json.dumps(
+        {"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(150)}]}
+    ).encode(),
+    "schema nested 40 levels": json.dumps(
+        {"messages": ASK, "tools": [{"name": "f", "parameters": nested_schema(40)}]}
+    ).encode(),
 }
 
 
@@ -667,7 +766,9 @@ def test_a_request_dropped_while_queued_is_freed_at_once(server, monkeypatch):
     import weakref
 
     requests, submit = [], server.service.submit
-    monkeypatch.setattr(server.service, "submit", lambda request: requests.append(weakref.ref(request)) or submit(request))
+    monkeypatch.setattr(
+        server.service, "submit", lambda request: requests.append(weakref.ref(request)) or submit(request)
+    )
     stats, release = server.service.stats, threading.Event()
     server.service.worker.submit(release.wait)  # keep the model thread busy
     cancelled = stats["cancelled"]

@@ -51,6 +51,7 @@ def test_top_of_each_range_is_accepted_everywhere():
 
 # ---- every row of the table is read where it acts ----
 
+
 class Seen(Exception):
     """Raised by a spy once it has heard what it listens for: the command stops there."""
 
@@ -71,8 +72,12 @@ PROBES = {
     "temperature": ("mlx_ttsi.synthesis.ModelWriter.write_request", lambda *a, **k: a[4], TTD, 1.5),
     "same_tool": ("mlx_ttsi.synthesis.ModelWriter.synthesize", lambda *a, **k: k["same_tool"] is not None, TTD, False),
     "examples": ("mlx_ttsi.synthesis.ModelWriter.synthesize", lambda *a, **k: a[3], TTD, 2),
-    "examples_from": ("mlx_ttsi.agent.Agent._job", lambda *a, **k: a[1].settings.examples_from, ["--mode", "ttsi"],
-                      "requests"),
+    "examples_from": (
+        "mlx_ttsi.agent.Agent._job",
+        lambda *a, **k: a[1].settings.examples_from,
+        ["--mode", "ttsi"],
+        "requests",
+    ),
     "keep": ("mlx_ttsi.agent.Agent._keep", lambda *a, **k: a[2].settings.keep, ["--mode", "ttsi"], "verified"),
     "seed": ("mlx_ttsi.synthesis.ModelWriter.synthesize", lambda *a, **k: a[4], TTD, 7),
     "epochs": ("mlx_ttsi.adaptation.fit", lambda *a, **k: a[4] // k["epoch"], TRAINED, 2),
@@ -84,12 +89,25 @@ PROBES = {
     "alpha": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[2]["scale"] * a[2]["rank"], [], 4.0),
     "layers": ("mlx_ttsi.adaptation.linear_to_lora_layers", lambda *a, **k: a[1], [], 1, 2),  # the tiny model has 2
     "precision": ("mlx_ttsi.models.load", lambda *a, **k: a[1], [], "float16"),
-    "teacher_model": ("urllib.request.urlopen", lambda *a, **k: json.loads(a[0].data)["model"],
-                      ["--mode", "ttd", "--teacher", "http://127.0.0.1:9/v1"], "big-teacher"),
+    "teacher_model": (
+        "urllib.request.urlopen",
+        lambda *a, **k: json.loads(a[0].data)["model"],
+        ["--mode", "ttd", "--teacher", "http://127.0.0.1:9/v1"],
+        "big-teacher",
+    ),
     "max_queue": ("mlx_ttsi.serve.http.make_server", lambda *a, **k: k["max_queue"], ["serve"], 3),
-    "memory_size": ("mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent", lambda *a, **k: a[1], ["serve", "--memory"], 5),
-    "memory_similarity": ("mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent", lambda *a, **k: a[2],
-                          ["serve", "--memory"], 0.5),
+    "memory_size": (
+        "mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent",
+        lambda *a, **k: a[1],
+        ["serve", "--memory"],
+        5,
+    ),
+    "memory_similarity": (
+        "mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent",
+        lambda *a, **k: a[2],
+        ["serve", "--memory"],
+        0.5,
+    ),
 }
 
 

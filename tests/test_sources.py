@@ -5,6 +5,7 @@ import json
 
 import mlx.core as mx
 import pytest
+from conftest import SCRIPTED_CALLS, TOOLS
 from mlx_lm.sample_utils import make_sampler
 
 from mlx_ttsi.adaptation import answer_scores
@@ -16,8 +17,6 @@ from mlx_ttsi.sources import SOURCES, calls
 from mlx_ttsi.synthesis import Synthesis, keep_examples
 from mlx_ttsi.verify import example_problem, leaked, request_values, stated, unstated_key
 from mlx_ttsi.writer import BatchWriter, closed_json, quoted_line
-
-from conftest import SCRIPTED_CALLS, TOOLS
 
 WEATHER = {"name": "get_weather", "arguments": {"city": "Madrid", "unit": "celsius", "days": 3}}
 USER = "What is the weather in Paris?"
@@ -37,11 +36,14 @@ def one_at_a_time(loaded, prompt, max_tokens):
 
 # ---- the batched writer ----
 
+
 @pytest.mark.parametrize("with_prefix", [False, True])
 def test_batched_greedy_writing_equals_one_at_a_time(tiny, tools, scripted_writer, with_prefix):
     tok, fmt = tiny.tokenizer, call_format(tiny.tokenizer)
-    prompts = [render_prompt(tok, [{"role": "user", "content": text}], tools, fmt)
-               for text in ("Weather in Oslo", "Set an alarm at seven for work please", "List alarms")]
+    prompts = [
+        render_prompt(tok, [{"role": "user", "content": text}], tools, fmt)
+        for text in ("Weather in Oslo", "Set an alarm at seven for work please", "List alarms")
+    ]
     prefix_ids, arrays = [], None
     if with_prefix:  # the tools prefix every prompt shares, its KV computed once
         state = ContextState(tiny.model, tok)
@@ -58,7 +60,9 @@ def test_batched_greedy_writing_equals_one_at_a_time(tiny, tools, scripted_write
 
 def test_each_written_text_stops_on_its_own(tiny, scripted_writer):
     writer = BatchWriter(tiny.model, tiny.tokenizer)
-    texts = scripted_writer(writer, ["Weather in Oslo", "List alarms"], 16, stop=lambda text: 2 if len(text) >= 2 else None)
+    texts = scripted_writer(
+        writer, ["Weather in Oslo", "List alarms"], 16, stop=lambda text: 2 if len(text) >= 2 else None
+    )
     assert [len(t) for t in texts] == [2, 2]
 
 
@@ -73,6 +77,7 @@ def test_stop_rules_end_a_json_object_and_a_quoted_line():
 
 # ---- verification: each rule, with a case it refuses ----
 
+
 def test_a_value_is_stated_up_to_case_and_punctuation():
     assert stated("Los Angeles", "weather in los angeles, please")
     assert stated(3, "for 3 days")
@@ -86,17 +91,28 @@ def test_a_value_is_stated_up_to_case_and_punctuation():
     assert unstated_key(WEATHER["arguments"], "Weather in Madrid for 3 days") == "unit"
 
 
-@pytest.mark.parametrize("request_text, calls, reason", [
-    ("Weather in Madrid for 3 days in celsius", [WEATHER], None),
-    ("Weather in Madrid for 3 days", [WEATHER], "a value is not stated in its request"),
-    ("Weather in Madrid for 3 days in celsius", [{"name": "get_weather", "arguments": {"unit": "celsius"}}],
-     "call breaks its schema"),
-    ("Weather in Madrid for 3 days in celsius", [{"name": "get_forecast", "arguments": {}}], "call breaks its schema"),
-    ("Weather in Madrid for 3 days in celsius", [], "no tool call"),
-    ('{"city": "Madrid", "unit": "celsius", "days": 3}', [WEATHER], "request is not plain text"),
-    (USER, [{"name": "get_weather", "arguments": {"city": "Paris"}}], "copy of the request"),
-    ("Weather in Paris and Madrid for 3 days in celsius", [WEATHER], "a value of the user's request leaks into it"),
-])
+@pytest.mark.parametrize(
+    "request_text, calls, reason",
+    [
+        ("Weather in Madrid for 3 days in celsius", [WEATHER], None),
+        ("Weather in Madrid for 3 days", [WEATHER], "a value is not stated in its request"),
+        (
+            "Weather in Madrid for 3 days in celsius",
+            [{"name": "get_weather", "arguments": {"unit": "celsius"}}],
+            "call breaks its schema",
+        ),
+        (
+            "Weather in Madrid for 3 days in celsius",
+            [{"name": "get_forecast", "arguments": {}}],
+            "call breaks its schema",
+        ),
+        ("Weather in Madrid for 3 days in celsius", [], "no tool call"),
+        ('{"city": "Madrid", "unit": "celsius", "days": 3}', [WEATHER], "request is not plain text"),
+        (USER, [{"name": "get_weather", "arguments": {"city": "Paris"}}], "copy of the request"),
+        ("Weather in Paris and Madrid for 3 days in celsius", [WEATHER], "a value of the user's request leaks into it"),
+    ("Weather in Madrid for 3 days from the 12th in celsius", [WEATHER], "its request states a number its call leaves out"),
+    ],
+)
 def test_each_verification_rule(tools, request_text, calls, reason):
     values = request_values([{"name": "get_weather", "arguments": {"city": "Paris"}}])
     assert example_problem(request_text, calls, tools, USER, values) == reason
@@ -105,25 +121,45 @@ def test_each_verification_rule(tools, request_text, calls, reason):
 def test_a_duplicate_example_is_refused(tools):
     kept = [{"request": "Weather in Madrid for 3 days in celsius", "calls": [WEATHER]}]
     assert example_problem("Madrid: 3 days, celsius", [WEATHER], tools, USER, [], kept) == "duplicate example"
-    assert example_problem("weather in madrid for 3 days in celsius!", [WEATHER], tools, USER, [], kept) == \
-        "duplicate example"
+    assert (
+        example_problem("weather in madrid for 3 days in celsius!", [WEATHER], tools, USER, [], kept)
+        == "duplicate example"
+    )
 
 
 def test_short_numbers_and_words_of_the_request_are_not_leaks():
     values = request_values([{"name": "set_alarm", "arguments": {"time": "7", "loud": True, "volume": 5}}])
     assert values == [5]  # "7" is too short a string to count, booleans never do
     assert leaked([WEATHER], "Weather in Madrid for 5 days", values) is None  # nor does a number below 10
-    assert leaked([WEATHER], "Weather in Madrid for 3 days", request_values([{"name": "x", "arguments": {"n": 250}}])) is None
-    assert leaked([WEATHER], "Weather in Madrid for 250 days", request_values([{"name": "x", "arguments": {"n": 250}}])) == 250
+    assert (
+        leaked([WEATHER], "Weather in Madrid for 3 days", request_values([{"name": "x", "arguments": {"n": 250}}]))
+        is None
+    )
+    assert (
+        leaked([WEATHER], "Weather in Madrid for 250 days", request_values([{"name": "x", "arguments": {"n": 250}}]))
+        == 250
+    )
 
 
 # ---- the informative filter ----
+
 
 def test_examples_the_base_model_already_says_are_dropped():
     synthesis = Synthesis(examples=[{"request": str(i)} for i in range(5)], attempts=5)
     kept = keep_examples(synthesis, [True, False, False, True, False], k=2)
     assert [e["request"] for e in kept.examples] == ["1", "2"]
     assert kept.rejected == {"the base model already says it": 2}
+
+
+def test_anchored_keeps_known_examples_beside_new_ones_and_none_without_new_ones():
+    def synthesis():
+        return Synthesis(examples=[{"request": str(i)} for i in range(5)], attempts=5)
+
+    kept = keep_examples(synthesis(), [True, False, True, True, False], k=3, anchored=True)
+    assert [e["request"] for e in kept.examples] == ["1", "4", "0"]
+    assert kept.rejected == {"the base model already says it": 2}
+    nothing_new = keep_examples(synthesis(), [True] * 5, k=3, anchored=True)
+    assert nothing_new.examples == [] and nothing_new.rejected == {"the base model already says it": 5}
 
 
 def test_answer_scores_match_scoring_and_find_what_is_said_back(tiny):
@@ -144,11 +180,13 @@ def test_answer_scores_match_scoring_and_find_what_is_said_back(tiny):
     # the same through a frozen prefix of the first tokens
     state.sync(prompt_ids[:4])
     frozen = (4, state.prefix_arrays(4, copy=True))
-    assert [s[0] for s in answer_scores(tiny.model, [(prompt_ids + greedy, len(prompt_ids))], frozen)] == \
-        pytest.approx(expected[:1], abs=1e-4)
+    assert [s[0] for s in answer_scores(tiny.model, [(prompt_ids + greedy, len(prompt_ids))], frozen)] == pytest.approx(
+        expected[:1], abs=1e-4
+    )
 
 
 # ---- the source, in the agent ----
+
 
 def test_calls_first_examples_are_verified_and_never_the_request(agent, tools):
     answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", keep="verified", examples=3)
@@ -164,16 +202,18 @@ def test_calls_first_examples_are_verified_and_never_the_request(agent, tools):
 
 def test_the_informative_filter_keeps_what_the_base_model_gets_wrong(agent, monkeypatch):
     said = iter([True, False] * 8)
-    monkeypatch.setattr("mlx_ttsi.agent.answer_scores",
-                        lambda model, pairs, frozen=None: [(-1.0, 1, next(said)) for _ in pairs])
+    monkeypatch.setattr(
+        "mlx_ttsi.agent.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, next(said)) for _ in pairs]
+    )
     answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", examples=3)
     assert answer.rejected.get("the base model already says it", 0) >= 1
     assert answer.adapted and answer.synthetic
 
 
 def test_no_example_left_answers_with_the_checked_label(agent, monkeypatch):
-    monkeypatch.setattr("mlx_ttsi.agent.answer_scores",
-                        lambda model, pairs, frozen=None: [(-1.0, 1, True) for _ in pairs])
+    monkeypatch.setattr(
+        "mlx_ttsi.agent.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, True) for _ in pairs]
+    )
     answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls")
     assert not answer.adapted and answer.note.startswith("not adapted")
     assert answer.tool_calls == answer.label
@@ -199,6 +239,7 @@ def test_the_papers_ttsi_writes_one_example(agent):
 
 # ---- the gold answer's likelihood ----
 
+
 def test_gold_likelihood_under_the_adapted_and_the_base_weights(agent):
     gold = [{"name": "get_weather", "arguments": {"city": "Paris"}}]
     answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", keep="verified", keep_adapter=True)
@@ -206,8 +247,10 @@ def test_gold_likelihood_under_the_adapted_and_the_base_weights(agent):
     scored = agent.likelihoods(USER, tools=TOOLS, calls=[gold, answer.tool_calls], adapter_weights=answer.adapter)
     assert scored["adapted"] != scored["base"]
     assert agent.adapter.is_reset()  # scoring leaves the base model as it found it
-    assert agent.likelihoods(USER, tools=TOOLS, calls=[gold, answer.tool_calls]) == {"base": scored["base"],
-                                                                                   "adapted": None}
+    assert agent.likelihoods(USER, tools=TOOLS, calls=[gold, answer.tool_calls]) == {
+        "base": scored["base"],
+        "adapted": None,
+    }
     # the base figure is the answer's own log-likelihood after the prompt
     pairs = agent.training_examples([{"request": USER, "calls": gold}], agent_tools(agent))
     assert scored["base"][0] == pytest.approx(answer_scores(agent.loaded.model, pairs)[0][0], abs=1e-3)

@@ -3,12 +3,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import TOOLS
 
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.errors import TeacherError
 from mlx_ttsi.synthesis import EndpointTeacher, ModelWriter, Synthesis, admit
-
-from conftest import TOOLS
 
 
 def test_admit_checks_every_example(tools):
@@ -24,11 +23,24 @@ def test_admit_checks_every_example(tools):
     admit(s, '{"name": "get_weather"}', good, original, tools, "self")
     admit(s, "Fly me to Rome", [{"name": "fly", "arguments": {}}], original, tools, "self")
     admit(s, "Weather somewhere nice", [{"name": "get_weather", "arguments": {}}], original, tools, "self")
-    admit(s, "Weather in Oslo please", [{"name": "get_weather", "arguments": {"city": "Oslo Oslo Oslo Oslo Oslo"}}],
-          original, tools, "self")
+    admit(
+        s,
+        "Weather in Oslo please",
+        [{"name": "get_weather", "arguments": {"city": "Oslo Oslo Oslo Oslo Oslo"}}],
+        original,
+        tools,
+        "self",
+    )
     admit(s, "Nothing to call here", [], original, tools, "self")
-    admit(s, "Set an alarm at six", [{"name": "set_alarm", "arguments": {"time": "6", "loud": True}}], original,
-          tools, "self", same_tool="get_weather")
+    admit(
+        s,
+        "Set an alarm at six",
+        [{"name": "set_alarm", "arguments": {"time": "6", "loud": True}}],
+        original,
+        tools,
+        "self",
+        same_tool="get_weather",
+    )
     assert [e["request"] for e in s.examples] == ["Weather in Rome today?"]
     assert s.rejected == {
         "copy of the request": 1,
@@ -55,8 +67,12 @@ def test_model_writer_writes_one_clean_line(tiny, tools, plausible_requests):
 def test_model_writer_labels_its_requests_with_valid_calls(tiny, tools, plausible_requests):
     from mlx_ttsi.tools import check_call
 
-    plausible_requests[:] = ["Set an alarm at 7 for work.", "weather", "What is the weather in Paris?",
-                             "Convert 100 USD to EUR."]
+    plausible_requests[:] = [
+        "Set an alarm at 7 for work.",
+        "weather",
+        "What is the weather in Paris?",
+        "Convert 100 USD to EUR.",
+    ]
     s = ModelWriter(tiny).synthesize("What is the weather in Paris?", tools, k=2, seed=1, max_attempts=4)
     assert [e["request"] for e in s.examples] == ["Set an alarm at 7 for work.", "Convert 100 USD to EUR."]
     assert s.rejected == {"request is incomplete": 1, "copy of the request": 1} and s.attempts == 4
@@ -93,12 +109,16 @@ def teacher_url():
 
 
 def test_endpoint_teacher_examples_are_parsed_and_checked(teacher_url, tools):
-    Teacher.reply = "Here you go:\n```json\n" + json.dumps(
-        [
-            {"request": "Weather in Rome?", "calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]},
-            {"request": "Alarm at six", "call": {"name": "set_alarm", "arguments": {"time": "06:00"}}},
-        ]
-    ) + "\n```"
+    Teacher.reply = (
+        "Here you go:\n```json\n"
+        + json.dumps(
+            [
+                {"request": "Weather in Rome?", "calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]},
+                {"request": "Alarm at six", "call": {"name": "set_alarm", "arguments": {"time": "06:00"}}},
+            ]
+        )
+        + "\n```"
+    )
     teacher = EndpointTeacher(teacher_url, model="big", api_key="k")
     s = teacher.synthesize("Weather in Paris?", tools, k=2, seed=0, max_attempts=1)
     assert [e["request"] for e in s.examples] == ["Weather in Rome?"]
@@ -131,8 +151,18 @@ def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url,
     from mlx_ttsi.cli import cli
 
     Teacher.reply = "Sorry, I cannot help with that."
-    args = ["ask", "What is the weather in Paris?", "--model", str(tiny_model_dir), "--mode", "ttd",
-            "--teacher", teacher_url, "--tools", str(tools_file)]
+    args = [
+        "ask",
+        "What is the weather in Paris?",
+        "--model",
+        str(tiny_model_dir),
+        "--mode",
+        "ttd",
+        "--teacher",
+        teacher_url,
+        "--tools",
+        str(tools_file),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.stderr
     assert "note: not adapted: all 2 candidate examples were rejected (none written)" in result.stderr
@@ -144,12 +174,15 @@ def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url,
 
 def test_each_requests_settings_reach_a_cached_local_teacher(tiny, tiny_model_dir, monkeypatch):
     from conftest import SAMPLERS
+
     from mlx_ttsi.decoding import CallDecoder
     from mlx_ttsi.settings import Settings
 
     built = []
-    monkeypatch.setattr("mlx_ttsi.synthesis.CallDecoder", lambda *args, **options: built.append(options) or
-                        CallDecoder(*args, **options))
+    monkeypatch.setattr(
+        "mlx_ttsi.synthesis.CallDecoder",
+        lambda *args, **options: built.append(options) or CallDecoder(*args, **options),
+    )
     agent = Agent(tiny, Settings(examples=1, same_tool=False), teacher=str(tiny_model_dir))
     agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", temperature=0.2, norm="mean")
     first = len(SAMPLERS)
@@ -168,7 +201,9 @@ def test_ttd_stops_waiting_for_its_teacher_once_the_request_is_cancelled(tiny):
     silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
     agent = Agent(tiny, teacher=f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
     started, outcome = time.perf_counter(), []
-    cancelled = lambda: time.perf_counter() - started > 0.5  # the client leaves half a second in
+
+    def cancelled():  # the client leaves half a second in
+        return time.perf_counter() - started > 0.5
 
     def ask():
         try:

@@ -83,15 +83,25 @@ def test_local_schema_refs_resolve_and_bad_ones_get_a_clear_message():
     tools = parse_tools([{"name": "f", "parameters": local}])
     assert check_call({"name": "f", "arguments": {"city": "Oslo"}}, tools) is None
     assert "invalid arguments" in check_call({"name": "f", "arguments": {"city": 5}}, tools)
-    for unresolved in ({"type": "object", "$ref": "#/$defs/nope"},
-                       {"type": "object", "properties": {"x": {"$ref": "#/$defs/nope"}}}):
+    for unresolved in (
+        {"type": "object", "$ref": "#/$defs/nope"},
+        {"type": "object", "properties": {"x": {"$ref": "#/$defs/nope"}}},
+    ):
         with pytest.raises(ToolsError, match="does not resolve"):
             parse_tools([{"name": "f", "parameters": unresolved}])
-    anchored = {"type": "object", "$defs": {"c": {"$anchor": "city", "type": "string"}}, "properties": {"x": {"$ref": "#city"}}}
-    assert "invalid arguments" in check_call({"name": "f", "arguments": {"x": 5}}, parse_tools([{"name": "f", "parameters": anchored}]))
+    anchored = {
+        "type": "object",
+        "$defs": {"c": {"$anchor": "city", "type": "string"}},
+        "properties": {"x": {"$ref": "#city"}},
+    }
+    assert "invalid arguments" in check_call(
+        {"name": "f", "arguments": {"x": 5}}, parse_tools([{"name": "f", "parameters": anchored}])
+    )
     with pytest.raises(ToolsError, match="loop"):
         parse_tools([{"name": "f", "parameters": {"type": "object", "$ref": "#"}}])
-    looped = parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}}])
+    looped = parse_tools(
+        [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}}]
+    )
     assert "loop" in check_call({"name": "f", "arguments": {"x": 1}}, looped)
 
 
@@ -113,8 +123,14 @@ def test_a_schema_or_file_nested_too_deep_is_refused_before_anything_recurses(tm
 
 
 def test_a_backtracking_pattern_is_checked_in_bounded_time():
-    spec = {"name": "f", "parameters": {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a|aa)+$"}},
-                                        "patternProperties": {"^(a|aa)+$": {"type": "integer"}}}}
+    spec = {
+        "name": "f",
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "pattern": "^(a|aa)+$"}},
+            "patternProperties": {"^(a|aa)+$": {"type": "integer"}},
+        },
+    }
     tools = parse_tools([spec])
     assert check_call({"name": "f", "arguments": {"code": "aaaa"}}, tools) is None
     started = time.perf_counter()

@@ -6,45 +6,95 @@ import random
 import re
 
 import pytest
+from test_grounding import BOOKING, CALL, REQUEST  # noqa: E402  (the same booking request)
 
 from mlx_ttsi.tools import check_call, parse_tools
 from mlx_ttsi.twins import CITIES, CODES, FIRST_NAMES, LAST_NAMES, fresh, kind_of, twins
 
-from test_grounding import BOOKING, CALL, REQUEST  # noqa: E402  (the same booking request)
-FLIGHT = parse_tools([{"name": "book_flight", "parameters": {"type": "object", "properties": {
-    "origin": {"type": "string", "description": "Departure city"},
-    "destination": {"type": "string", "description": "Arrival city"},
-    "passenger": {"type": "string", "description": "The passenger's full name"},
-    "date": {"type": "string", "format": "date"},
-    "currency": {"type": "string", "description": "ISO 4217 currency code"},
-    "seats": {"type": "integer", "minimum": 1, "maximum": 9},
-    "cabin": {"type": "string", "enum": ["economy", "business"]}},
-    "required": ["origin", "destination", "passenger"]}}])
-HOTEL = parse_tools([{"name": "book_hotel", "parameters": {"type": "object", "properties": {
-    "city": {"type": "string"}, "guest_name": {"type": "string"}, "check_in": {"type": "string"},
-    "nights": {"type": "integer"}, "language": {"type": "string"}, "email": {"type": "string", "format": "email"},
-    "room_code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"}}, "required": ["city"]}}])
+FLIGHT = parse_tools(
+    [
+        {
+            "name": "book_flight",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "origin": {"type": "string", "description": "Departure city"},
+                    "destination": {"type": "string", "description": "Arrival city"},
+                    "passenger": {"type": "string", "description": "The passenger's full name"},
+                    "date": {"type": "string", "format": "date"},
+                    "currency": {"type": "string", "description": "ISO 4217 currency code"},
+                    "seats": {"type": "integer", "minimum": 1, "maximum": 9},
+                    "cabin": {"type": "string", "enum": ["economy", "business"]},
+                },
+                "required": ["origin", "destination", "passenger"],
+            },
+        }
+    ]
+)
+HOTEL = parse_tools(
+    [
+        {
+            "name": "book_hotel",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "guest_name": {"type": "string"},
+                    "check_in": {"type": "string"},
+                    "nights": {"type": "integer"},
+                    "language": {"type": "string"},
+                    "email": {"type": "string", "format": "email"},
+                    "room_code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"},
+                },
+                "required": ["city"],
+            },
+        }
+    ]
+)
 
 
 def flight(origin, destination, passenger, **more):
-    return {"name": "book_flight", "arguments": {"origin": origin, "destination": destination, "passenger": passenger,
-                                                 **more}}
+    return {
+        "name": "book_flight",
+        "arguments": {"origin": origin, "destination": destination, "passenger": passenger, **more},
+    }
 
 
 # (request, call, tools): cities from the swap list itself, a value repeated in two arguments, several kinds
 CASES = [
     ("Book a flight from Paris to Oslo for Ana Silva", flight("Paris", "Oslo", "Ana Silva"), FLIGHT),
-    ("Fly Kyoto to Lima on 2024-05-01 for Grace Tanaka, 2 seats in economy, paying in EUR",
-     flight("Kyoto", "Lima", "Grace Tanaka", date="2024-05-01", seats=2, cabin="economy", currency="EUR"), FLIGHT),
-    ("I need to go from Lima to Kyoto; passenger Oscar, price in USD, 3 seats",
-     flight("Lima", "Kyoto", "Oscar", currency="USD", seats=3), FLIGHT),
-    ("Room in Porto for Nora Weber from 05/01/2024 for 3 nights, English (en) please, mail nora@mail.com, "
-     "room AB123",
-     {"name": "book_hotel", "arguments": {"city": "Porto", "guest_name": "Nora Weber", "check_in": "05/01/2024",
-                                          "nights": 3, "language": "en", "email": "nora@mail.com",
-                                          "room_code": "AB123"}}, HOTEL),
-    ("Book a flight for Paris Hilton from Paris to Paris, Texas",
-     flight("Paris", "Paris, Texas", "Paris Hilton"), FLIGHT),
+    (
+        "Fly Kyoto to Lima on 2024-05-01 for Grace Tanaka, 2 seats in economy, paying in EUR",
+        flight("Kyoto", "Lima", "Grace Tanaka", date="2024-05-01", seats=2, cabin="economy", currency="EUR"),
+        FLIGHT,
+    ),
+    (
+        "I need to go from Lima to Kyoto; passenger Oscar, price in USD, 3 seats",
+        flight("Lima", "Kyoto", "Oscar", currency="USD", seats=3),
+        FLIGHT,
+    ),
+    (
+        "Room in Porto for Nora Weber from 05/01/2024 for 3 nights, English (en) please, mail nora@mail.com, "
+        "room AB123",
+        {
+            "name": "book_hotel",
+            "arguments": {
+                "city": "Porto",
+                "guest_name": "Nora Weber",
+                "check_in": "05/01/2024",
+                "nights": 3,
+                "language": "en",
+                "email": "nora@mail.com",
+                "room_code": "AB123",
+            },
+        },
+        HOTEL,
+    ),
+    (
+        "Book a flight for Paris Hilton from Paris to Paris, Texas",
+        flight("Paris", "Paris, Texas", "Paris Hilton"),
+        FLIGHT,
+    ),
 ]
 
 
@@ -100,19 +150,22 @@ def test_each_value_keeps_its_kind():
     assert re.fullmatch(r"[A-Z]{2}\d{3}", twin["room_code"]) and 1 <= twin["nights"] <= 9
 
 
-@pytest.mark.parametrize("key, schema, value, pattern", [
-    ("date", {"type": "string"}, "2024-05-01", r"\d{4}-\d\d-\d\d"),
-    ("when", {"type": "string"}, "2024-05-01T10:30:00", r"\d{4}-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d"),
-    ("day", {"type": "string"}, "May 1, 2024", r"[A-Z][a-z]+ \d{1,2}, \d{4}"),
-    ("day", {"type": "string"}, "3 Jan", r"\d{1,2} [A-Z][a-z]{2}"),
-    ("time", {"type": "string"}, "07:30", r"([01]\d|2[0-3]):[0-5]\d"),
-    ("time", {"type": "string"}, "7:30 pm", r"([1-9]|1[0-2]):[0-5]\d pm"),
-    ("amount", {"type": "number"}, "4096", r"[1-9]\d{3}"),
-    ("id", {"type": "string"}, "AB12-x9", r"[A-Z]{2}\d{2}-[a-z]\d"),
-    ("country", {"type": "string"}, "FR", r"[A-Z]{2}"),
-    ("email", {"type": "string"}, "ana@example.com", r"[a-z]+@example\.com"),
-    ("restaurant", {"type": "string"}, "Casa of Lisboa", r"[A-Z][a-z]+ of [A-Z][a-z]+"),
-])
+@pytest.mark.parametrize(
+    "key, schema, value, pattern",
+    [
+        ("date", {"type": "string"}, "2024-05-01", r"\d{4}-\d\d-\d\d"),
+        ("when", {"type": "string"}, "2024-05-01T10:30:00", r"\d{4}-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d"),
+        ("day", {"type": "string"}, "May 1, 2024", r"[A-Z][a-z]+ \d{1,2}, \d{4}"),
+        ("day", {"type": "string"}, "3 Jan", r"\d{1,2} [A-Z][a-z]{2}"),
+        ("time", {"type": "string"}, "07:30", r"([01]\d|2[0-3]):[0-5]\d"),
+        ("time", {"type": "string"}, "7:30 pm", r"([1-9]|1[0-2]):[0-5]\d pm"),
+        ("amount", {"type": "number"}, "4096", r"[1-9]\d{3}"),
+        ("id", {"type": "string"}, "AB12-x9", r"[A-Z]{2}\d{2}-[a-z]\d"),
+        ("country", {"type": "string"}, "FR", r"[A-Z]{2}"),
+        ("email", {"type": "string"}, "ana@example.com", r"[a-z]+@example\.com"),
+        ("restaurant", {"type": "string"}, "Casa of Lisboa", r"[A-Z][a-z]+ of [A-Z][a-z]+"),
+    ],
+)
 def test_fresh_values_keep_the_shape(key, schema, value, pattern):
     rng = random.Random(0)
     span = kind_of(key, schema, value)

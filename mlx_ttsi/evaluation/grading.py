@@ -96,8 +96,9 @@ def with_defaults(call, tools):
     """The call with every schema default of its tool added where the call left it out."""
     by_name = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
     properties = ((by_name.get(call.get("name")) or {}).get("parameters") or {}).get("properties") or {}
-    arguments = {name: spec["default"] for name, spec in properties.items()
-                 if isinstance(spec, dict) and "default" in spec}
+    arguments = {
+        name: spec["default"] for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec
+    }
     arguments.update(call.get("arguments") or {})
     return {"name": call.get("name"), "arguments": arguments}
 

@@ -6,20 +6,34 @@ from ..errors import DataError
 # as in the paper; "-all" ones on every row. oracle and oracle-twin are ceilings that read the row's gold
 # answer (see rows.gold_examples); they exist only here, and no other method is ever given the gold answer.
 PAPER = {"examples_from": "paper", "examples": 1, "learning_rate": 1e-4}  # the paper's TT-SI: K 1, lr 1e-4, 5 epochs
-METHODS = {"base": ("base", None, {}), "ttsi": ("ttsi", False, {}), "ttd": ("ttd", False, {}),
-           "ticl": ("ticl", False, {}), "ttsi-all": ("ttsi", True, {}), "self-label": ("check", None, {}),
-           "plan": ("plan", None, {}), "oracle": ("ttsi", True, {}), "oracle-twin": ("ttsi", True, {}),
-           # where the examples come from (--examples-from) and which are kept (--keep), each on every row
-           "ttsi-calls-all": ("ttsi", True, {"examples_from": "calls"}),
-           "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified"}),
-           "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified"}),
-           "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins"}),
-           "ttsi-twins": ("ttsi", False, {"examples_from": "twins"}),
-           "ttsi-paper": ("ttsi", False, PAPER), "ttsi-paper-all": ("ttsi", True, PAPER)}
+METHODS = {
+    "base": ("base", None, {}),
+    "ttsi": ("ttsi", False, {}),
+    "ttd": ("ttd", False, {}),
+    "ticl": ("ticl", False, {}),
+    "ttsi-all": ("ttsi", True, {}),
+    "self-label": ("check", None, {}),
+    "plan": ("plan", None, {}),
+    "oracle": ("ttsi", True, {}),
+    "oracle-twin": ("ttsi", True, {}),
+    # where the examples come from (--examples-from) and which are kept (--keep), each on every row
+    "ttsi-calls-all": ("ttsi", True, {"examples_from": "calls"}),
+    "ttsi-anchored-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored"}),
+    "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified"}),
+    "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified"}),
+    "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins"}),
+    "ttsi-twins": ("ttsi", False, {"examples_from": "twins"}),
+    "ttsi-paper": ("ttsi", False, PAPER),
+    "ttsi-paper-all": ("ttsi", True, PAPER),
+}
 ORACLES = ("oracle", "oracle-twin")
 GOLD_TWINS = 3  # K twins of the gold call for oracle-twin when the run's settings give no K
 GOLD_FIELDS = ("answer", "meta")  # what a method other than an oracle never sees
-SEEDLESS = ("base", "self-label", "plan")  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
+SEEDLESS = (
+    "base",
+    "self-label",
+    "plan",
+)  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
 ADAPTIVE = ("ttsi", "ttd", "ticl", "ttsi-twins", "ttsi-paper")  # methods the threshold sweep is computed for
 
 

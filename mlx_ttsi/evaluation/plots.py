@@ -27,8 +27,14 @@ def accuracy_plot(cells, path):
         mine = {c["benchmark"]: c for c in cells if c["method"] == method}
         xs = [b + (i - (len(methods) - 1) / 2) * width for b, name in enumerate(benchmarks) if name in mine]
         values = [mine[name] for name in benchmarks if name in mine]
-        bars = axes.bar(xs, [c["accuracy"] for c in values], width, yerr=[c["accuracy_std"] for c in values],
-                        label=method, capsize=3)
+        bars = axes.bar(
+            xs,
+            [c["accuracy"] for c in values],
+            width,
+            yerr=[c["accuracy_std"] for c in values],
+            label=method,
+            capsize=3,
+        )
         axes.bar_label(bars, fmt="%.1f", fontsize=7)
     axes.set_xticks(range(len(benchmarks)), benchmarks)
     axes.set_ylabel("accuracy (%)")
@@ -46,7 +52,7 @@ def sweep_plot(summary, path):
     columns = min(3, len(benchmarks))
     grid = (len(benchmarks) + columns - 1) // columns
     figure, panels = plt.subplots(grid, columns, figsize=(4.5 * columns, 3.8 * grid), squeeze=False)
-    for panel in panels.flat[len(benchmarks):]:
+    for panel in panels.flat[len(benchmarks) :]:
         panel.set_visible(False)
     for panel, bench in zip(panels.flat, benchmarks):
         flagged = None
@@ -54,8 +60,7 @@ def sweep_plot(summary, path):
             points = [p for p in s["points"] if p["accuracy"] is not None]
             panel.plot([p["tau"] for p in points], [p["accuracy"] for p in points], marker="o", label=s["method"])
             flagged = s["points"]
-        panel.plot([p["tau"] for p in flagged], [p["flagged"] for p in flagged], "k--", alpha=0.5,
-                   label="flagged (%)")
+        panel.plot([p["tau"] for p in flagged], [p["flagged"] for p in flagged], "k--", alpha=0.5, label="flagged (%)")
         panel.set_xlabel("threshold tau")
         panel.set_ylabel("accuracy / flagged (%)")
         panel.set_ylim(0, 100)

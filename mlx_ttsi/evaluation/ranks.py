@@ -1,9 +1,9 @@
 """Which rows this process runs under `mlx.launch`, and the exchange of results at the end.
 
-    ranks = launched_ranks()          # Ranks(0, 1) when not launched
-    rows = all_rows[ranks.rank::ranks.size]
-    everyone = ranks.gather(my_records)   # a list per rank, in rank order
-    ranks.close()
+ranks = launched_ranks()          # Ranks(0, 1) when not launched
+rows = all_rows[ranks.rank::ranks.size]
+everyone = ranks.gather(my_records)   # a list per rank, in rank order
+ranks.close()
 """
 
 import json
@@ -13,8 +13,14 @@ from pathlib import Path
 from ..errors import DataError
 
 # what mlx.launch tells each process (ring, jaccl and nccl backends)
-LAUNCH_VARIABLES = ("MLX_RANK", "MLX_HOSTFILE", "MLX_WORLD_SIZE", "MLX_IBV_DEVICES", "MLX_JACCL_COORDINATOR",
-                    "MLX_JACCL_RING")
+LAUNCH_VARIABLES = (
+    "MLX_RANK",
+    "MLX_HOSTFILE",
+    "MLX_WORLD_SIZE",
+    "MLX_IBV_DEVICES",
+    "MLX_JACCL_COORDINATOR",
+    "MLX_JACCL_RING",
+)
 
 
 class Ranks:

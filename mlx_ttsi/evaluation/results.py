@@ -32,8 +32,9 @@ def read_records(path, repair=False):
             key(record)
         except (ValueError, KeyError, TypeError):
             if index < len(lines) - 1:
-                raise DataError(f"results file {path} is damaged at line {index + 1}; "
-                                "move it away to start over") from None
+                raise DataError(
+                    f"results file {path} is damaged at line {index + 1}; move it away to start over"
+                ) from None
             clean = False
             break
         records.append(record)
@@ -94,8 +95,11 @@ def check_config(out, settings):
             saved = json.loads(path.read_text())
         except ValueError:
             raise DataError(f"{path} is damaged; move it away to start over") from None
-        changed = [k for k in sorted(set(saved) & set(settings))
-                   if saved[k] is not None and settings[k] is not None and saved[k] != settings[k]]
+        changed = [
+            k
+            for k in sorted(set(saved) & set(settings))
+            if saved[k] is not None and settings[k] is not None and saved[k] != settings[k]
+        ]
         if changed:
             diffs = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in changed)
             raise DataError(f"{out} holds results made with other settings ({diffs}); use another --out")

@@ -90,9 +90,15 @@ def gold_examples(row, method, k, seed):
     request, messages = row_input(row)
     messages = messages or [{"role": "user", "content": request}]
     if method == "oracle":
-        return [{"messages": messages, "request": request or messages[-1]["content"], "calls": row["answer"],
-                 "source": "gold"}]
-    from ..twins import twins
+        return [
+            {
+                "messages": messages,
+                "request": request or messages[-1]["content"],
+                "calls": row["answer"],
+                "source": "gold",
+            }
+        ]
     from ..tools import parse_tools
+    from ..twins import twins
 
     return twins(normalize_messages(messages), row["answer"], parse_tools(row["tools"]), k, seed, source="gold twin")

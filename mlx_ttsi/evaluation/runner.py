@@ -19,13 +19,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .rows import gold_examples, max_calls_for, row_input
 from ..errors import DataError, RequestError, ToolsError
-from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS
 from .grading import is_correct
+from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS
 from .ranks import launched_ranks
 from .report import write_summary
 from .results import RESULTS, Appender, check_config, key, read_all, read_records, write_records
+from .rows import gold_examples, max_calls_for, row_input
 from .summary import summarize
 
 DEFAULT_SWEEP = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -64,6 +64,7 @@ def parse_taus(text):
 
 # ---- running, on one process or as one rank of several (see ranks.py) ----
 
+
 def evaluate(plan, out, agent=None, load_agent=None, progress=True, ranks=None):
     """Run what is missing of this rank's rows, then (rank 0) merge and summarise.
 
@@ -78,8 +79,14 @@ def evaluate(plan, out, agent=None, load_agent=None, progress=True, ranks=None):
         todo = missing(plan, out, ranks)
         own = out / (RESULTS if ranks.size == 1 else f"results.rank{ranks.rank}.jsonl")
         if todo:
-            run_rows(agent or load_agent(), todo, own, plan.max_calls, progress_bar(len(todo), ranks, progress),
-                     plan.settings.get("examples") or GOLD_TWINS)
+            run_rows(
+                agent or load_agent(),
+                todo,
+                own,
+                plan.max_calls,
+                progress_bar(len(todo), ranks, progress),
+                plan.settings.get("examples") or GOLD_TWINS,
+            )
         gathered = ranks.gather(read_records(own) if ranks.size > 1 else [])
         return finish(plan, out, gathered) if ranks.rank == 0 else None
     finally:
@@ -90,9 +97,14 @@ def missing(plan, out, ranks):
     """This rank's (row, seed, method) runs that have no result line in `out` yet (seedless methods once)."""
     done = {key(r) for r in read_all(out)}
     mine = [row for index, row in enumerate(plan.rows) if index % ranks.size == ranks.rank]
-    return [(row, seed, method) for row in mine for seed in plan.seeds for method in plan.methods
-            if (seed == plan.seeds[0] or method not in SEEDLESS)
-            if (row["benchmark"], row["id"], method, seed) not in done]
+    return [
+        (row, seed, method)
+        for row in mine
+        for seed in plan.seeds
+        for method in plan.methods
+        if (seed == plan.seeds[0] or method not in SEEDLESS)
+        if (row["benchmark"], row["id"], method, seed) not in done
+    ]
 
 
 def progress_bar(total, ranks, enabled=True):
@@ -131,28 +143,62 @@ def run_one(agent, row, method, seed, max_calls, examples):
     agent.warm(inputs["tools"])
     started = time.perf_counter()
     try:
-        answer = agent.ask(request, tools=inputs["tools"], messages=messages, mode=mode, force=force, seed=seed,
-                           max_calls=max_calls_for(inputs, max_calls), **overrides, **options)
+        answer = agent.ask(
+            request,
+            tools=inputs["tools"],
+            messages=messages,
+            mode=mode,
+            force=force,
+            seed=seed,
+            max_calls=max_calls_for(inputs, max_calls),
+            **overrides,
+            **options,
+        )
     except (RequestError, ToolsError) as error:  # this row cannot be asked (e.g. over the context): wrong
-        return record | {"prediction": [], "correct": False, "uncertainty": None, "uncertain": None,
-                         "threshold": None, "adapted": False, "synthetic": 0, "rejected": 0, "asked": 0,
-                         "loss": None, "timings": {"total": round(time.perf_counter() - started, 3)},
-                         "error": str(error)}
+        return record | {
+            "prediction": [],
+            "correct": False,
+            "uncertainty": None,
+            "uncertain": None,
+            "threshold": None,
+            "adapted": False,
+            "synthetic": 0,
+            "rejected": 0,
+            "asked": 0,
+            "loss": None,
+            "timings": {"total": round(time.perf_counter() - started, 3)},
+            "error": str(error),
+        }
     u = answer.uncertainty
     label = getattr(answer, "label", None)
     return record | {
-        "prediction": answer.tool_calls, "correct": is_correct(row, answer.tool_calls),
-        "uncertainty": u.score if u else None, "uncertain": u.uncertain if u else None,
+        "prediction": answer.tool_calls,
+        "correct": is_correct(row, answer.tool_calls),
+        "uncertainty": u.score if u else None,
+        "uncertain": u.uncertain if u else None,
         "threshold": u.threshold if u else None,
-        "parts": {"name": getattr(u, "name_score", None), "arguments": getattr(u, "argument_score", None),
-                  "label_agrees": getattr(u, "label_agrees", None)} if u else None,
-        "adapted": bool(answer.adapted), "note": getattr(answer, "note", None),
-        "label": label, "label_correct": is_correct(row, label) if label is not None else None,
-        "synthetic": len(answer.synthetic or []), "asked": getattr(answer, "asked", len(answer.synthetic or [])),
-        "examples": [{"request": e.get("request"), "calls": e.get("calls"), "source": e.get("source")}
-                     for e in answer.synthetic or []],
-        "rejected": sum((answer.rejected or {}).values()), "rejections": dict(answer.rejected or {}),
-        "loss": (getattr(answer, "training", None) or {}).get("loss"), "timings": answer.timings, "error": None,
+        "parts": {
+            "name": getattr(u, "name_score", None),
+            "arguments": getattr(u, "argument_score", None),
+            "label_agrees": getattr(u, "label_agrees", None),
+        }
+        if u
+        else None,
+        "adapted": bool(answer.adapted),
+        "note": getattr(answer, "note", None),
+        "label": label,
+        "label_correct": is_correct(row, label) if label is not None else None,
+        "synthetic": len(answer.synthetic or []),
+        "asked": getattr(answer, "asked", len(answer.synthetic or [])),
+        "examples": [
+            {"request": e.get("request"), "calls": e.get("calls"), "source": e.get("source")}
+            for e in answer.synthetic or []
+        ],
+        "rejected": sum((answer.rejected or {}).values()),
+        "rejections": dict(answer.rejected or {}),
+        "loss": (getattr(answer, "training", None) or {}).get("loss"),
+        "timings": answer.timings,
+        "error": None,
         "gold_likelihood": gold_likelihood(scorer, request, inputs, messages, row, answer) if scorer else None,
     }
 

@@ -3,8 +3,8 @@ threshold sweep, all worked out from the recorded lines (nothing is rerun)."""
 
 import statistics
 
-from .methods import ADAPTIVE, SEEDLESS
 from .grading import is_correct, rule
+from .methods import ADAPTIVE, SEEDLESS
 from .results import key
 
 
@@ -16,15 +16,21 @@ def summarize(plan, records):
     for bench in benchmarks:
         rows = [row for row in plan.rows if row["benchmark"] == bench]
         for method in plan.methods:
-            runs = {seed: _seed_stats(rows, [_line(found, plan, bench, row["id"], method, seed) for row in rows])
-                    for seed in plan.seeds}
+            runs = {
+                seed: _seed_stats(rows, [_line(found, plan, bench, row["id"], method, seed) for row in rows])
+                for seed in plan.seeds
+            }
             runs = {seed: r for seed, r in runs.items() if r}
             if runs:
                 table.append({"benchmark": bench, "method": method, "of": len(rows), **_spread(runs)})
     table += _averages(table, benchmarks, plan.methods)
-    return {"settings": plan.settings, "seeds": list(plan.seeds),
-            "scoring": {bench: rule(bench) for bench in benchmarks},
-            "table": table, "sweep": threshold_sweep(plan, found, benchmarks)}
+    return {
+        "settings": plan.settings,
+        "seeds": list(plan.seeds),
+        "scoring": {bench: rule(bench) for bench in benchmarks},
+        "table": table,
+        "sweep": threshold_sweep(plan, found, benchmarks),
+    }
 
 
 def _line(found, plan, bench, ident, method, seed):
@@ -37,17 +43,22 @@ def _seed_stats(rows, records):
     if not pairs:
         return None
     n = len(pairs)
-    return {"rows": n, "accuracy": 100 * sum(is_correct(row, r["prediction"]) for row, r in pairs) / n,
-            "adapted": sum(bool(r["adapted"]) for _, r in pairs) / n,
-            "synthetic": sum(r.get("synthetic", 0) for _, r in pairs),
-            "yield": (sum(r.get("synthetic", 0) for _, r in pairs) / asked) if (asked := sum(
-                r.get("asked", 0) for _, r in pairs)) else None,
-            "label_accuracy": (100 * sum(bool(r["label_correct"]) for r in labelled) / len(labelled)) if (labelled := [
-                r for _, r in pairs if r.get("label_correct") is not None]) else None,
-            "errors": sum(bool(r.get("error")) for _, r in pairs),
-            "gold_gain": _gold_gain(r for _, r in pairs),
-            "gold_gain_label_wrong": _gold_gain(r for _, r in pairs if r.get("label_correct") is False),
-            "seconds_per_row": sum(r["timings"].get("total", 0) for _, r in pairs) / n}
+    return {
+        "rows": n,
+        "accuracy": 100 * sum(is_correct(row, r["prediction"]) for row, r in pairs) / n,
+        "adapted": sum(bool(r["adapted"]) for _, r in pairs) / n,
+        "synthetic": sum(r.get("synthetic", 0) for _, r in pairs),
+        "yield": (sum(r.get("synthetic", 0) for _, r in pairs) / asked)
+        if (asked := sum(r.get("asked", 0) for _, r in pairs))
+        else None,
+        "label_accuracy": (100 * sum(bool(r["label_correct"]) for r in labelled) / len(labelled))
+        if (labelled := [r for _, r in pairs if r.get("label_correct") is not None])
+        else None,
+        "errors": sum(bool(r.get("error")) for _, r in pairs),
+        "gold_gain": _gold_gain(r for _, r in pairs),
+        "gold_gain_label_wrong": _gold_gain(r for _, r in pairs if r.get("label_correct") is False),
+        "seconds_per_row": sum(r["timings"].get("total", 0) for _, r in pairs) / n,
+    }
 
 
 def _spread(runs):
@@ -55,23 +66,31 @@ def _spread(runs):
     values = list(runs.values())
     accuracy = [r["accuracy"] for r in values]
     mean = lambda k: statistics.mean(r[k] for r in values)  # noqa: E731
-    return {"rows": min(r["rows"] for r in values), "seeds": len(values),
-            "accuracy": round(statistics.mean(accuracy), 2),
-            "accuracy_std": round(statistics.stdev(accuracy), 2) if len(values) > 1 else 0.0,
-            "per_seed": {str(seed): round(r["accuracy"], 2) for seed, r in runs.items()},
-            "adapted": round(mean("adapted"), 4), "synthetic": round(mean("synthetic"), 2),
-            "errors": max(r["errors"] for r in values), "seconds_per_row": round(mean("seconds_per_row"), 3),
-            "rows_per_hour": round(3600 / mean("seconds_per_row"), 1) if mean("seconds_per_row") > 0 else None,
-            "yield": _mean_of(values, "yield", 3), "label_accuracy": _mean_of(values, "label_accuracy", 2),
-            "gold_gain": _mean_of(values, "gold_gain", 3),
-            "gold_gain_label_wrong": _mean_of(values, "gold_gain_label_wrong", 3)}
+    return {
+        "rows": min(r["rows"] for r in values),
+        "seeds": len(values),
+        "accuracy": round(statistics.mean(accuracy), 2),
+        "accuracy_std": round(statistics.stdev(accuracy), 2) if len(values) > 1 else 0.0,
+        "per_seed": {str(seed): round(r["accuracy"], 2) for seed, r in runs.items()},
+        "adapted": round(mean("adapted"), 4),
+        "synthetic": round(mean("synthetic"), 2),
+        "errors": max(r["errors"] for r in values),
+        "seconds_per_row": round(mean("seconds_per_row"), 3),
+        "rows_per_hour": round(3600 / mean("seconds_per_row"), 1) if mean("seconds_per_row") > 0 else None,
+        "yield": _mean_of(values, "yield", 3),
+        "label_accuracy": _mean_of(values, "label_accuracy", 2),
+        "gold_gain": _mean_of(values, "gold_gain", 3),
+        "gold_gain_label_wrong": _mean_of(values, "gold_gain_label_wrong", 3),
+    }
 
 
 def _gold_gain(records):
     """Mean over adapted rows of the gold answer's log-likelihood under the adapted weights minus under
     the base weights (nats; None when no adapted row was scored): learning raises it, saying a wrong
     label back lowers it."""
-    gains = [g["adapted"] - g["base"] for r in records if (g := r.get("gold_likelihood")) and g.get("adapted") is not None]
+    gains = [
+        g["adapted"] - g["base"] for r in records if (g := r.get("gold_likelihood")) and g.get("adapted") is not None
+    ]
     return statistics.mean(gains) if gains else None
 
 
@@ -90,12 +109,18 @@ def _averages(table, benchmarks, methods):
         cells = [c for c in table if c["method"] == method]
         seeds = set.intersection(*(set(c["per_seed"]) for c in cells)) if len(cells) == len(benchmarks) else ()
         if seeds:
-            runs = {seed: {"rows": sum(c["rows"] for c in cells), "errors": sum(c["errors"] for c in cells),
-                           **{k: statistics.mean(c["per_seed"][seed] if k == "accuracy" else c[k] for c in cells)
-                              for k in ("accuracy", "adapted", "synthetic", "seconds_per_row")}}
-                    for seed in sorted(seeds, key=int)}
-            lines.append({"benchmark": "average", "method": method, "of": sum(c["of"] for c in cells),
-                          **_spread(runs)})
+            runs = {
+                seed: {
+                    "rows": sum(c["rows"] for c in cells),
+                    "errors": sum(c["errors"] for c in cells),
+                    **{
+                        k: statistics.mean(c["per_seed"][seed] if k == "accuracy" else c[k] for c in cells)
+                        for k in ("accuracy", "adapted", "synthetic", "seconds_per_row")
+                    },
+                }
+                for seed in sorted(seeds, key=int)
+            }
+            lines.append({"benchmark": "average", "method": method, "of": sum(c["of"] for c in cells), **_spread(runs)})
     return lines
 
 
@@ -128,9 +153,14 @@ def threshold_sweep(plan, found, benchmarks):
                 flagged = sum(_flagged(scores[row["id"]], tau) for row in scored)
                 runs = [_sweep_accuracy(plan, scored, scores, found, bench, method, seed, tau) for seed in plan.seeds]
                 runs = [r for r in runs if r is not None]
-                points.append({"tau": tau, "flagged": round(100 * flagged / len(scored), 2),
-                               "accuracy": round(statistics.mean(runs), 2) if runs else None,
-                               "accuracy_std": round(statistics.stdev(runs), 2) if len(runs) > 1 else 0.0})
+                points.append(
+                    {
+                        "tau": tau,
+                        "flagged": round(100 * flagged / len(scored), 2),
+                        "accuracy": round(statistics.mean(runs), 2) if runs else None,
+                        "accuracy_std": round(statistics.stdev(runs), 2) if len(runs) > 1 else 0.0,
+                    }
+                )
             sweep.append({"benchmark": bench, "method": method, "rows": len(scored), "points": points})
     return sweep
 

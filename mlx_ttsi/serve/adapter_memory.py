@@ -24,8 +24,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..errors import TTSIError
 from ..config import cache_dir
+from ..errors import TTSIError
 from ..settings import default
 
 SIMILARITY = default("memory_similarity")  # calibrated on SmolLM2-135M; see docs/server.md
@@ -113,8 +113,9 @@ class AdapterMemory:
             return None
         now = time.time()
         vector = np.asarray(embedding, dtype=np.float32)
-        self.entries.append({"id": entry_id, "tools": tools, "vector": vector, "method": method,
-                             "created": now, "used": now, "hits": 0})
+        self.entries.append(
+            {"id": entry_id, "tools": tools, "vector": vector, "method": method, "created": now, "used": now, "hits": 0}
+        )
         self._evict()
         self._write_index()
         return entry_id
@@ -154,9 +155,15 @@ class AdapterMemory:
         entries = []
         for item in raw if isinstance(raw, list) else []:
             try:
-                entry = {"id": str(item["id"]), "tools": str(item["tools"]), "vector": _unpack(item["embedding"]),
-                         "method": str(item.get("method", "ttsi")), "created": float(item["created"]),
-                         "used": float(item["used"]), "hits": int(item.get("hits", 0))}
+                entry = {
+                    "id": str(item["id"]),
+                    "tools": str(item["tools"]),
+                    "vector": _unpack(item["embedding"]),
+                    "method": str(item.get("method", "ttsi")),
+                    "created": float(item["created"]),
+                    "used": float(item["used"]),
+                    "hits": int(item.get("hits", 0)),
+                }
                 if not entry["id"].isalnum():
                     raise ValueError("bad id")
                 entries.append(entry)
@@ -165,9 +172,21 @@ class AdapterMemory:
         return entries
 
     def _write_index(self):
-        data = {"version": 1, "entries": [
-            {"id": e["id"], "tools": e["tools"], "embedding": _pack(e["vector"]), "method": e["method"],
-             "created": e["created"], "used": e["used"], "hits": e["hits"]} for e in self.entries]}
+        data = {
+            "version": 1,
+            "entries": [
+                {
+                    "id": e["id"],
+                    "tools": e["tools"],
+                    "embedding": _pack(e["vector"]),
+                    "method": e["method"],
+                    "created": e["created"],
+                    "used": e["used"],
+                    "hits": e["hits"],
+                }
+                for e in self.entries
+            ],
+        }
         try:
             fd, staging = tempfile.mkstemp(dir=self.directory, prefix=".index.", suffix=".tmp")
             with os.fdopen(fd, "w") as f:

@@ -22,7 +22,8 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..tools import MAX_NESTING as SCHEMA_NESTING, too_deep
+from ..tools import MAX_NESTING as SCHEMA_NESTING
+from ..tools import too_deep
 from .service import MAX_QUEUE, APIError, Service, api_error
 from .streaming import error_event
 
@@ -105,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/v1/models":
             return self._json(200, {"object": "list", "data": [self.service.model_card()]})
-        card = self.service.model_card(path[len("/v1/models/"):]) if path.startswith("/v1/models/") else None
+        card = self.service.model_card(path[len("/v1/models/") :]) if path.startswith("/v1/models/") else None
         if card is not None:
             return self._json(200, card)
         code = "model_not_found" if path.startswith("/v1/models/") else "not_found"
@@ -219,8 +220,10 @@ class Handler(BaseHTTPRequestHandler):
     def _authorized(self):
         if self.service.authorized(self.headers.get("Authorization", "")):
             return True
-        self._error(APIError(401, "invalid or missing API key (Authorization: Bearer KEY)", "invalid_api_key"),
-                    {"WWW-Authenticate": "Bearer"})
+        self._error(
+            APIError(401, "invalid or missing API key (Authorization: Bearer KEY)", "invalid_api_key"),
+            {"WWW-Authenticate": "Bearer"},
+        )
         return False
 
     def _read_json(self):
@@ -255,13 +258,19 @@ class Handler(BaseHTTPRequestHandler):
                     raise APIError(408, "the request body was sent too slowly", "request_timeout")
                 piece = self.rfile.read1(min(left, 1 << 16))
                 if not piece:
-                    raise APIError(400, f"the request body ended after {length - left} of its {length} bytes "
-                                   "(Content-Length)", "incomplete_body")
+                    raise APIError(
+                        400,
+                        f"the request body ended after {length - left} of its {length} bytes (Content-Length)",
+                        "incomplete_body",
+                    )
                 pieces.append(piece)
                 left -= len(piece)
         except OSError:  # a pause over BODY_IDLE (TimeoutError) or a reset
-            raise APIError(408, f"the request body stopped after {length - left} of its {length} bytes "
-                           "(Content-Length)", "request_timeout") from None
+            raise APIError(
+                408,
+                f"the request body stopped after {length - left} of its {length} bytes (Content-Length)",
+                "request_timeout",
+            ) from None
         finally:
             self.connection.settimeout(self.timeout)
         self.unread = False
@@ -336,11 +345,17 @@ class Server(ThreadingHTTPServer):
 
     def _refuse(self, request):
         """503 on a connection past the cap, written without waiting (this is the accepting thread)."""
-        error = APIError(503, f"the server has {self.service.max_connections} connections open; retry later",
-                         "too_many_connections", retry_after=1)
+        error = APIError(
+            503,
+            f"the server has {self.service.max_connections} connections open; retry later",
+            "too_many_connections",
+            retry_after=1,
+        )
         body = json.dumps(error.body()).encode()
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
-                "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+        head = (
+            f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
         try:
             request.setblocking(False)
             request.sendall(head.encode() + body)
@@ -371,8 +386,18 @@ class Server(ThreadingHTTPServer):
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
 
-def make_server(agent, host="127.0.0.1", port=8080, api_key=None, memory=None, names=(), max_body=MAX_BODY,
-                max_queue=MAX_QUEUE, quiet=False, max_connections=None):
+def make_server(
+    agent,
+    host="127.0.0.1",
+    port=8080,
+    api_key=None,
+    memory=None,
+    names=(),
+    max_body=MAX_BODY,
+    max_queue=MAX_QUEUE,
+    quiet=False,
+    max_connections=None,
+):
     """A bound server (port 0 picks a free one; see `.url`); run it with `.serve_forever()`.
     `max_queue`: requests that may wait for the model; more get 503 with Retry-After.
     `max_connections`: connections served at once (default MAX_CONNECTIONS, or twice max_queue); more get 503."""

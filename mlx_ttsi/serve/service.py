@@ -32,11 +32,11 @@ from functools import partial
 
 import mlx.core as mx
 
-from .adapter_memory import tools_key
 from ..errors import Cancelled, TeacherError, TTSIError
 from ..prompts import last_user_text, normalize_messages
 from ..settings import BY_NAME, OPTIONS, default
 from ..tools import parse_tools
+from .adapter_memory import tools_key
 from .streaming import Stream
 
 MAX_QUEUE = default("max_queue")  # requests that may wait for the model; more get 503
@@ -196,9 +196,16 @@ class Service:
 
     def health(self):
         counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
-        return {"status": "ok", "loaded": self.worker.thread.is_alive(),  # open without the key: no model name
-                "busy": self.worker.busy, "waiting": self.waiting, "max_queue": self.max_queue,
-                "connections": self.stats["connections"], "max_connections": self.max_connections, **counters}
+        return {
+            "status": "ok",
+            "loaded": self.worker.thread.is_alive(),  # open without the key: no model name
+            "busy": self.worker.busy,
+            "waiting": self.waiting,
+            "max_queue": self.max_queue,
+            "connections": self.stats["connections"],
+            "max_connections": self.max_connections,
+            **counters,
+        }
 
     def model_card(self, name=None):
         """The served model's card (for `name`, when it is one this server answers to; else None)."""
@@ -239,8 +246,12 @@ class Service:
         if model is not None and not isinstance(model, str):
             raise APIError(400, "model must be a string", param="model")
         if model and model not in self.names:
-            raise APIError(404, f"the model {model!r} does not exist here; this server serves {self.agent.name!r}",
-                           "model_not_found", "model")
+            raise APIError(
+                404,
+                f"the model {model!r} does not exist here; this server serves {self.agent.name!r}",
+                "model_not_found",
+                "model",
+            )
 
     def submit(self, request):
         """Admit a parsed request to the model thread's queue (503 when `max_queue` already wait); its Job."""
@@ -249,8 +260,12 @@ class Service:
             if self.waiting >= self.max_queue:
                 self.stats["rejected"] += 1
                 wait = math.ceil(min(600, self.typical * (self.waiting + 1)))
-                raise APIError(503, f"the server is busy: {self.waiting} requests are already waiting; retry later",
-                               "server_busy", retry_after=max(1, wait))
+                raise APIError(
+                    503,
+                    f"the server is busy: {self.waiting} requests are already waiting; retry later",
+                    "server_busy",
+                    retry_after=max(1, wait),
+                )
             self.waiting += 1
             self.stats["received"] += 1
         job.future = self.worker.submit(self._answer, job)
@@ -293,13 +308,22 @@ class Service:
         """Ask the agent, telling a stream's job each phase and answer piece as it happens."""
         request, agent, options = job.request, self.agent, dict(job.request.options)
         queued = started - job.received
-        heard = {"progress": partial(_tell, job, "progress"), "on_piece": partial(_tell, job, "piece")} \
-            if request.stream else {}
+        heard = (
+            {"progress": partial(_tell, job, "progress"), "on_piece": partial(_tell, job, "piece")}
+            if request.stream
+            else {}
+        )
         tools = request.tools or []
         recall, reuse = self._recall(request, tools, options)
-        answer = agent.ask(messages=request.messages, tools=tools or None, adapter_weights=reuse,
-                           keep_adapter=recall.get("memory") == "miss", cancelled=job.cancelled, **heard,
-                           **options)
+        answer = agent.ask(
+            messages=request.messages,
+            tools=tools or None,
+            adapter_weights=reuse,
+            keep_adapter=recall.get("memory") == "miss",
+            cancelled=job.cancelled,
+            **heard,
+            **options,
+        )
         clock = time.perf_counter()
         key, vector = recall.pop("key", None), recall.pop("vector", None)
         if answer.reused:
@@ -311,8 +335,11 @@ class Service:
             recall["memory"] = "unused"  # a close adapter exists, but this request was not adapted
         if recall:
             recall["memory_seconds"] = round(recall["memory_seconds"] + time.perf_counter() - clock, 3)
-        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+        usage = {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        }
         timings = {"queue": round(queued, 3), **answer.timings, "server": round(time.perf_counter() - started, 3)}
         return _completion(agent, answer, usage, timings, recall, options)
 
@@ -331,6 +358,8 @@ class Service:
             recall["similarity"] = hit[2]
         recall["memory_seconds"] = time.perf_counter() - started
         return recall, hit[1] if hit else None
+
+
 def _number(value, name, low=None, high=None, integer=False):
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
@@ -372,8 +401,9 @@ def _streaming(body):
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise APIError(400, "stream_options must be an object", param="stream_options")
-    return _flag(body.get("stream"), "stream"), _flag((stream_options or {}).get("include_usage"),
-                                                      "stream_options.include_usage")
+    return _flag(body.get("stream"), "stream"), _flag(
+        (stream_options or {}).get("include_usage"), "stream_options.include_usage"
+    )
 
 
 def _flag(value, name):
@@ -400,8 +430,7 @@ def _choose_tools(tools, choice):
         return None
     name = _tool_name(choice) if isinstance(choice, dict) else None
     if not isinstance(name, str):
-        raise APIError(400, 'tool_choice must be "none", "auto", "required" or a named function',
-                       param="tool_choice")
+        raise APIError(400, 'tool_choice must be "none", "auto", "required" or a named function', param="tool_choice")
     named = [tool for tool in tools or [] if tool.name == name]
     if not named:
         raise APIError(400, f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
@@ -431,21 +460,38 @@ def _setting(name, value, param):
 
 
 def _completion(agent, answer, usage, timings, recall, options):
-    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-              "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}), ensure_ascii=False)}}
-             for c in answer.tool_calls]
+    calls = [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}), ensure_ascii=False)},
+        }
+        for c in answer.tool_calls
+    ]
     message = {"role": "assistant", "content": None if calls else answer.answer}
     if calls:
         message["tool_calls"] = calls
     finish = answer.finish_reason
-    ttsi = {"mode": options.get("mode", agent.mode), "method": answer.method,
-            "uncertainty": answer.uncertainty.as_dict() if answer.uncertainty else None,
-            "adapted": answer.adapted, "reused": answer.reused, "synthetic": len(answer.synthetic),
-            "rejected": answer.rejected, "timings": timings, **recall}
-    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": agent.name, "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                                              "logprobs": None}],
-            "usage": usage, "ttsi": ttsi}
+    ttsi = {
+        "mode": options.get("mode", agent.mode),
+        "method": answer.method,
+        "uncertainty": answer.uncertainty.as_dict() if answer.uncertainty else None,
+        "adapted": answer.adapted,
+        "reused": answer.reused,
+        "synthetic": len(answer.synthetic),
+        "rejected": answer.rejected,
+        "timings": timings,
+        **recall,
+    }
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": agent.name,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": usage,
+        "ttsi": ttsi,
+    }
 
 
 def _tell(job, kind, *payload):
@@ -461,12 +507,12 @@ def api_error(error):
         return error
     if isinstance(error, TeacherError):  # its URL and reply are the operator's to see, not the client's
         print(f"TT-D teacher error: {error}", file=sys.stderr)
-        return APIError(error.status, "the TT-D teacher could not be reached or gave nothing usable (see the server log)")
+        return APIError(
+            error.status, "the TT-D teacher could not be reached or gave nothing usable (see the server log)"
+        )
     if isinstance(error, TTSIError):  # the agent refused the request (bad tools, messages, length ...)
         return APIError(error.status, str(error))
     if isinstance(error, CancelledError):
         return APIError(503, "the server is shutting down")
     traceback.print_exception(error, file=sys.stderr)
     return APIError(500, "internal server error")
-
-

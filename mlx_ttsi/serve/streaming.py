@@ -13,8 +13,12 @@ class Stream:
     the answer's pieces as they are decoded, the finish chunk, usage, and [DONE]."""
 
     def __init__(self, model, usage_chunk=False):
-        self.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model}
+        self.base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
         self.usage_chunk = usage_chunk
         self.began = False  # the role delta is sent
         self.call = -1  # index of the tool call being streamed
@@ -32,9 +36,20 @@ class Stream:
             return lines + ([self._data({"content": text})] if text else [])
         if kind == "call":
             self.call += 1
-            return lines + [self._data({"tool_calls": [{
-                "index": self.call, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                "function": {"name": text, "arguments": ""}}]})]
+            return lines + [
+                self._data(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": self.call,
+                                "id": f"call_{uuid.uuid4().hex[:24]}",
+                                "type": "function",
+                                "function": {"name": text, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            ]
         return lines + [self._data({"tool_calls": [{"index": self.call, "function": {"arguments": text}}]})]
 
     def finish(self, response):
@@ -47,15 +62,20 @@ class Stream:
 
     def _replay(self, message):
         calls = message.get("tool_calls") or []
-        pieces = [piece for call in calls for piece in [("call", call["function"]["name"])]
-                  + [("arguments", text) for text in _pieces(call["function"]["arguments"])]]
+        pieces = [
+            piece
+            for call in calls
+            for piece in [("call", call["function"]["name"])]
+            + [("arguments", text) for text in _pieces(call["function"]["arguments"])]
+        ]
         if not calls:
             pieces = [("content", text) for text in _pieces(message.get("content") or "")] or [("content", "")]
         return [line for piece in pieces for line in self.event("piece", piece)]
 
     def _data(self, delta, finish=None, **extra):
-        return _sse({**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                               "logprobs": None}], **extra})
+        return _sse(
+            {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+        )
 
 
 class Trim:
@@ -70,7 +90,7 @@ class Trim:
             self.began = bool(text)
         text = self.held + text
         kept = text.rstrip()
-        self.held = text[len(kept):]  # trailing whitespace waits for what follows it
+        self.held = text[len(kept) :]  # trailing whitespace waits for what follows it
         return kept
 
 

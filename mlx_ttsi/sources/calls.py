@@ -66,8 +66,9 @@ def write_calls(job, plans):
         heads.append('{"' if keys else "{}")
         prompts.append(job.prompt(ask) + _head(fmt, tool.name) + heads[-1])
     todo = [i for i, head in enumerate(heads) if head == '{"']
-    written = job.writer.write([prompts[i] for i in todo], CALL_TOKENS, stop=_closed_after('"'),
-                               temperature=job.temperature, seed=job.seed)
+    written = job.writer.write(
+        [prompts[i] for i in todo], CALL_TOKENS, stop=_closed_after('"'), temperature=job.temperature, seed=job.seed
+    )
     texts = dict(zip(todo, written))
     return [_call(tool.name, heads[i] + texts.get(i, "")) for i, (tool, _) in enumerate(plans)]
 
@@ -75,11 +76,20 @@ def write_calls(job, plans):
 def write_requests(job, calls):
     """The request written for each call (sampled, after an opening quote); "" where there is no call."""
     todo = [i for i, call in enumerate(calls) if call is not None]
-    prompts = [job.prompt(REQUEST_ASK.format(original=job.original, name=calls[i]["name"],
-                                             arguments=json.dumps(calls[i]["arguments"], ensure_ascii=False))) + '"'
-               for i in todo]
-    written = job.writer.write(prompts, REQUEST_TOKENS, stop=quoted_line, temperature=job.temperature,
-                               seed=job.seed + 1)
+    prompts = [
+        job.prompt(
+            REQUEST_ASK.format(
+                original=job.original,
+                name=calls[i]["name"],
+                arguments=json.dumps(calls[i]["arguments"], ensure_ascii=False),
+            )
+        )
+        + '"'
+        for i in todo
+    ]
+    written = job.writer.write(
+        prompts, REQUEST_TOKENS, stop=quoted_line, temperature=job.temperature, seed=job.seed + 1
+    )
     texts = dict(zip(todo, written))
     return [texts.get(i, "").strip() for i in range(len(calls))]
 

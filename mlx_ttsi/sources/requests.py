@@ -17,8 +17,9 @@ CANDIDATES_PER_EXAMPLE = 2
 
 
 def synthesize(job):
-    prompts = [job.prompt(WRITER_USER.format(request=job.original)) + '"'
-               for _ in range(CANDIDATES_PER_EXAMPLE * job.k)]
+    prompts = [
+        job.prompt(WRITER_USER.format(request=job.original)) + '"' for _ in range(CANDIDATES_PER_EXAMPLE * job.k)
+    ]
     requests = job.writer.write(prompts, REQUEST_TOKENS, stop=quoted_line, temperature=job.temperature, seed=job.seed)
     synthesis = Synthesis()
     for request in requests:
