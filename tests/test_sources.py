@@ -110,7 +110,11 @@ def test_a_value_is_stated_up_to_case_and_punctuation():
         ('{"city": "Madrid", "unit": "celsius", "days": 3}', [WEATHER], "request is not plain text"),
         (USER, [{"name": "get_weather", "arguments": {"city": "Paris"}}], "copy of the request"),
         ("Weather in Paris and Madrid for 3 days in celsius", [WEATHER], "a value of the user's request leaks into it"),
-    ("Weather in Madrid for 3 days from the 12th in celsius", [WEATHER], "its request states a number its call leaves out"),
+        (
+            "Weather in Madrid for 3 days from the 12th in celsius",
+            [WEATHER],
+            "its request states a number its call leaves out",
+        ),
     ],
 )
 def test_each_verification_rule(tools, request_text, calls, reason):
