@@ -195,11 +195,11 @@ def cached_probe(path, coretype, cpu):
     result = probe(path, coretype)
     if not any(r.get("transient") for r in result.values()):  # a timeout may pass next time
         cache[key] = result
+        from .files import atomic_write  # no mlx import there
+
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            partial = file.with_name(f"{file.name}.{os.getpid()}")
-            partial.write_text(json.dumps(cache, indent=1))
-            os.replace(partial, file)  # atomic: a process starting beside us reads all or nothing
+            atomic_write(file, json.dumps(cache, indent=1))  # a process starting beside us reads all or nothing
         except OSError:
             pass  # a read-only cache dir: probe again next time
     return result, True

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -148,16 +149,11 @@ def progress_printer(quiet):
 
 
 def read_json_file(path, what):
-    try:
-        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
-    except OSError as error:
-        raise RequestError(f"cannot read {what} file {path}: {error.strerror}") from None
+    from .files import read_json
     from .tools import loads
 
-    try:
-        return loads(text, f"{what} file {path}")  # its nesting limited before it is parsed
-    except json.JSONDecodeError as error:
-        raise RequestError(f"{what} file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
+    parse = partial(loads, what=f"{what} file {path}")  # its nesting limited before it is parsed
+    return read_json(path, f"{what} file", RequestError, parse=parse, stdin=True)
 
 
 class UserError(click.ClickException):

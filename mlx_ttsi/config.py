@@ -3,13 +3,13 @@
 Settings come from flags > environment (MLX_TTSI_*) > config file > defaults, as in simonw/llm.
 """
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 from .errors import TTSIError
+from .files import read_json
 
 
 def cache_dir():
@@ -59,10 +59,8 @@ def load_config():
     path = config_path()
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise TTSIError(f"cannot read config file {path}: {error}") from None
+    message = "cannot read config file {path}: {error}"
+    data = read_json(path, "config file", unreadable=message, invalid=message)
     if not isinstance(data, dict):
         raise TTSIError(f"config file {path} must hold a JSON object")
     return {key.replace("-", "_"): value for key, value in data.items()}

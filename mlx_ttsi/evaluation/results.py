@@ -8,6 +8,7 @@ import json
 import os
 
 from ..errors import DataError
+from ..files import atomic_write, read_json
 
 RESULTS = "results.jsonl"
 
@@ -45,14 +46,7 @@ def read_records(path, repair=False):
 
 def write_records(path, records):
     """Replace a results file with `records`, one JSON line each."""
-    replace_file(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def replace_file(path, text):
-    """Write a file in one step (a crash leaves the old or the new file, never half)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def results_files(out):
@@ -91,10 +85,9 @@ def check_config(out, settings):
     """Results are only reused under the same settings (keys unset on either side are not compared)."""
     path = out / "config.json"
     if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            raise DataError(f"{path} is damaged; move it away to start over") from None
+        saved = read_json(
+            path, "settings", DataError, unreadable=None, invalid="{path} is damaged; move it away to start over"
+        )
         changed = [
             k
             for k in sorted(set(saved) & set(settings))
@@ -104,4 +97,4 @@ def check_config(out, settings):
             diffs = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in changed)
             raise DataError(f"{out} holds results made with other settings ({diffs}); use another --out")
         settings = {**saved, **{k: v for k, v in settings.items() if v is not None}}
-    replace_file(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -15,8 +15,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 
 from ..config import cache_dir
 from ..errors import TTSIError
+from ..files import atomic_write, staged
 from ..settings import default
 
 SIMILARITY = default("memory_similarity")  # calibrated on SmolLM2-135M; see docs/server.md
@@ -103,13 +102,11 @@ class AdapterMemory:
         (None when it could not be written: the answer does not depend on it)."""
         entry_id = uuid.uuid4().hex[:16]
         path = self.directory / f"{entry_id}.safetensors"
-        staging = self.directory / f".{entry_id}.tmp.safetensors"
         try:
-            mx.save_safetensors(str(staging), dict(weights))
-            os.replace(staging, path)  # the weights are in place before the index names them
+            with staged(path, suffix=".safetensors") as staging:  # in place before the index names them
+                mx.save_safetensors(str(staging), dict(weights))
         except (OSError, RuntimeError) as error:  # a full disk, a read-only cache
             warn(f"cannot store an adapter in {self.directory}: {error}")
-            staging.unlink(missing_ok=True)
             return None
         now = time.time()
         vector = np.asarray(embedding, dtype=np.float32)
@@ -188,10 +185,7 @@ class AdapterMemory:
             ],
         }
         try:
-            fd, staging = tempfile.mkstemp(dir=self.directory, prefix=".index.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(staging, self.directory / "index.json")
+            atomic_write(self.directory / "index.json", json.dumps(data))
         except OSError as error:  # kept in memory; written again with the next change
             warn(f"cannot write {self.directory / 'index.json'}: {error}")
 
