@@ -1,4 +1,4 @@
-"""Where mlx-ttsi keeps things, and the optional config file.
+"""Where mlx-ttsi keeps things (and where the Hugging Face hub cache is), and the optional config file.
 
 Settings come from flags > environment (MLX_TTSI_*) > config file > defaults, as in simonw/llm.
 """
@@ -18,6 +18,14 @@ def cache_dir():
         return Path(os.environ["MLX_TTSI_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "mlx-ttsi"
+
+
+def hub_cache():
+    """The hub cache directory, from the environment as it is now (huggingface-hub reads it once, on import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
 
 
 def staging_prefix(kind):

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import cache_dir, staging_prefix, sweep_staging
+from .config import cache_dir, hub_cache, staging_prefix, sweep_staging
 from .errors import ModelError
 from .files import atomic_write, staged
 
@@ -148,8 +148,6 @@ class EmbeddedModel:
         if self.hf_repo is None:
             return None
         from huggingface_hub import hf_hub_download
-
-        from .models import hub_cache
 
         try:
             return Path(hf_hub_download(self.hf_repo, self.hf_file, cache_dir=hub_cache(), local_files_only=local_only))

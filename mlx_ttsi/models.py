@@ -7,7 +7,6 @@ which honours HF_HOME, HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE, read when the 
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from . import embedded
-from .config import cache_dir
+from .config import cache_dir, hub_cache
 from .errors import ModelError
 from .gguf_import import cached_import
 from .settings import PRECISIONS
@@ -68,14 +67,6 @@ def resolve(spec):
             "or a Hugging Face repo id (org/name)"
         )
     return spec, _download(spec)
-
-
-def hub_cache():
-    """The hub cache directory, from the environment as it is now (huggingface-hub reads it once, on import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
-    return Path(home).expanduser() / "hub"
 
 
 def _download(repo):

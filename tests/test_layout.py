@@ -1,6 +1,7 @@
 """The package's layout: the core at the top, `serve/` and `evaluation/` on it, imports one way."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,27 @@ def test_each_part_is_a_folder_of_its_own():
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     assert set(PARTS) <= folders
     assert not [p.name for p in PACKAGE.glob("*.py") if p.stem in ("server", "service", "evaluation", "report")]
+
+
+def test_no_two_modules_import_each_other():
+    # function-level imports count too: a circle there still ties the two modules into one
+    imports = imports_by_module()
+    circles = sorted(
+        f"{module} <-> {target}"
+        for module, targets in imports.items()
+        for target in targets
+        if module < target and target in imports and module in imports[target]
+    )
+    assert not circles
+
+
+def test_the_circle_check_sees_a_circle(tmp_path, monkeypatch):
+    # the check above is only as good as this: a circle through a function-level import is found
+    package = tmp_path / "mlx_ttsi"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from . import b\n")
+    (package / "b.py").write_text("def f():\n    from .a import g\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    with pytest.raises(AssertionError):
+        test_no_two_modules_import_each_other()
