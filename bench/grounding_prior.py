@@ -14,8 +14,8 @@ from collections import Counter
 from _common import SEALTOOL
 
 from mlx_ttsi.prompts import normalize_messages
-from mlx_ttsi.self_check import context_text, free_value, grounded
-from mlx_ttsi.tools import parse_tools
+from mlx_ttsi.self_check import context_text, grounded
+from mlx_ttsi.tools import free_value, parse_tools
 
 FILES = ("sealtool", "apibank_l1", "apibank_l2", "toolalpaca", "nexusraven")
 
@@ -32,7 +32,7 @@ def count(path):
                 counts["gold tool not offered"] += 1
                 continue
             for key, value in call["arguments"].items():
-                if not free_value(tool.properties.get(key, {})) or isinstance(value, bool):
+                if not free_value(tool.properties.get(key, {}), value):
                     continue
                 kind = "required" if key in tool.required else "optional"
                 counts[kind, grounded(value, context)] += 1

@@ -27,7 +27,7 @@ import json
 import math
 import re
 
-from .tools import check_call
+from .tools import check_call, free_value
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
 
@@ -53,21 +53,12 @@ def grounded(value, context):
     return words.strip() != "" and words in _normal(context)
 
 
-def _free_kind(schema):
-    # the type of a value that comes from the user's words (not an enum), or None
+def _is_string(schema):
+    # a free string, written as one by the decoder (decoding.write_value: the first type but null)
     schema = schema if isinstance(schema, dict) else {}
     kind = schema.get("type")
     kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
-    return None if "enum" in schema else kind
-
-
-def free_value(schema):
-    # strings and numbers, not enums or booleans
-    return _free_kind(schema) in ("string", "number", "integer")
-
-
-def _is_string(schema):
-    return _free_kind(schema) == "string"
+    return kind == "string" and "enum" not in schema and "const" not in schema
 
 
 def label_calls(decoder, prompt, tools, calls, context):
@@ -94,7 +85,7 @@ def coverage(calls, tools, context):
         for key, value in call["arguments"].items():
             if grounded(value, context):
                 stated.add(str(value).strip().lower())
-            elif tool and key in tool.required and free_value(tool.properties.get(key, {})):
+            elif tool and key in tool.required and free_value(tool.properties.get(key, {}), value):
                 unstated += 1
     return len(stated) - unstated
 
@@ -170,14 +161,18 @@ def _label_call(decoder, before, tool, call, context):
                 ) or (value if key in required else "")
                 if not value:
                     continue
-        elif key not in required and free_value(schema) and not stated:
+        elif key not in required and free_value(schema, value) and not stated:
             continue  # an optional value the user never gave
         arguments[key] = value
     probed = [key for key in tool.properties if key not in call["arguments"] and key not in required]
     for key in probed[:MAX_PROBED]:
         schema = tool.properties[key]
         value = decoder.value_after(_open_key(decoder, before, tool, arguments, key), schema, within=context)
-        if (free_value(schema) or "enum" in schema) and grounded(value, context) and not _taken(value, arguments):
+        if (
+            (free_value(schema, value) or "enum" in schema)
+            and grounded(value, context)
+            and not _taken(value, arguments)
+        ):
             arguments[key] = value
     labelled = {"name": tool.name, "arguments": arguments}
     return labelled if check_call(labelled, [tool]) is None else call

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .self_check import context_text
-from .tools import check_call, matches
+from .tools import check_call, free_value, matches, schema_types
 
 FIRST_NAMES = (
     "Alice Bruno Carmen Daniel Elena Farid Grace Hiro Ines Jonas Keiko Lucas Maya Nora Oscar Priya Rafael "
@@ -168,7 +168,7 @@ def spans(calls, tools, messages):
         properties = by_name[call["name"]].properties if call["name"] in by_name else {}
         for key, value in call["arguments"].items():
             schema = properties.get(key) if isinstance(properties.get(key), dict) else {}
-            if not _free(schema, value):
+            if not free_value(schema, value):
                 continue
             value = _text(value)
             if value and _find(value, text) and value.lower() not in found:
@@ -180,7 +180,7 @@ def kind_of(key, schema, value):
     """The Span of `value`, kind read from its schema, its argument's name and description, and its shape."""
     words = _words(key) | _words(schema.get("description") or "")
     code = next((CODE_WORDS[w] for w in [*_words(key), *words] if w in CODE_WORDS), "")
-    fmt, kinds = schema.get("format"), _types(schema)
+    fmt, kinds = schema.get("format"), schema_types(schema)
     if kinds and kinds <= {"integer", "number"}:
         return Span(value, "number", schema=schema)
     if fmt == "email" or EMAIL.fullmatch(value):
@@ -317,19 +317,6 @@ def _swap_value(value, mapping):
     if isinstance(value, float):
         return float(new)
     return new
-
-
-def _free(schema, value):
-    # strings and numbers, not enums or booleans
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or "enum" in schema or "const" in schema:
-        return False
-    kinds = _types(schema)
-    return not kinds or bool(kinds & {"string", "number", "integer"})
-
-
-def _types(schema):
-    kind = schema.get("type")
-    return {k for k in (kind if isinstance(kind, list) else [kind]) if isinstance(k, str) and k != "null"}
 
 
 def _text(value):

@@ -139,3 +139,33 @@ def test_a_backtracking_pattern_is_checked_in_bounded_time():
     assert time.perf_counter() - started < 1
     with pytest.raises(ToolsError, match="invalid parameters schema"):
         parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"pattern": "("}}}}])
+
+
+@pytest.mark.parametrize(
+    "schema, value, free",
+    [
+        ({}, "Paris", False),  # untyped: its value can be anything (see free_value's docstring)
+        ({"description": "a date"}, "2020-01-01", False),
+        (True, "Paris", False),  # a schema that is not an object: untyped
+        ({"type": "string", "const": "celsius"}, "celsius", False),
+        ({"const": 3}, 3, False),
+        ({"type": "string", "enum": ["celsius"]}, "celsius", False),  # one option: fixed by the schema
+        ({"type": "string", "enum": ["celsius", "fahrenheit"]}, "celsius", False),
+        ({"type": "string"}, "Paris", True),
+        ({"type": ["string", "null"]}, "Paris", True),
+        ({"type": ["null", "boolean", "string"]}, "Paris", True),  # any type but null counts
+        ({"type": "number"}, 2.5, True),
+        ({"type": "integer"}, 3, True),
+        ({"type": "boolean"}, True, False),
+        ({"type": "integer"}, True, False),  # a boolean value is never free
+        ({"type": "array", "items": {"type": "string"}}, ["Paris"], False),
+        ({"type": "string"}, ["Paris"], False),  # nor an array or object value
+        ({"type": "object"}, {"city": "Paris"}, False),
+    ],
+)
+def test_one_free_value_rule_for_the_self_check_and_the_twins(schema, value, free):
+    from mlx_ttsi import self_check, twins
+    from mlx_ttsi.tools import free_value
+
+    assert free_value(schema, value) is free
+    assert self_check.free_value is free_value and twins.free_value is free_value
