@@ -21,6 +21,7 @@ import numpy as np
 from mlx_lm.sample_utils import make_sampler
 
 from .errors import CallError
+from .formats import key_opening
 from .prompts import end_of_turn
 from .uncertainty import margin, relative_softmax
 
@@ -321,17 +322,16 @@ class CallDecoder:
         remaining = list(properties)
         required = set(tool.required)
         while remaining:
-            lead = ", " if arguments else ""
             can_close = required.issubset(arguments)
             if not arguments and can_close:
                 if self.choose(["}", '"'], "sum").index == 0:
                     return arguments
-                options = [f'{key}": ' for key in remaining]
+                options = [key_opening(key, first=True)[1:] for key in remaining]
             elif not arguments:
                 self.emit('"')
-                options = [f'{key}": ' for key in remaining]
+                options = [key_opening(key, first=True)[1:] for key in remaining]
             else:
-                options = [f'{lead}"{key}": ' for key in remaining] + (["}"] if can_close else [])
+                options = [key_opening(key) for key in remaining] + (["}"] if can_close else [])
             choice = self.choose(options, self.key_norm)
             if choice.chosen == "}":
                 return arguments

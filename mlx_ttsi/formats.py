@@ -23,6 +23,12 @@ from .tools import check_call, parse_calls
 LLAMA3_JSON_HINT = '"parameters": dictionary of argument name'
 
 
+def key_opening(key, first=False):
+    """A JSON call's text before `key`'s value: `"key": `, after ", " but for the first key (as the
+    schema-guided decoder writes it, and json.dumps)."""
+    return ("" if first else ", ") + f'"{key}": '
+
+
 @dataclass(frozen=True)
 class CallFormat:
     """How a model writes tool calls (see the module's docstring)."""
@@ -57,6 +63,14 @@ class CallFormat:
     def head(self, name):
         """A call's text up to its arguments."""
         return self.open + self.name_before + name + self.name_after
+
+    def open_key(self, name, arguments, key):
+        """A JSON call's text up to `key`'s value, `arguments` written before it, exactly as the
+        schema-guided decoder writes it (CallDecoder.write_arguments)."""
+        written = (
+            key_opening(k, i == 0) + json.dumps(v, ensure_ascii=False) for i, (k, v) in enumerate(arguments.items())
+        )
+        return self.head(name) + "{" + "".join(written) + key_opening(key, not arguments)
 
     def call_text(self, call):
         arguments = call.get("arguments", {})

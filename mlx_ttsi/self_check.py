@@ -157,7 +157,7 @@ def _label_call(decoder, before, tool, call, context):
                 # the user's exact words, and none that another argument already took
                 source = _blank(context, [v for v in arguments.values() if isinstance(v, str)])
                 value = decoder.value_after(
-                    _open_key(decoder, before, tool, arguments, key), schema, copy_from=source
+                    before + decoder.fmt.open_key(tool.name, arguments, key), schema, copy_from=source
                 ) or (value if key in required else "")
                 if not value:
                     continue
@@ -167,7 +167,7 @@ def _label_call(decoder, before, tool, call, context):
     probed = [key for key in tool.properties if key not in call["arguments"] and key not in required]
     for key in probed[:MAX_PROBED]:
         schema = tool.properties[key]
-        value = decoder.value_after(_open_key(decoder, before, tool, arguments, key), schema, within=context)
+        value = decoder.value_after(before + decoder.fmt.open_key(tool.name, arguments, key), schema, within=context)
         if (
             (free_value(schema, value) or "enum" in schema)
             and grounded(value, context)
@@ -193,9 +193,3 @@ def _blank(context, used):
     for value in sorted((v for v in used if v.strip()), key=len, reverse=True):
         context = re.sub(re.escape(value.strip()), lambda m: "\0" * len(m.group(0)), context, flags=re.IGNORECASE)
     return context
-
-
-def _open_key(decoder, before, tool, arguments, key):
-    # the call written so far, up to the new key's value, exactly as the decoder writes it
-    written = json.dumps(arguments, ensure_ascii=False)[:-1] + (", " if arguments else "")
-    return f'{before}{decoder.fmt.head(tool.name)}{written}"{key}": '

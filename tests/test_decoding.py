@@ -52,6 +52,18 @@ def test_guided_calls_always_parse_name_an_offered_tool_and_validate(tiny, seed)
         assert json.loads(decoded.text) == decoded.calls[0]
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_the_format_opens_a_key_as_the_decoder_writes_it(tiny, seed):
+    # self_check asks for a value after CallFormat.open_key: the decoder's own text up to that value
+    mx.random.seed(seed)
+    fmt = call_format(tiny.tokenizer)
+    _, decoded = decode(tiny, SCHEMAS, "Book a double room for 2 guests" + str(seed))
+    call = decoded.calls[0]
+    for i, key in enumerate(call["arguments"]):
+        before = dict(list(call["arguments"].items())[:i])
+        assert decoded.text.startswith(fmt.start + fmt.open_key(call["name"], before, key))
+
+
 def test_required_arguments_are_always_present(tiny):
     _, decoded = decode(tiny, SCHEMAS, "Book it")
     call = decoded.calls[0]
