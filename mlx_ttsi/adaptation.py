@@ -113,10 +113,12 @@ def frozen_layers(model, settings):
     return blocks - settings.layers if plain and 0 < settings.layers < blocks else 0
 
 
-def prefix_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-    """mlx-lm's iterate_batches contract for (prompt rest, answer) pairs: `batch_size` examples a step,
-    padded (`padded_batch`); an epoch sees every example once when their number is a multiple of
-    `batch_size` (else the remainder of each shuffle waits for a later one)."""
+def prefix_batches(dataset, batch_size, loop=False):
+    """Batches of (prompt rest, answer) pairs, as mlx-lm's iterate_batches gives whole sequences:
+    `batch_size` examples a step, padded (`padded_batch`), shuffled by numpy's global seed; an epoch
+    sees every example once when their number is a multiple of `batch_size` (else the remainder of
+    each shuffle waits for a later one). No example is cut (iterate_batches cuts at max_seq_length):
+    each is one request and its calls, after the frozen tools prefix."""
     while True:
         order = np.random.permutation(len(dataset))
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -287,7 +289,7 @@ class Adapter:
             if lower:
                 self.detach()  # the bottom layers have no LoRA anyway
                 dataset = lowered(split[0], arrays, lower, dataset, cancelled)
-            batches = prefix_batches(dataset, batch, max_seq_length, loop=True)
+            batches = prefix_batches(dataset, batch, loop=True)
             loss = prefix_loss(arrays, split, lower)
         else:  # whole sequences, loss masked to the answer: mlx-lm's own batching and loss
             n, batches, loss = 0, iterate_batches(list(examples), batch, max_seq_length, loop=True), default_loss

@@ -57,9 +57,6 @@ class Synthesis:
         reasons = ", ".join(f"{n} {r}" for r, n in self.rejected.items())
         return f"all {self.attempts} candidate examples were rejected ({reasons or 'none written'})"
 
-    def as_dict(self):
-        return {"examples": self.examples, "rejected": self.rejected, "attempts": self.attempts, "reason": self.reason}
-
 
 def _normal(text):
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
@@ -227,14 +224,15 @@ class EndpointTeacher:
         k,
         seed,
         max_attempts=None,
-        state=None,
         same_tool=None,
         temperature=None,
         decoder_options=None,
         cancelled=None,
     ):
-        """Up to k examples from the endpoint; `temperature` and `decoder_options` are a local writer's
-        (an endpoint samples and writes calls as it is set up). `cancelled()` is polled while it answers."""
+        """Up to k examples from the endpoint. The agent's teacher (Agent.teacher: this, or a
+        ModelWriter for a local model) is called one way whichever it is, so this takes a local
+        writer's `temperature` and `decoder_options` and ignores them (an endpoint samples and writes
+        calls as it is set up). `cancelled()` is polled while it answers."""
         synthesis = Synthesis()
         tools_text = "\n".join(tool_line(t) for t in tools)
         for attempt in range(max_attempts or 2):
