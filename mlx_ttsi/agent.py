@@ -44,16 +44,18 @@ PLAN_TOKENS = 32
 
 @dataclass
 class Answer:
-    answer: str
-    tool_calls: list
+    """What Agent.ask returns: the answer, and how it was found (`--json` prints `as_dict()`)."""
+
+    answer: str  # the text the model wrote: its calls in its own format, or a text answer
+    tool_calls: list  # the calls, [{"name", "arguments"}] ([] for a text answer)
     uncertainty: object  # Uncertainty or None for text answers
-    adapted: bool
-    method: str
-    synthetic: list
-    rejected: dict
-    timings: dict
-    model: str
-    training: dict = None
+    adapted: bool  # whether the answer came from adapted weights (or demonstrations, for TT-ICL)
+    method: str  # how it was found: base, ttsi, ttd, ticl, plan, or check (the self-check's label, not base's)
+    synthetic: list  # the examples adapted on (TT-ICL: shown), [{"request", "calls", "source"}]
+    rejected: dict  # why candidate examples were turned down: reason -> count
+    timings: dict  # seconds per phase, and "total"
+    model: str  # the model's name, as resolved (models.resolve)
+    training: dict = None  # the training's stats (steps, loss, seconds, settings ...) when it adapted
     reused: bool = False  # answered with adapter weights passed in (the server's adapter memory)
     adapter: dict = None  # the trained LoRA weights, when ask(keep_adapter=True)
     asked: int = 0  # synthetic examples asked for (kept ones are in `synthetic`)
