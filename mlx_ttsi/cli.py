@@ -76,6 +76,12 @@ def setting_option(name, **extra):
     return table_option(BY_NAME[name], **extra)
 
 
+def need_teacher(ttd, teacher, what="--mode ttd"):
+    """A one-line error, before the model loads, when TT-D is asked for (`ttd`) with no --teacher."""
+    if ttd and not teacher:
+        raise TTSIError(f"{what} needs --teacher (a model or an OpenAI-compatible URL)")
+
+
 def build_agent(model, precision, teacher, teacher_model, adapter_path=None, **settings):
     """Load the model and make an Agent from CLI option values (with --adapter-path, one that answers with it)."""
     from .agent import Agent
@@ -261,8 +267,7 @@ def ask(
     if system_prompt:
         messages = [{"role": "system", "content": system_prompt}, *(messages or [{"role": "user", "content": request}])]
         request = None
-    if mode == "ttd" and not teacher:
-        raise TTSIError("--mode ttd needs --teacher (a model or an OpenAI-compatible URL)")
+    need_teacher(mode == "ttd", teacher)
     created = prepare_adapter_dir(save_adapter, force) if save_adapter else False
     report = progress_printer(quiet)
     started = time.perf_counter()
@@ -336,8 +341,7 @@ def eval_command(
     from .evaluation.rows import load_rows, select
 
     methods = parse_methods(methods)
-    if "ttd" in methods and not teacher:
-        raise TTSIError("method ttd needs --teacher (a model or an OpenAI-compatible URL)")
+    need_teacher("ttd" in methods, teacher, "method ttd")
     seeds = runner.parse_seeds(seeds)
     # --max-calls given (flag or config file) applies everywhere; else a per-benchmark default
     explicit = ctx.get_parameter_source("max_calls") is not click.core.ParameterSource.DEFAULT
@@ -428,8 +432,7 @@ def serve(
     check_adapter_mode(adapter_path, mode)
     if adapter_path and memory:
         raise click.UsageError("--adapter-path answers every request with one adapter: it does not go with --memory")
-    if mode == "ttd" and not teacher:
-        raise TTSIError("--mode ttd needs --teacher (a model or an OpenAI-compatible URL)")
+    need_teacher(mode == "ttd", teacher)
     started = time.perf_counter()
     agent = build_agent(model, precision, teacher, teacher_model, adapter_path, mode=mode, seed=seed, **settings)
     progress_printer(quiet)("loading", time.perf_counter() - started, agent.name)
