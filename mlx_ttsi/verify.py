@@ -101,12 +101,15 @@ def example_problem(request, calls, tools, original, values=(), examples=()):
         return problem
     if not calls:
         return "no tool call"
+    by_name = {tool.name: tool for tool in tools}
     for call in calls:
         problem = check_call(call, tools)
         if problem:
             return "call breaks its schema"
         if any(isinstance(leaf, str) and _REPEATS.search(leaf) for leaf in leaves(call["arguments"])):
             return "argument repeats itself"
+        if set(call["arguments"]) - set(by_name[call["name"]].properties):
+            return "call has an argument its tool does not offer"
         if unstated_key(call["arguments"], request) is not None:
             return "a value is not stated in its request"
     if unpassed_number(calls, request) is not None:

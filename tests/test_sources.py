@@ -107,6 +107,11 @@ def test_a_value_is_stated_up_to_case_and_punctuation():
             "call breaks its schema",
         ),
         ("Weather in Madrid for 3 days in celsius", [], "no tool call"),
+        (
+            "Weather in Madrid for 3 days in celsius, required: city",
+            [{"name": "get_weather", "arguments": {**WEATHER["arguments"], "required": ["city"]}}],
+            "call has an argument its tool does not offer",
+        ),
         ('{"city": "Madrid", "unit": "celsius", "days": 3}', [WEATHER], "request is not plain text"),
         (USER, [{"name": "get_weather", "arguments": {"city": "Paris"}}], "copy of the request"),
         ("Weather in Paris and Madrid for 3 days in celsius", [WEATHER], "a value of the user's request leaks into it"),
