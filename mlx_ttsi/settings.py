@@ -70,10 +70,10 @@ class Option:
 OPTIONS = [
     Option(
         "mode",
-        "auto",
-        "auto: adapt only when uncertain; ttsi/ttd/ticl: always use that method; base: never; "
-        "check: answer with the self-checked answer, without training; plan: brief reasoning (a 'Function: "
-        "name / key arguments' line, then the call), never adapts.",
+        "check",
+        "check (the default): answer with the self-checked answer, without training (no training variant has "
+        "beaten it yet: docs/results.md); auto: TT-SI only when uncertain; ttsi/ttd/ticl: always use that method; "
+        "base: never; plan: brief reasoning (a 'Function: name / key arguments' line, then the call), never adapts.",
         choices=MODES,
         env=True,
         request=True,
