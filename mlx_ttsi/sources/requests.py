@@ -5,7 +5,7 @@ schema-guided call; an example is kept when verify.py passes it. Its label is th
 answer, so the base model already says it back: the informative filter keeps none of these.
 """
 
-from ..synthesis import WRITER_USER, Synthesis
+from ..synthesis import WRITER_USER, Synthesis, request_problem
 from ..verify import example_problem
 from ..writer import quoted_line
 
@@ -17,6 +17,7 @@ CANDIDATES_PER_EXAMPLE = 2
 
 
 def synthesize(job):
+    """Up to k verified examples from CANDIDATES_PER_EXAMPLE * k requests written side by side."""
     prompts = [
         job.prompt(WRITER_USER.format(request=job.original)) + '"' for _ in range(CANDIDATES_PER_EXAMPLE * job.k)
     ]
@@ -27,7 +28,7 @@ def synthesize(job):
             break
         synthesis.attempts += 1
         request = request.strip()
-        calls = job.label(request) if request else []
+        calls = job.label(request) if request_problem(request, job.original) is None else []  # labelling costs
         problem = example_problem(request, calls, job.tools, job.original, job.values, synthesis.examples)
         if problem:
             synthesis.reject(problem)
