@@ -33,7 +33,9 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
         "name": "search_flights",
         "arguments": {"origin": "Boston", "destination": "Denver", "date": "2025-03-14"},
     }
-    weighed = embedded_agent.ask(row["request"], tools=row["tools"], mode="ttsi", examples_from="twins", learning_rate=1e-3)
+    weighed = embedded_agent.ask(
+        row["request"], tools=row["tools"], mode="ttsi", examples_from="twins", learning_rate=1e-3
+    )
     assert weighed.label[0]["name"] == "get_local_time" and weighed.tool_calls == weighed.label
     base = embedded_agent.ask(row["request"], tools=row["tools"], mode="base")
     answer = embedded_agent.ask(
@@ -42,7 +44,8 @@ def test_ttsi_ask_adapts_to_a_schema_valid_call_and_resets(embedded_agent, embed
         mode="ttsi",
         save_adapter=tmp_path / "adapter",
         check_odds=0,
-        examples_from="twins", learning_rate=1e-3,
+        examples_from="twins",
+        learning_rate=1e-3,
     )
     assert base.tool_calls[0]["name"] == "get_local_time"
     assert answer.adapted is True and answer.method == "ttsi"
@@ -83,7 +86,9 @@ def test_ttsi_learns_an_argument_the_request_states(embedded_agent):
     # with the default weighing (check_odds 0.1) this 135M model vetoes adding the unit; with every change kept, it learns it
     weighed = embedded_agent.ask(request, tools=tools, mode="auto", examples_from="twins", learning_rate=1e-3)
     assert weighed.label == base.tool_calls and weighed.tool_calls == base.tool_calls
-    answer = embedded_agent.ask(request, tools=tools, mode="auto", check_odds=0, examples_from="twins", learning_rate=1e-3)
+    answer = embedded_agent.ask(
+        request, tools=tools, mode="auto", check_odds=0, examples_from="twins", learning_rate=1e-3
+    )
     assert base.tool_calls == [{"name": "get_weather", "arguments": {"city": "Lisbon"}}]
     assert answer.label == [{"name": "get_weather", "arguments": {"city": "Lisbon", "unit": "celsius"}}]
     assert answer.uncertainty.label_agrees is False and answer.adapted
