@@ -214,9 +214,12 @@ def test_the_informative_filter_keeps_what_the_base_model_gets_wrong(agent, monk
     monkeypatch.setattr(
         "mlx_ttsi.agent.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, next(said)) for _ in pairs]
     )
-    answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", examples=3)
+    answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", examples=3, keep="informative")
     assert answer.rejected.get("the base model already says it", 0) >= 1
     assert answer.adapted and answer.synthetic
+    # anchored (the default) keeps known examples beside the new ones instead of rejecting them
+    anchored = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", examples=3)
+    assert anchored.adapted and len(anchored.synthetic) >= len(answer.synthetic)
 
 
 def test_no_example_left_answers_with_the_checked_label(agent, monkeypatch):
