@@ -21,7 +21,7 @@ from mlx_ttsi.context import ContextState
 from mlx_ttsi.evaluation.rows import load_rows, row_input
 from mlx_ttsi.prompts import call_format, normalize_messages, render_prompt
 from mlx_ttsi.tools import parse_calls, parse_tools
-from mlx_ttsi.writer import BatchWriter
+from mlx_ttsi.writer import BatchWriter, closed_json
 
 
 def sampled_calls(loaded, fmt, row, samples, seed):
@@ -33,18 +33,8 @@ def sampled_calls(loaded, fmt, row, samples, seed):
     ids = state.encode(prompt)
     state.sync(ids[:-1])
     writer = BatchWriter(loaded.model, loaded.tokenizer, ids[:-1], state.prefix_arrays(len(ids) - 1))
-    texts = writer.write([prompt] * samples, 96, stop=_first_object, temperature=0.7, seed=seed)
+    texts = writer.write([prompt] * samples, 96, stop=closed_json(opened=0), temperature=0.7, seed=seed)
     return [parse_calls(text)[:1] for text in texts]
-
-
-def _first_object(text):
-    start = text.find("{")
-    depth = 0
-    for index, char in enumerate(text[start:] if start >= 0 else ""):
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth == 0:
-            return start + index + 1
-    return None
 
 
 def main():

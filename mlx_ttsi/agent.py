@@ -318,10 +318,8 @@ class Agent:
         tools = parse_tools(tools)
         pairs = self.training_examples([{"messages": messages, "calls": c} for c in calls], tools)
         with self._lock:
-            state = ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length)
-            prompt = render_prompt(self.loaded.tokenizer, messages, tools, self.fmt)
-            prefix = self.prefixes.get(tuple(state.encode(prompt)[: self.prefix_length(state, prompt, tools)]))
-            frozen = (len(prefix), prefix.arrays) if prefix is not None else None
+            _, prefix = self._context(render_prompt(self.loaded.tokenizer, messages, tools, self.fmt), tools)
+            frozen = (len(prefix), prefix.arrays) if prefix.arrays is not None else None
 
             def scores():
                 return [round(total, 4) for total, _, _ in answer_scores(self.loaded.model, pairs, frozen)]
@@ -593,13 +591,15 @@ class Agent:
         if uncertainty.name_score is not None and uncertainty.name_score < uncertainty.threshold:
             names += [c["name"] for c in uncertainty.candidates if c["name"] not in names][:1]
         writer = BatchWriter(self.loaded.model, tok, prefix.ids, prefix.arrays, request.cancelled)
-        decoder = CallDecoder(self._state(request, prefix), self.fmt, **self._decoder_options(settings))
+        decoders = []  # made on first use: only sources that label requests need one
 
         def prompt(text):
             return render_prompt(tok, [{"role": "user", "content": text}], tools, self.fmt)
 
         def own_calls(text):
-            return decoder.decode(prompt(text), tools).calls
+            if not decoders:
+                decoders.append(CallDecoder(self._state(request, prefix), self.fmt, **self._decoder_options(settings)))
+            return decoders[0].decode(prompt(text), tools).calls
 
         return Job(
             last_user_text(request.messages),

@@ -9,7 +9,7 @@ counted by these reasons in `--json` and eval).
 
 import re
 
-from .synthesis import _REPEATS, request_problem
+from .synthesis import _REPEATS, _normal, request_problem
 from .tools import check_call
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -17,8 +17,9 @@ MIN_LEAK_CHARS = 3  # a value of the user's request shorter than this is too com
 
 
 def normal_words(text):
-    """Lower case, every run of non-alphanumerics one space, padded: ' los angeles ca '."""
-    return " " + re.sub(r"[\W_]+", " ", str(text).lower()).strip() + " "
+    """synthesis's normal form (lower case, every run of non-alphanumerics one space), padded so that
+    a match is of whole words: ' los angeles ca '."""
+    return f" {_normal(str(text))} "
 
 
 def numbers_in(text):
