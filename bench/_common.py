@@ -45,9 +45,9 @@ def uncertain_rows(agent, count, start=0, threshold=None):
 def machine():
     import platform
 
-    import mlx.core as mx
-
     from mlx_ttsi import _blas
+
+    import mlx.core as mx
 
     device = "gpu" if mx.metal.is_available() else "cpu"
     return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, mlx {mx.__version__} ({device}), BLAS: {_blas.loaded_path or 'bundled'}"

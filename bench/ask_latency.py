@@ -15,9 +15,9 @@ import resource
 import sys
 import time
 
-from _common import machine, percentile, sealtool_rows, uncertain_rows
-
 from mlx_ttsi.agent import Agent
+
+from _common import machine, percentile, sealtool_rows, uncertain_rows
 
 PHASES = ("scoring", "decoding", "labelling", "synthesis", "training", "answering", "total")
 

@@ -11,13 +11,13 @@ the tokens/s of one.
 import argparse
 import time
 
-from _common import machine, sealtool_rows
-
 from mlx_ttsi import models
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.prompts import call_format, render_prompt
 from mlx_ttsi.tools import parse_tools
 from mlx_ttsi.writer import BatchWriter
+
+from _common import machine, sealtool_rows
 
 
 def prompts_for(loaded, count):

@@ -11,11 +11,11 @@ for required and optional arguments apart; optional arguments the gold call leav
 import json
 from collections import Counter
 
-from _common import SEALTOOL
-
 from mlx_ttsi.prompts import normalize_messages
 from mlx_ttsi.self_check import context_text, grounded
 from mlx_ttsi.tools import free_value, parse_tools
+
+from _common import SEALTOOL
 
 FILES = ("sealtool", "apibank_l1", "apibank_l2", "toolalpaca", "nexusraven")
 

@@ -13,15 +13,15 @@ Prints AUROC for a wrong base answer, and precision and recall where at least on
 import argparse
 import time
 
-from _common import machine
-from gate_signals import auroc, lines
-
 from mlx_ttsi import models
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.evaluation.rows import load_rows, row_input
 from mlx_ttsi.prompts import call_format, normalize_messages, render_prompt
 from mlx_ttsi.tools import parse_calls, parse_tools
 from mlx_ttsi.writer import BatchWriter, closed_json
+
+from _common import machine
+from gate_signals import auroc, lines
 
 
 def sampled_calls(loaded, fmt, row, samples, seed):

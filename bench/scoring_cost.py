@@ -10,15 +10,15 @@ up to the end of turn or 64 tokens).
 import argparse
 import time
 
-import mlx.core as mx
-from _common import machine, percentile, sealtool_rows
-from mlx_lm import generate
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.tools import parse_tools
+
+import mlx.core as mx
+from _common import machine, percentile, sealtool_rows
+from mlx_lm import generate
 
 
 def main():

@@ -14,15 +14,15 @@ import argparse
 import time
 from dataclasses import replace
 
-import mlx.core as mx
-from _common import machine, uncertain_rows
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.prompts import render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.synthesis import ModelWriter
 from mlx_ttsi.tools import parse_tools
+
+import mlx.core as mx
+from _common import machine, uncertain_rows
 
 
 def gemm_flops(n=2048, repeats=10):

@@ -16,10 +16,10 @@ import argparse
 import json
 import time
 
-from _common import ROOT, machine, sealtool_rows
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.settings import LoRASettings
+
+from _common import ROOT, machine, sealtool_rows
 
 EXAMPLE = "Will it rain in Lisbon tomorrow? Give me the temperature in celsius."
 

@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, percentile, uncertain_rows
-
 from mlx_ttsi import _blas
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
@@ -28,6 +26,8 @@ from mlx_ttsi.decoding import CallDecoder
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, calls_text, render_prompt, tool_line
 from mlx_ttsi.synthesis import ModelWriter
 from mlx_ttsi.tools import parse_tools
+
+from _common import machine, percentile, uncertain_rows
 
 
 def save_float32(lm, directory):

@@ -67,6 +67,7 @@ class Answer:
     # how an adapted answer was found: a guess (the trained label) run in one pass, of which decoding
     # took `taken` of `tokens`; answer_is_draft: the answer is the guess itself
     draft: dict = None
+    unchecked: list = None  # the adapted calls before --check-after changed them (None: not changed)
 
     def as_dict(self):
         data = {k: v for k, v in asdict(self).items() if k != "adapter"}
@@ -122,6 +123,11 @@ class Request:
     save_adapter: str = None
     on_piece: object = None  # (kind, text) -> None: hears the answer as it is decoded
     cancelled: object = None  # () -> bool: polled at every decoding and training step
+
+    @property
+    def checks_after(self):
+        """Whether the adapted answer is self-checked too (--check-after; TT-SI and TT-ICL)."""
+        return self.settings.check_after and self.plan.self_check
 
 
 @dataclass
@@ -425,7 +431,7 @@ class Agent:
         # decoding takes every token of it that it would write anyway
         guess = self.fmt.calls_text(label) if label else base.text
         decoder.draft(adaptation.prompt, guess)
-        answer = decoder.decode(adaptation.prompt, tools, on_piece=request.on_piece)
+        answer = decoder.decode(adaptation.prompt, tools, on_piece=None if request.checks_after else request.on_piece)
         drafted, taken = decoder.draft_counts()
         clock.lap("answering", f"{taken} of {drafted} drafted tokens taken")
         draft = {
@@ -434,9 +440,33 @@ class Agent:
             "taken": taken,
             "answer_is_draft": answer.text == guess,
         }
+        answer, unchecked = self._check_adapted(decoder, adaptation.prompt, answer, names, name_choice, request)
+        if request.checks_after:
+            clock.lap("checking", "the adapted answer " + ("changed" if unchecked else "kept"))
         return self._answer(
-            request, adaptation.prompt, answer, uncertainty, label, clock, adaptation, streamed=True, draft=draft
+            request,
+            adaptation.prompt,
+            answer,
+            uncertainty,
+            label,
+            clock,
+            adaptation,
+            streamed=not request.checks_after,
+            draft=draft,
+            unchecked=unchecked,
         )
+
+    def _check_adapted(self, decoder, prompt, answer, names, name_choice, request):
+        """With --check-after, the adapted answer self-checked as the base answer was, the adapted weights
+        weighing each change; also the calls before the check when it changed them (else None)."""
+        if not request.checks_after or not answer.calls:
+            return answer, None
+        calls = self._self_label(
+            decoder, prompt, request.tools, answer, names, name_choice, request.messages, request.settings.check_odds
+        )
+        if calls == answer.calls:
+            return answer, None
+        return Decoded(calls, self.fmt.calls_text(calls)), answer.calls
 
     def _planned_answer(self, request, clock):
         """Brief reasoning: the model writes "Function: name / key arguments" (at most PLAN_TOKENS),
@@ -658,6 +688,7 @@ class Agent:
         streamed=False,
         method=None,
         draft=None,
+        unchecked=None,
     ):
         """The Answer for the decoded calls; a base answer decoded before the gate is replayed to on_piece."""
         if request.on_piece and not streamed:
@@ -687,6 +718,7 @@ class Agent:
             completion_tokens=len(tok.encode(decoded.text, add_special_tokens=False)),
             finish_reason="tool_calls" if decoded.calls else "stop",
             draft=draft,
+            unchecked=unchecked,
         )
 
     def training_examples(self, examples, tools):

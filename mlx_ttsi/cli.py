@@ -301,7 +301,7 @@ def ask(
     show_default=True,
     help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
     "self-label (the checked answer, no training), plan (brief reasoning), the example-source variants "
-    "ttsi-calls-all, ttsi-anchored-all, ttsi-verified-all, ttsi-requests-all, ttsi-twins(-all), ttsi-paper(-all) "
+    "ttsi-calls-all, ttsi-anchored-all, ttsi-checked-all, ttsi-verified-all, ttsi-requests-all, ttsi-twins(-all), ttsi-paper(-all) "
     "(docs/eval.md), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).",
 )
 @click.option(

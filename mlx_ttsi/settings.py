@@ -122,6 +122,15 @@ OPTIONS = [
         request=True,
     ),
     Option(
+        "check_after",
+        False,
+        "TT-SI/TT-ICL: the adapted answer is self-checked against the request as well, each change weighed by "
+        "the adapted model (off: the adapted answer as written).",
+        bool,
+        flag="--check-after/--no-check-after",
+        request=True,
+    ),
+    Option(
         "candidates",
         "name",
         "Candidate actions scored for uncertainty: tool names or whole calls.",

@@ -8,10 +8,10 @@ import json
 import os
 from pathlib import Path
 
+import mlx_ttsi  # noqa: F401  (loads OpenBLAS before mlx)
+
 import mlx.core as mx
 import pytest
-
-import mlx_ttsi  # noqa: F401  (loads OpenBLAS before mlx)
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "

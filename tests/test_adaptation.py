@@ -1,11 +1,11 @@
 import os
 
-import mlx.core as mx
-import pytest
-
 from mlx_ttsi.adaptation import Adapter
 from mlx_ttsi.errors import TTSIError
 from mlx_ttsi.settings import LoRASettings
+
+import mlx.core as mx
+import pytest
 
 
 def logits(loaded, text="Set an alarm at 7 for work."):
@@ -98,10 +98,10 @@ def test_split_model_projects_the_same_logits(tiny):
 
 def test_frozen_prefix_loss_equals_the_full_sequence_loss_before_training(tiny):
     # with zero lora_b the prefix's KV is the same either way, so the two losses must agree
-    from mlx_lm.tuner.trainer import default_loss
-
     from mlx_ttsi.adaptation import padded_batch, prefix_loss
     from mlx_ttsi.context import ContextState, split_model
+
+    from mlx_lm.tuner.trainer import default_loss
 
     Adapter(tiny.model).attach()
     ids, offset = examples(tiny)[0]

@@ -3,18 +3,18 @@
 import json
 import threading
 
-import mlx.core as mx
-import numpy as np
-import openai
-import pytest
-from conftest import TOOLS
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.embedding import embed
 from mlx_ttsi.serve.adapter_memory import AdapterMemory, tools_key
 from mlx_ttsi.serve.http import make_server
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import parse_tools
+
+import mlx.core as mx
+import numpy as np
+import openai
+import pytest
+from conftest import TOOLS
 
 SHAPES = {"layers.0.lora_a": (4, 2), "layers.0.lora_b": (2, 4)}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]

@@ -1,13 +1,13 @@
 import json
 
-import mlx.core as mx
-import pytest
-from conftest import TOOLS
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.errors import RequestError, TTSIError
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call
+
+import mlx.core as mx
+import pytest
+from conftest import TOOLS
 
 
 def base_logits(agent):
@@ -276,6 +276,37 @@ def test_streamed_pieces_add_up_to_the_answer(agent, mode):
     arguments = "".join(text for kind, text in pieces if kind == "arguments")
     assert json.loads(arguments) == answer.tool_calls[0]["arguments"]
     assert answer.finish_reason == "tool_calls" and answer.completion_tokens > 0
+
+
+def test_check_after_checks_the_adapted_answer_with_the_adapted_weights(agent, monkeypatch):
+    import mlx_ttsi.agent as agent_module
+
+    checked = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    real, attached = agent_module.label_calls, []
+
+    def label_calls(decoder, prompt, tools, calls, context):  # the base answer as the rules check it,
+        attached.append(agent.adapter.trained)  # the adapted one rewritten to `checked`
+        return [dict(checked)] if agent.adapter.trained else real(decoder, prompt, tools, calls, context)
+
+    monkeypatch.setattr(agent_module, "label_calls", label_calls)
+    pieces, request = [], "What is the weather in Paris?"
+    plain = agent.ask(request, tools=TOOLS, mode="ttsi", examples_from="twins", check_odds=0.0)
+    assert plain.adapted and plain.unchecked is None and attached == [False]  # off: the check runs once, on base
+    answer = agent.ask(
+        request,
+        tools=TOOLS,
+        mode="ttsi",
+        examples_from="twins",
+        check_odds=0.0,
+        check_after=True,
+        on_piece=lambda *p: pieces.append(p),
+    )
+    assert attached[1:] == [False, True] and answer.adapted and answer.method == "ttsi"
+    assert answer.tool_calls == [checked] and answer.unchecked == plain.tool_calls != [checked]
+    assert "checking" in answer.timings and agent.adapter.is_reset()
+    # a client streaming the answer hears the checked calls only
+    assert [p for p in pieces if p[0] == "call"] == [("call", "get_weather")]
+    assert json.loads("".join(t for k, t in pieces if k == "arguments")) == {"city": "Paris"}
 
 
 def test_text_answers_stream_while_they_are_generated(agent):

@@ -1,9 +1,9 @@
 import json
 
+from mlx_ttsi.cli import cli, main
+
 import pytest
 from click.testing import CliRunner
-
-from mlx_ttsi.cli import cli, main
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
+from mlx_ttsi.context import ContextState
+
 import mlx.core as mx
 import pytest
 from conftest import scripted_sampler
-
-from mlx_ttsi.context import ContextState
 
 
 def full_logprob(model, ids, start):

@@ -1,12 +1,12 @@
 import json
 
-import mlx.core as mx
-import pytest
-
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.decoding import CallDecoder, _parse_number, _string_end
 from mlx_ttsi.prompts import CallFormat, call_format, calls_text, render_prompt
 from mlx_ttsi.tools import check_call, parse_tools
+
+import mlx.core as mx
+import pytest
 
 SCHEMAS = parse_tools(
     [
@@ -125,10 +125,10 @@ def test_models_with_a_tool_template_get_their_own_format(tiny, tools):
 
 
 def test_a_new_tokenizer_never_gets_the_vocabulary_of_a_dead_one():
+    from mlx_ttsi.decoding import Vocabulary
+
     from conftest import build_tokenizer
     from mlx_lm.tokenizer_utils import TokenizerWrapper
-
-    from mlx_ttsi.decoding import Vocabulary
 
     small, large = build_tokenizer(vocab_size=300), build_tokenizer(vocab_size=400)
     reused = 0

@@ -2,9 +2,9 @@
 
 import json
 
-from click.testing import CliRunner
-
 from mlx_ttsi.cli import cli
+
+from click.testing import CliRunner
 
 LINES = (
     "backend",

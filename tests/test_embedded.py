@@ -5,11 +5,11 @@ The requests are the project's own (tests/fixtures/requests.jsonl), so a fresh c
 import json
 from pathlib import Path
 
+from mlx_ttsi.tools import check_call, parse_tools
+
 import pytest
 from click.testing import CliRunner
 from conftest import require_embedded
-
-from mlx_ttsi.tools import check_call, parse_tools
 
 pytestmark = pytest.mark.model
 EXAMPLE_TOOLS = Path(__file__).resolve().parents[1] / "mlx_ttsi" / "examples" / "tools.json"

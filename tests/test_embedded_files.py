@@ -4,11 +4,11 @@ import hashlib
 import json
 import sys
 
-import pytest
-from click.testing import CliRunner
-
 from mlx_ttsi import embedded
 from mlx_ttsi.errors import ModelError
+
+import pytest
+from click.testing import CliRunner
 
 PARTS = [b"GGUF" + bytes(range(256)) * 3, b"second part " * 50, b"tail"]
 

@@ -14,16 +14,16 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-from click.testing import CliRunner
-from conftest import TOOLS
-
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import DataError
 from mlx_ttsi.evaluation.ranks import Ranks
 from mlx_ttsi.evaluation.results import read_records
 from mlx_ttsi.evaluation.rows import gold_examples, load_rows, row_input, select
 from mlx_ttsi.evaluation.runner import Plan, evaluate, finish
+
+import pytest
+from click.testing import CliRunner
+from conftest import TOOLS
 
 THRESHOLD = 0.6
 

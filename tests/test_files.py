@@ -3,10 +3,10 @@
 import io
 import json
 
-import pytest
-
 from mlx_ttsi.errors import DataError, TTSIError
 from mlx_ttsi.files import atomic_write, read_json, staged
+
+import pytest
 
 
 def test_atomic_write_takes_text_and_bytes_and_leaves_nothing_beside(tmp_path):

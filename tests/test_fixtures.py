@@ -1,9 +1,9 @@
 """The embedded-model tests' own inputs and their requirement switch (fast: no model is loaded)."""
 
+from mlx_ttsi.tools import parse_tools
+
 import pytest
 from conftest import require_embedded
-
-from mlx_ttsi.tools import parse_tools
 
 
 def test_fixture_requests_are_valid(embedded_requests):

@@ -9,10 +9,6 @@ with mlx-lm's parser directly, and scores are recomputed with a plain forward pa
 
 import json
 
-import mlx.core as mx
-import pytest
-from conftest import TOOLS, build_tokenizer, write_tiny_model
-
 from mlx_ttsi import models
 from mlx_ttsi.adaptation import Adapter
 from mlx_ttsi.agent import Agent
@@ -23,6 +19,10 @@ from mlx_ttsi.formats import call_format
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call
+
+import mlx.core as mx
+import pytest
+from conftest import TOOLS, build_tokenizer, write_tiny_model
 
 # ---- templates -------------------------------------------------------------------------------
 
@@ -481,9 +481,9 @@ def teach(loaded, tools, max_steps=120):
 @pytest.fixture(scope="module")
 def taught_dirs(family_dirs, tmp_path_factory):
     """Per family (taught on first use), a tiny model that answers TAUGHT_REQUEST with TAUGHT_CALL natively."""
-    from mlx.utils import tree_flatten
-
     from mlx_ttsi.tools import parse_tools
+
+    from mlx.utils import tree_flatten
 
     root, dirs = tmp_path_factory.mktemp("taught"), {}
 

@@ -1,11 +1,11 @@
+from mlx_ttsi import models
+from mlx_ttsi.errors import ModelError
+from mlx_ttsi.gguf_import import cached_import, unpermute
+
 import mlx.core as mx
 import pytest
 from conftest import CHATML
 from mlx_lm.gguf import permute_weights, translate_weight_names
-
-from mlx_ttsi import models
-from mlx_ttsi.errors import ModelError
-from mlx_ttsi.gguf_import import cached_import, unpermute
 
 
 def bytes_tokens(tokenizer):

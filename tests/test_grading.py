@@ -4,9 +4,9 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from mlx_ttsi.evaluation.grading import canonical, gold_calls, is_correct, rule
+
+import pytest
 
 
 def row(benchmark, *answer, tools=None, meta=None):

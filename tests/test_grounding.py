@@ -2,14 +2,14 @@
 
 import re
 
-import pytest
-
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
 from mlx_ttsi.prompts import call_format
 from mlx_ttsi.self_check import better_tool, coverage, grounded, label_calls
 from mlx_ttsi.tools import parse_tools
 from mlx_ttsi.uncertainty import estimate
+
+import pytest
 
 BOOKING = parse_tools(
     [

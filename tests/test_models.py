@@ -1,9 +1,9 @@
 import importlib.metadata
 
-import pytest
-
 from mlx_ttsi import models
 from mlx_ttsi.errors import ModelError
+
+import pytest
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ The paper's model family, and the first real chat template with a native tool-ca
 import json
 import math
 
+from mlx_ttsi.tools import check_call, parse_tools
+
 import mlx.core as mx
 import pytest
-
-from mlx_ttsi.tools import check_call, parse_tools
 
 pytestmark = pytest.mark.model
 ENGLISH = (
@@ -60,21 +60,15 @@ def test_forced_ttsi_answers_with_a_trained_lora_and_resets(qwen_agent, embedded
     row = embedded_requests["flight"]
     tools = parse_tools(row["tools"])
     before = qwen_agent.loaded.model(mx.array([[1, 2, 3]]))
-    # the twins source (its own answer and twins of it) at lr 1e-3: the LoRA machinery on the real model.
-    # The calls-first source runs in tests/test_sources.py (tiny model) and in eval on this model: under
-    # pytest its batched writing on this model took over 5 minutes (30 s outside pytest; not explained yet)
-    answer = qwen_agent.ask(
-        row["request"],
-        tools=row["tools"],
-        mode="ttsi",
-        force=True,
-        examples=2,
-        examples_from="twins",
-        learning_rate=1e-3,
-    )
+    # the default source (calls first, then requests, verified) writes on the real model; --keep verified
+    # trains on every verified example, so that the LoRA machinery runs whatever the base model knows
+    answer = qwen_agent.ask(row["request"], tools=row["tools"], mode="ttsi", force=True, examples=2, keep="verified")
     assert answer.adapted and answer.method == "ttsi" and answer.training["steps"] >= 2
     assert check_call(answer.tool_calls[0], tools) is None and answer.tool_calls[0]["name"] == "search_flights"
-    assert all("<tool_call>" not in e["request"] for e in answer.synthetic)
+    assert all("<tool_call>" not in e["request"] and e["request"] != row["request"] for e in answer.synthetic)
+    assert all(
+        e["calls"][0]["name"] == "search_flights" and check_call(e["calls"][0], tools) is None for e in answer.synthetic
+    )
     assert qwen_agent.adapter.is_reset()
     assert mx.array_equal(qwen_agent.loaded.model(mx.array([[1, 2, 3]])), before).item()  # nothing leaks
     assert json.loads(json.dumps(answer.as_dict()))["model"] == "qwen2.5-coder-0.5b"

@@ -2,10 +2,10 @@
 
 import json
 
+from mlx_ttsi.cli import cli
+
 import pytest
 from click.testing import CliRunner
-
-from mlx_ttsi.cli import cli
 
 REQUEST = "What is the weather in Paris?"
 

@@ -2,9 +2,9 @@
 
 import math
 
-import pytest
-
 from mlx_ttsi.self_check import changes, weigh_changes
+
+import pytest
 
 BASE = [{"name": "convert", "arguments": {"amount": 250, "currency": "EUR", "note": "soon"}}]
 LABEL = [{"name": "convert", "arguments": {"amount": 25, "currency": "euros", "date": "2024-05-01"}}]

@@ -11,14 +11,14 @@ import threading
 import time
 import urllib.request
 
-import openai
-import pytest
-from conftest import TOOLS
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.serve.http import POLL, make_server
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call, parse_tools
+
+import openai
+import pytest
+from conftest import TOOLS
 
 KEY = "test-key"
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]

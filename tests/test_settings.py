@@ -2,13 +2,13 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
-
 from mlx_ttsi.cli import cli
 from mlx_ttsi.errors import TTSIError
 from mlx_ttsi.serve.service import APIError, _ttsi_options
 from mlx_ttsi.settings import BY_NAME, OPTIONS, LoRASettings, Settings, markdown_table
+
+import pytest
+from click.testing import CliRunner
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -77,6 +77,12 @@ PROBES = {
         lambda *a, **k: a[1].settings.examples_from,
         ["--mode", "ttsi"],
         "requests",
+    ),
+    "check_after": (
+        "mlx_ttsi.agent.Agent._check_adapted",
+        lambda *a, **k: a[6].settings.check_after,
+        ["--mode", "ttsi", "--examples-from", "twins"],
+        True,
     ),
     "keep": ("mlx_ttsi.agent.Agent._keep", lambda *a, **k: a[2].settings.keep, ["--mode", "ttsi"], "verified"),
     "seed": ("mlx_ttsi.synthesis.ModelWriter.synthesize", lambda *a, **k: a[4], TTD, 7),

@@ -3,11 +3,6 @@ informative filter, and the gold answer's likelihood before and after adapting."
 
 import json
 
-import mlx.core as mx
-import pytest
-from conftest import SCRIPTED_CALLS, TOOLS
-from mlx_lm.sample_utils import make_sampler
-
 from mlx_ttsi.adaptation import answer_scores
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
@@ -17,6 +12,11 @@ from mlx_ttsi.sources import SOURCES, calls
 from mlx_ttsi.synthesis import Synthesis, keep_examples
 from mlx_ttsi.verify import example_problem, leaked, request_values, stated, unstated_key
 from mlx_ttsi.writer import BatchWriter, closed_json, quoted_line
+
+import mlx.core as mx
+import pytest
+from conftest import SCRIPTED_CALLS, TOOLS
+from mlx_lm.sample_utils import make_sampler
 
 WEATHER = {"name": "get_weather", "arguments": {"city": "Madrid", "unit": "celsius", "days": 3}}
 USER = "What is the weather in Paris?"

@@ -2,12 +2,12 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-from conftest import TOOLS
-
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.errors import TeacherError
 from mlx_ttsi.synthesis import EndpointTeacher, ModelWriter, Synthesis, admit
+
+import pytest
+from conftest import TOOLS
 
 
 def test_admit_checks_every_example(tools):
@@ -146,9 +146,9 @@ def test_ttd_with_a_local_teacher_model(tiny, tiny_model_dir, plausible_requests
 
 
 def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url, tiny_model_dir, tools_file):
-    from click.testing import CliRunner
-
     from mlx_ttsi.cli import cli
+
+    from click.testing import CliRunner
 
     Teacher.reply = "Sorry, I cannot help with that."
     args = [
@@ -173,10 +173,10 @@ def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url,
 
 
 def test_each_requests_settings_reach_a_cached_local_teacher(tiny, tiny_model_dir, monkeypatch):
-    from conftest import SAMPLERS
-
     from mlx_ttsi.decoding import CallDecoder
     from mlx_ttsi.settings import Settings
+
+    from conftest import SAMPLERS
 
     built = []
     monkeypatch.setattr(

@@ -1,10 +1,10 @@
 import json
 import time
 
-import pytest
-
 from mlx_ttsi.errors import ToolsError
 from mlx_ttsi.tools import Tool, check_call, load_tools, parse_calls, parse_tools
+
+import pytest
 
 
 def test_accepts_openai_and_bare_specs(tools):

@@ -5,11 +5,11 @@ import json
 import random
 import re
 
-import pytest
-from test_grounding import BOOKING, CALL, REQUEST  # noqa: E402  (the same booking request)
-
 from mlx_ttsi.tools import check_call, parse_tools
 from mlx_ttsi.twins import CITIES, CODES, FIRST_NAMES, LAST_NAMES, fresh, kind_of, twins
+
+import pytest
+from test_grounding import BOOKING, CALL, REQUEST  # noqa: E402  (the same booking request)
 
 FLIGHT = parse_tools(
     [

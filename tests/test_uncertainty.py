@@ -1,10 +1,10 @@
 import math
 
-import numpy as np
-import pytest
-
 from mlx_ttsi.decoding import normalized
 from mlx_ttsi.uncertainty import estimate, margin, relative_softmax
+
+import numpy as np
+import pytest
 
 
 def test_relative_softmax_matches_the_paper_formula():

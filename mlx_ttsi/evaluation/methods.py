@@ -19,6 +19,8 @@ METHODS = {
     # where the examples come from (--examples-from) and which are kept (--keep), each on every row
     "ttsi-calls-all": ("ttsi", True, {"examples_from": "calls"}),
     "ttsi-anchored-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored"}),
+    # the adapted answer self-checked too (--check-after)
+    "ttsi-checked-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored", "check_after": True}),
     "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified"}),
     "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified"}),
     "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins"}),

@@ -188,6 +188,7 @@ def run_one(agent, row, method, seed, max_calls, examples):
         "note": getattr(answer, "note", None),
         "label": label,
         "label_correct": is_correct(row, label) if label is not None else None,
+        "unchecked": getattr(answer, "unchecked", None),  # the adapted calls before --check-after changed them
         "synthetic": len(answer.synthetic or []),
         "asked": getattr(answer, "asked", len(answer.synthetic or [])),
         "examples": [
