@@ -28,7 +28,7 @@ from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
-from .context import cache_from_arrays, split_model
+from .context import cache_from_arrays, log_probs, split_model
 from .errors import Cancelled, TTSIError
 from .saved_adapter import write as write_adapter
 from .settings import LoRASettings
@@ -332,11 +332,10 @@ def answer_scores(model, examples, prefix=None):
     for ids, offset in examples:
         start = n if arrays is not None and n < offset else 0
         cache = cache_from_arrays(arrays) if start else None
-        logits = model(mx.array(ids[start:-1])[None], cache=cache)[0, offset - 1 - start :].astype(mx.float32)
+        logprobs = log_probs(model(mx.array(ids[start:-1])[None], cache=cache)[0, offset - 1 - start :])
         targets = mx.array(ids[offset:])
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         total = mx.take_along_axis(logprobs, targets[:, None], axis=-1).sum()
-        said = mx.all(mx.argmax(logits, axis=-1) == targets)
+        said = mx.all(mx.argmax(logprobs, axis=-1) == targets)
         mx.eval(total, said)
         scores.append((total.item(), len(ids) - offset, bool(said.item())))
     return scores

@@ -6,6 +6,9 @@ One context serves a whole request: scoring, writing and labelling synthetic exa
 answer all reuse the cached system prompt with the tools.
 """
 
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.utils import common_prefix_len
@@ -20,6 +23,12 @@ MAX_DRAFT = 256  # tokens of a draft (a guessed continuation) run through the mo
 DRAFT_MARGIN = 1e-3  # nats by which a drafted option must win for the others not to be scored (float noise)
 # Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
 SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+
+
+def log_probs(logits):
+    """Logits as float32 log-probs over the vocabulary (the last axis)."""
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
 def split_model(model):
@@ -80,9 +89,9 @@ class ContextState:
         for start in range(0, len(ids), PREFILL_CHUNK):
             self._check_cancelled()
             chunk = ids[start : start + PREFILL_CHUNK]
-            logits = last_logits(self.model, mx.array(chunk)[None], self.cache)[0].astype(mx.float32)
+            logits = last_logits(self.model, mx.array(chunk)[None], self.cache)[0]
             self.forward_tokens += len(chunk)
-            self.logprobs = logits - mx.logsumexp(logits)
+            self.logprobs = log_probs(logits)
             mx.eval(self.logprobs, [c.state for c in self.cache])
         self.tokens.extend(ids)
 
@@ -159,11 +168,11 @@ class ContextState:
         inputs = mx.array(rest + ids)[None]
         if rest:  # the context's last position and the draft's, through the vocabulary
             body, head = split
-            logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1 :])[0].astype(mx.float32)
+            logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1 :])[0]
         else:
-            logits = self.model(inputs, cache=self.cache)[0].astype(mx.float32)
+            logits = self.model(inputs, cache=self.cache)[0]
         self.forward_tokens += len(rest) + len(ids)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        logprobs = log_probs(logits)
         mx.eval(logprobs, [c.state for c in self.cache])
         if rest:
             self.tokens.extend(rest)
@@ -259,9 +268,8 @@ class ContextState:
         if longest > 1 and copies <= FORK_BUDGET and all(isinstance(c, KVCache) for c in self.cache):
             pad = self.tokenizer.eos_token_id or 0
             batch = mx.array([c[:-1] + [pad] * (longest - len(c)) for c in continuations])
-            logits = self.model(batch, cache=self.fork(len(continuations))).astype(mx.float32)
+            logprobs = log_probs(self.model(batch, cache=self.fork(len(continuations))))
             self.forward_tokens += batch.size
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             targets = mx.array([c[1:] + [0] * (longest - len(c)) for c in continuations])
             picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
             mask = mx.arange(longest - 1)[None] < (mx.array([len(c) for c in continuations])[:, None] - 1)
@@ -277,9 +285,8 @@ class ContextState:
         if len(continuation) > 1:
             self._drop_ahead()  # the continuation goes through the shared cache
             base, logprobs = list(self.tokens), self.logprobs
-            logits = self.model(mx.array(continuation[:-1])[None], cache=self.cache)[0].astype(mx.float32)
+            steps = log_probs(self.model(mx.array(continuation[:-1])[None], cache=self.cache)[0])
             self.forward_tokens += len(continuation) - 1
-            steps = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             total = total + mx.take_along_axis(steps, mx.array(continuation[1:])[:, None], axis=-1).sum()
             mx.eval(total)
             if can_trim_prompt_cache(self.cache):
@@ -289,3 +296,62 @@ class ContextState:
                 self.cache, self.tokens = make_prompt_cache(self.model), []
                 self.sync(base)
         return total.item()
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A prompt's tools prefix (its system turn): its token ids and their base-model KV arrays (None
+    until computed), frozen while a LoRA trains and shared by every request with the same tools."""
+
+    ids: tuple
+    arrays: list = None
+
+    def __len__(self):
+        return len(self.ids)
+
+    @property
+    def frozen(self):
+        """(length, arrays) for training and scoring over the prefix (adaptation.py), or None."""
+        return (len(self.ids), self.arrays) if self.arrays is not None else None
+
+    def start(self, state):
+        """`state` made to start from this prefix, when its arrays are known."""
+        if self.arrays is not None:
+            state.seed(self.ids, self.arrays)
+        return state
+
+
+class PrefixCache:
+    """Base-model KV caches of recent tools prefixes, reused by requests with the same tools."""
+
+    def __init__(self, max_tokens=8192):
+        self.max_tokens = max_tokens
+        self.entries = OrderedDict()  # token ids -> Prefix
+
+    def get(self, ids):
+        """The cached Prefix of these ids, or a new one without arrays."""
+        prefix = self.entries.get(tuple(ids))
+        if prefix is None:
+            return Prefix(tuple(ids))
+        self.entries.move_to_end(prefix.ids)
+        return prefix
+
+    def kept(self, state, prefix):
+        """The prefix with its KV arrays (a copy of `state`'s, computed by the base model), cached."""
+        if prefix.arrays is None:
+            prefix = Prefix(prefix.ids, state.prefix_arrays(len(prefix), copy=True))
+            self._put(prefix)
+        return prefix
+
+    def _put(self, prefix):
+        if prefix.arrays is None or prefix.ids in self.entries or len(prefix) > self.max_tokens:
+            return
+        self.entries[prefix.ids] = prefix
+        while sum(len(k) for k in self.entries) > self.max_tokens:
+            self.entries.popitem(last=False)
+
+
+def prefix_length(ids, probes):
+    """Length of the prompt's template-and-tools prefix: what `ids` shares with two one-letter requests
+    rendered with the same tools (`probes`), at least one token and never the whole prompt."""
+    return max(1, min(common_prefix_len(probes[0], probes[1]), common_prefix_len(ids, probes[0]), len(ids) - 1))

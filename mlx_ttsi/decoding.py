@@ -122,15 +122,6 @@ class CallDecoder:
     def _start(self, text, on_piece=None):
         self.text, self.choices, self.on_piece = text, [], on_piece
 
-    def kv_prefix(self, n):
-        """A copy of the context's KV arrays for its first n tokens (see ContextState.prefix_arrays)."""
-        return self.state.prefix_arrays(n, copy=True)
-
-    def write_line(self, text, max_tokens):
-        """Greedy free text after `text`, up to a newline or `max_tokens` (the brief-reasoning plan)."""
-        self.state.set_text(text)
-        return self.state.sample(lambda logprobs: mx.argmax(logprobs, axis=-1), max_tokens)
-
     def draft(self, prompt, text):
         """Guess that the next answer after `prompt` is `text` (e.g. the label a LoRA was just trained
         to say): the rest of the guess is run through the model in one pass before each value, and
@@ -143,14 +134,6 @@ class CallDecoder:
             self.state.draft(ids[len(context) :], context=context)
         else:
             self._sync()
-
-    def draft_counts(self):
-        """(tokens drafted, tokens of them the decoding took)."""
-        return self.state.draft_counts()
-
-    def restart(self, n):
-        """Forget everything in the context after its first n tokens (the weights changed)."""
-        self.state.truncate(n)
 
     # -- primitives -------------------------------------------------------------------------
     def score(self, options, settle=False):

@@ -223,15 +223,15 @@ def scripted_writer(monkeypatch):
 @pytest.fixture
 def train_on_seen(monkeypatch):
     """The `train_on` examples each request got; only eval's oracle ablations (the gold answer) pass any."""
-    from mlx_ttsi.agent import Agent
+    from mlx_ttsi.turn import Turn
 
-    seen, original = [], Agent._synthesize
+    seen, original = [], Turn.synthesize
 
-    def spy(self, request, *args):
-        seen.append(request.examples if request.plan.source == "given" else None)
-        return original(self, request, *args)
+    def spy(self):
+        seen.append(self.request.examples if self.request.plan.source == "given" else None)
+        return original(self)
 
-    monkeypatch.setattr(Agent, "_synthesize", spy)
+    monkeypatch.setattr(Turn, "synthesize", spy)
     return seen
 
 

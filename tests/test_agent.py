@@ -279,7 +279,7 @@ def test_streamed_pieces_add_up_to_the_answer(agent, mode):
 
 
 def test_check_after_checks_the_adapted_answer_with_the_adapted_weights(agent, monkeypatch):
-    import mlx_ttsi.agent as agent_module
+    import mlx_ttsi.turn as agent_module
 
     checked = {"name": "get_weather", "arguments": {"city": "Paris"}}
     real, attached = agent_module.label_calls, []

@@ -170,7 +170,7 @@ def test_log_level_debug_logs_each_phase_on_stderr(tiny_model_dir, tools_file):
         ],
     )
     assert result.exit_code == 0, result.stderr
-    assert "DEBUG mlx_ttsi.agent: scoring" in result.stderr and "INFO mlx_ttsi.models: loading" in result.stderr
+    assert "DEBUG mlx_ttsi.turn: scoring" in result.stderr and "INFO mlx_ttsi.models: loading" in result.stderr
     assert "mlx_ttsi" not in result.stdout  # the answer alone on stdout
     quiet = CliRunner().invoke(
         cli,

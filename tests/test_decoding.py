@@ -147,9 +147,10 @@ def test_a_new_tokenizer_never_gets_the_vocabulary_of_a_dead_one():
 def decode_with_draft(tiny, tools, request, guess):
     fmt = call_format(tiny.tokenizer)
     prompt = render_prompt(tiny.tokenizer, [{"role": "user", "content": request}], tools, fmt)
-    decoder = CallDecoder(ContextState(tiny.model, tiny.tokenizer), fmt)
+    state = ContextState(tiny.model, tiny.tokenizer)
+    decoder = CallDecoder(state, fmt)
     decoder.draft(prompt, guess)
-    return decoder.decode(prompt, tools), decoder.draft_counts()
+    return decoder.decode(prompt, tools), state.draft_counts()
 
 
 @pytest.mark.parametrize("seed", range(3))

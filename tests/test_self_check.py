@@ -63,7 +63,7 @@ def test_an_unchanged_label_costs_no_scoring():
 
 @pytest.mark.parametrize("odds, kept", [(0.0, "label"), (1.0, "weighed")])
 def test_the_agent_weighs_its_self_label_with_the_requests_check_odds(tiny, tools, monkeypatch, odds, kept):
-    from mlx_ttsi import agent as agent_module
+    from mlx_ttsi import turn as agent_module
     from mlx_ttsi.agent import Agent
 
     calls = []
@@ -86,9 +86,10 @@ def test_the_agent_weighs_its_self_label_with_the_requests_check_odds(tiny, tool
 
 def test_mode_check_answers_with_the_checked_answer_and_never_trains(tiny, tools, monkeypatch):
     from mlx_ttsi.agent import Agent
+    from mlx_ttsi.turn import Turn
 
     agent = Agent(tiny)
-    monkeypatch.setattr(Agent, "_train", lambda *a, **k: pytest.fail("mode check trained"))
+    monkeypatch.setattr(Turn, "train", lambda *a, **k: pytest.fail("mode check trained"))
     request = "Set an alarm at 07:30 for the gym"
     checked = agent.ask(request, tools=tools, mode="check", check_odds=0)
     ttsi_label = agent.ask(request, tools=tools, mode="base")
@@ -97,11 +98,12 @@ def test_mode_check_answers_with_the_checked_answer_and_never_trains(tiny, tools
 
 
 def test_brief_reasoning_writes_a_plan_line_then_a_schema_valid_call(tiny, tools, monkeypatch):
-    from mlx_ttsi.agent import PLAN_LEAD, PLAN_TOKENS, Agent
+    from mlx_ttsi.agent import Agent
     from mlx_ttsi.tools import check_call
+    from mlx_ttsi.turn import PLAN_LEAD, PLAN_TOKENS, Turn
 
     agent = Agent(tiny)
-    monkeypatch.setattr(Agent, "_train", lambda *a, **k: pytest.fail("brief reasoning trained"))
+    monkeypatch.setattr(Turn, "train", lambda *a, **k: pytest.fail("brief reasoning trained"))
     seen = []
     answer = agent.ask(
         "Set an alarm at 07:30 for the gym",

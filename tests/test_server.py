@@ -471,7 +471,7 @@ def test_an_error_after_the_200_is_an_sse_error_object(server, client, agent, mo
     def unreachable(*args, **kwargs):
         raise TeacherError("cannot reach teacher endpoint http://10.0.0.7:8080/v1/chat/completions: refused")
 
-    monkeypatch.setattr(agent, "_adapt", unreachable)  # fails after scoring's progress went out
+    monkeypatch.setattr("mlx_ttsi.turn.Turn.adapt", unreachable)  # fails after scoring's progress went out
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
     connection.request(
         "POST",

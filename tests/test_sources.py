@@ -212,7 +212,7 @@ def test_calls_first_examples_are_verified_and_never_the_request(agent, tools):
 def test_the_informative_filter_keeps_what_the_base_model_gets_wrong(agent, monkeypatch):
     said = iter([True, False] * 8)
     monkeypatch.setattr(
-        "mlx_ttsi.agent.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, next(said)) for _ in pairs]
+        "mlx_ttsi.turn.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, next(said)) for _ in pairs]
     )
     answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls", examples=3, keep="informative")
     assert answer.rejected.get("the base model already says it", 0) >= 1
@@ -224,7 +224,7 @@ def test_the_informative_filter_keeps_what_the_base_model_gets_wrong(agent, monk
 
 def test_no_example_left_answers_with_the_checked_label(agent, monkeypatch):
     monkeypatch.setattr(
-        "mlx_ttsi.agent.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, True) for _ in pairs]
+        "mlx_ttsi.turn.answer_scores", lambda model, pairs, frozen=None: [(-1.0, 1, True) for _ in pairs]
     )
     answer = agent.ask(USER, tools=TOOLS, mode="ttsi", examples_from="calls")
     assert not answer.adapted and answer.note.startswith("not adapted")
