@@ -190,24 +190,14 @@ def _family_format(family, template, module):
             write_arguments=pythonic_arguments,
             **common,
         )
-    if family == "function_gemma":
+    if family in ("function_gemma", "gemma4"):  # the same wrapper; each writes its arguments its own way
         return CallFormat(
             open=markers[0],
             name_before="call:",
             name_after="{",
             close=markers[1],
             separator="",
-            write_arguments=function_gemma_arguments,
-            **common,
-        )
-    if family == "gemma4":
-        return CallFormat(
-            open=markers[0],
-            name_before="call:",
-            name_after="{",
-            close=markers[1],
-            separator="",
-            write_arguments=gemma4_arguments,
+            write_arguments=function_gemma_arguments if family == "function_gemma" else gemma4_arguments,
             **common,
         )
     if family == "qwen3_coder":
