@@ -22,7 +22,6 @@ from .self_check import better_tool, calls_made, context_text, label_calls, weig
 from .settings import Settings
 from .sources import SOURCES, Job
 from .synthesis import ModelWriter, Synthesis, keep_examples
-from .twins import twins
 from .uncertainty import estimate
 from .verify import request_values
 from .writer import BatchWriter
@@ -339,12 +338,7 @@ class Turn:
             )
         if not label:  # the model's own answer did not read as a call (formats.py)
             return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
-        if settings.examples_from != "twins":
-            return self.keep(SOURCES[settings.examples_from].synthesize(self.job()))
-        # the request itself with its self-label, and K-1 twins that teach copying its values
-        own = {"messages": messages, "request": last_user_text(messages), "calls": label, "source": "self-label"}
-        examples = [own] + twins(messages, label, tools, settings.examples - 1, settings.seed)
-        return Synthesis(examples=examples, attempts=settings.examples)
+        return SOURCES[settings.examples_from].synthesize(self.job())
 
     def job(self):
         """What a source of examples gets: the tools to write for are the label's, then the runner-up
@@ -376,6 +370,9 @@ class Turn:
             prompt,
             self.fmt,
             own_calls,
+            self.request.messages,
+            self.label,
+            self.keep,
         )
 
     def fresh_state(self):

@@ -6,14 +6,15 @@
 
 Adding a source is one new module listed in SOURCES; the agent never changes for it. Every source
 gets the same `Job`: the user's request, its tools, the tools to write examples for, the values of
-the user's request (which no example may contain), and a batched writer over the tools prefix.
+the user's request (which no example may contain), a batched writer over the tools prefix, and the
+--keep filter for examples that may teach nothing new.
 """
 
 from dataclasses import dataclass
 
-from . import calls, requests
+from . import calls, requests, twins
 
-SOURCES = {module.NAME: module for module in (calls, requests)}
+SOURCES = {module.NAME: module for module in (calls, requests, twins)}
 
 
 @dataclass
@@ -31,3 +32,6 @@ class Job:
     prompt: object  # (user text) -> the prompt text with the tools, ending where the answer begins
     fmt: object  # the model's call format (formats.CallFormat)
     label: object = None  # (request text) -> the model's own calls for it (schema-guided)
+    conversation: list = None  # the user's messages, normalised (prompts.normalize_messages)
+    self_label: list = None  # the model's checked answer to the user's request (self_check.py)
+    keep: object = None  # (Synthesis) -> the examples worth training on (--keep: informative, anchored ...)

@@ -42,7 +42,7 @@ def synthesize(job):
             synthesis.reject(problem)
         else:
             synthesis.examples.append({"request": request.strip(), "calls": [call], "source": NAME})
-    return synthesis
+    return job.keep(synthesis)
 
 
 def key_plans(job):

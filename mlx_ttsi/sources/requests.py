@@ -34,4 +34,4 @@ def synthesize(job):
             synthesis.reject(problem)
         else:
             synthesis.examples.append({"request": request, "calls": calls, "source": NAME})
-    return synthesis
+    return job.keep(synthesis)
