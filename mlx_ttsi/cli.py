@@ -299,7 +299,7 @@ def ask(
     "--methods",
     default="base,ttsi",
     show_default=True,
-    help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all (adapt on every row), "
+    help="Comma-separated: base, ttsi, ttd (needs --teacher), ticl, ttsi-all / ttd-all (adapt on every row), "
     "self-label (the checked answer, no training), plan (brief reasoning), the example-source variants "
     "ttsi-calls-all, ttsi-anchored-all, ttsi-checked-all, ttsi-verified-all, ttsi-requests-all, ttsi-twins(-all), ttsi-paper(-all) "
     "(docs/eval.md), and the ceilings oracle / oracle-twin (train on the gold answer / twins of it).",
@@ -339,11 +339,11 @@ def eval_command(
 
     Under `mlx.launch -n N -- mlx-ttsi eval ...` each rank takes every N-th row."""
     from .evaluation import report, runner
-    from .evaluation.methods import parse_methods
+    from .evaluation.methods import METHODS, parse_methods
     from .evaluation.rows import load_rows, select
 
     methods = parse_methods(methods)
-    need_teacher("ttd" in methods, teacher, "method ttd")
+    need_teacher(any(METHODS[m][0] == "ttd" for m in methods), teacher, "method ttd")
     seeds = runner.parse_seeds(seeds)
     # --max-calls given (flag or config file) applies everywhere; else a per-benchmark default
     explicit = ctx.get_parameter_source("max_calls") is not click.core.ParameterSource.DEFAULT

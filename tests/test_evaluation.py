@@ -379,6 +379,7 @@ def test_eval_without_matplotlib_says_no_plots_were_written(tiny_model_dir, tiny
         (["--data", "BAD"], "line 1 is not valid JSON"),
         (["--data", "DATA", "--methods", "base,magic"], "unknown method 'magic'"),
         (["--data", "DATA", "--methods", "ttd"], "ttd needs --teacher"),
+        (["--data", "DATA", "--methods", "base,ttd-all"], "ttd needs --teacher"),
         (["--data", "DATA", "--seed", "x"], "seeds must be integers"),
         (["--data", "DATA", "--threshold-sweep", "0.5,2"], "between 0 and 1"),
     ],

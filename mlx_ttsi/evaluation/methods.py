@@ -12,6 +12,7 @@ METHODS = {
     "ttd": ("ttd", False, {}),
     "ticl": ("ticl", False, {}),
     "ttsi-all": ("ttsi", True, {}),
+    "ttd-all": ("ttd", True, {}),
     "self-label": ("check", None, {}),
     "plan": ("plan", None, {}),
     "oracle": ("ttsi", True, {}),
