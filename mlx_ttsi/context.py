@@ -62,7 +62,73 @@ def cache_from_arrays(layers, batch=1):
     return caches
 
 
+class Draft:
+    """Tokens run through the model ahead of a context (a guessed continuation), with the log-probs
+    after each: taken for free while the context grows along them, dropped at the first other token."""
+
+    def __init__(self):
+        self.ids, self.logprobs = [], None
+        self.drafted = self.taken = 0  # tokens drafted and taken so far
+
+    def __bool__(self):
+        return bool(self.ids)
+
+    def hold(self, ids, logprobs):
+        self.ids, self.logprobs = ids, logprobs
+        self.drafted += len(ids)
+
+    def counts(self):
+        """(tokens drafted, tokens taken) so far."""
+        return self.drafted, self.taken
+
+    def next_is(self, token):
+        return bool(self.ids) and self.ids[0] == token
+
+    def agreeing(self, ids):
+        """How many of the draft's first tokens `ids` begins with."""
+        return common_prefix_len(self.ids, ids)
+
+    def take(self, k):
+        """The first k tokens and the log-probs after the last of them; the rest stays ahead."""
+        ids, last = self.ids[:k], self.logprobs[k - 1]
+        self.ids, self.logprobs = self.ids[k:], self.logprobs[k:]
+        self.taken += k
+        return ids, last
+
+    def drop(self):
+        """Forget the untaken tokens; returns how many there were (to trim off the KV cache)."""
+        count = len(self.ids)
+        self.ids, self.logprobs = [], None
+        return count
+
+    def settles(self, first, continuations, margin):
+        """Scores of `continuations` from the draft alone (`first`: the log-probs before it), when they
+        settle which one is likeliest.
+
+        A continuation's log-probs are known along the draft and for its first token off it; its sum
+        up to there is exact when that is its last token, else an upper bound (later tokens only lower
+        it). When the likeliest is exact and beats every other by `margin`, it is the argmax that
+        scoring them all would give: (totals, lengths); otherwise None."""
+        steps = [first] + [self.logprobs[j] for j in range(len(self.ids))]
+        totals, exact = [], []
+        for continuation in continuations:
+            total, j = 0.0, 0
+            for j, token in enumerate(continuation):  # up to the first token off the draft
+                total += steps[j][token].item()
+                if j >= len(self.ids) or token != self.ids[j]:
+                    break
+            totals.append(total)
+            exact.append(j == len(continuation) - 1)
+        best = max(range(len(totals)), key=totals.__getitem__)
+        if exact[best] and all(totals[best] > total + margin for i, total in enumerate(totals) if i != best):
+            return totals, [len(c) for c in continuations]
+        return None
+
+
 class ContextState:
+    """A model's running context: its tokens, their KV cache, the log-probs of the next token and a
+    draft held ahead of it (see the module's docstring)."""
+
     def __init__(self, model, tokenizer, context_length=None, cancelled=None):
         self.model = model
         self.tokenizer = tokenizer
@@ -72,10 +138,7 @@ class ContextState:
         self.tokens = []
         self.logprobs = None  # log-probs of the next token after self.tokens
         self.forward_tokens = 0  # tokens run through the model, for the benchmarks
-        # a draft: tokens already in the KV cache after self.tokens, with the log-probs after each;
-        # taken for free while the context grows along them, dropped at the first other token
-        self.ahead, self.ahead_logprobs = [], None
-        self.drafted = self.accepted = 0
+        self.ahead = Draft()  # tokens already in the KV cache after self.tokens
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -103,7 +166,7 @@ class ContextState:
         """Start from a known prefix: its tokens and their KV arrays (see `prefix_arrays`)."""
         self.cache = cache_from_arrays(arrays)
         self.tokens, self.logprobs = list(ids), None
-        self.ahead, self.ahead_logprobs = [], None
+        self.ahead.drop()  # the cache it was in is gone
 
     def truncate(self, n):
         """Forget everything after the first n tokens (e.g. after the weights changed)."""
@@ -132,7 +195,7 @@ class ContextState:
         self._check_length(len(ids))
         n = len(self.tokens)
         if self.ahead and len(ids) > n and ids[:n] == self.tokens:
-            self._take(common_prefix_len(self.ahead, ids[n:]))
+            self._take(self.ahead.agreeing(ids[n:]))
         if ids == self.tokens and self.logprobs is not None:
             return []
         self.truncate(min(common_prefix_len(self.tokens, ids), len(ids) - 1))
@@ -144,7 +207,7 @@ class ContextState:
     def push(self, token):
         """Append one token (as chosen by a decoder)."""
         self._check_length(len(self.tokens) + 1)
-        if self.ahead and self.ahead[0] == int(token):
+        if self.ahead.next_is(int(token)):
             self._take(1)
         else:
             self._feed([int(token)])
@@ -177,32 +240,13 @@ class ContextState:
         if rest:
             self.tokens.extend(rest)
             self.logprobs, logprobs = logprobs[0], logprobs[1:]
-        self.ahead, self.ahead_logprobs = ids, logprobs
-        self.drafted += len(ids)
+        self.ahead.hold(ids, logprobs)
 
     def score_on_draft(self, continuations, margin=DRAFT_MARGIN):
-        """Scores of `continuations` from the draft alone, when they settle which one is likeliest.
-
-        A continuation's log-probs are known along the draft and for its first token off it; its sum
-        up to there is exact when that is its last token, else an upper bound (later tokens only lower
-        it). When the likeliest is exact and beats every other by `margin`, it is the argmax that
-        scoring them all would give: (totals, lengths); otherwise None."""
+        """Scores of `continuations` from the draft alone when they settle the choice (Draft.settles)."""
         if not self.ahead or self.logprobs is None:
             return None
-        steps = [self.logprobs] + [self.ahead_logprobs[j] for j in range(len(self.ahead))]
-        totals, exact = [], []
-        for continuation in continuations:
-            total, j = 0.0, 0
-            for j, token in enumerate(continuation):  # up to the first token off the draft
-                total += steps[j][token].item()
-                if j >= len(self.ahead) or token != self.ahead[j]:
-                    break
-            totals.append(total)
-            exact.append(j == len(continuation) - 1)
-        best = max(range(len(totals)), key=totals.__getitem__)
-        if exact[best] and all(totals[best] > total + margin for i, total in enumerate(totals) if i != best):
-            return totals, [len(c) for c in continuations]
-        return None
+        return self.ahead.settles(self.logprobs, continuations, margin)
 
     def drafting(self):
         """Whether untaken draft tokens are waiting in the cache."""
@@ -210,22 +254,20 @@ class ContextState:
 
     def draft_counts(self):
         """(tokens drafted, tokens taken from drafts) in this context so far."""
-        return self.drafted, self.accepted
+        return self.ahead.counts()
 
     def _take(self, k):
         """Move the draft's first k tokens into the context (their log-probs are known)."""
         if k <= 0:
             return
-        self.tokens.extend(self.ahead[:k])
-        self.logprobs = self.ahead_logprobs[k - 1]
-        self.ahead, self.ahead_logprobs = self.ahead[k:], self.ahead_logprobs[k:]
-        self.accepted += k
+        ids, self.logprobs = self.ahead.take(k)
+        self.tokens.extend(ids)
 
     def _drop_ahead(self):
         """Forget the draft's untaken tokens (trimmed off the KV cache)."""
-        if self.ahead:
-            trim_prompt_cache(self.cache, len(self.ahead))
-        self.ahead, self.ahead_logprobs = [], None
+        untaken = self.ahead.drop()
+        if untaken:
+            trim_prompt_cache(self.cache, untaken)
 
     def sample(self, sampler, max_tokens, stop="\n"):
         """Text sampled after the current context, ending at `stop` or an end-of-turn token."""
