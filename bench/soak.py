@@ -74,6 +74,7 @@ def process_figures():
     return {
         "rss_mb": round(rss, 1),
         "mlx_active_mb": round(mx.get_active_memory() / 2**20, 1),
+        "mlx_cache_mb": round(mx.get_cache_memory() / 2**20, 1),  # freed buffers MLX keeps for reuse
         "threads": threading.active_count(),
     }
 
