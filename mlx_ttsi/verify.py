@@ -2,8 +2,9 @@
 
 An example is a request and its calls. Its label is right by construction when the calls fit their
 tools' schemas and every value they pass is stated in the request; it is worth training on only
-when it is not the user's request again (a copy, or the user's own values leaking in) and not a
-duplicate of another example. `example_problem` says which rule an example breaks (rejections are
+when it is not the user's request again (a copy, or the user's own values leaking in), not a
+duplicate of another example, and reads as a user's request: not the call's fields listed
+("token: ..., content: ...") nor its values alone. `example_problem` says which rule an example breaks (rejections are
 counted by these reasons in `--json` and eval).
 """
 
@@ -93,6 +94,29 @@ def leaked(calls, request, values):
     return None
 
 
+MIN_OWN_WORDS = 3  # words a request needs besides its call's values to read as a request
+
+
+def field_label(request, calls):
+    """An argument name or string value that the request writes as a field label ("token: ...",
+    "Query: ..."): a request in the call's key-value form, not a user's words. None when there is none."""
+    for call in calls:
+        words = [k for k in call["arguments"]] + [v for v in leaves(call["arguments"]) if isinstance(v, str)]
+        for word in words:
+            for form in {word, word.replace("_", " ")}:
+                if len(form.strip()) >= 3 and re.search(
+                    rf"(?:^|[\s,;(]){re.escape(form.strip())}\s*[:=]", request, re.I
+                ):
+                    return word
+    return None
+
+
+def own_words(request, calls):
+    """The request's words that are not words of its calls' values ("Weather in Madrid" -> weather, in)."""
+    values = set(" ".join(normal_words(leaf) for call in calls for leaf in leaves(call["arguments"])).split())
+    return [word for word in normal_words(request).split() if word not in values]
+
+
 def example_problem(request, calls, tools, original, values=(), examples=()):
     """Why an example (request, calls) is not a verified one, or None. `original` is the user's
     request, `values` its values (`request_values` of its answer), `examples` the ones kept so far."""
@@ -119,4 +143,8 @@ def example_problem(request, calls, tools, original, values=(), examples=()):
         return "a value of the user's request leaks into it"
     if any(normal_words(request) == normal_words(e["request"]) or e["calls"] == calls for e in examples):
         return "duplicate example"
+    if field_label(request, calls) is not None:
+        return "request lists the call's fields"
+    if len(own_words(request, calls)) < MIN_OWN_WORDS:
+        return "request is only its call's values"
     return None

@@ -120,6 +120,9 @@ def test_a_value_is_stated_up_to_case_and_punctuation():
             [WEATHER],
             "its request states a number its call leaves out",
         ),
+        ("city: Madrid, unit: celsius, days: 3, thanks a lot", [WEATHER], "request lists the call's fields"),
+        ("Celsius: Madrid weather for 3 days please", [WEATHER], "request lists the call's fields"),
+        ("Madrid, 3, celsius, ok", [WEATHER], "request is only its call's values"),
     ],
 )
 def test_each_verification_rule(tools, request_text, calls, reason):
