@@ -254,6 +254,12 @@ class EndpointTeacher:
         return synthesis
 
 
+def unlabelled():
+    """No examples: the model's own answer is not a readable call (formats.py), and the source makes
+    its examples from that answer."""
+    return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
+
+
 def _settle(future, fn):
     """Run fn on this thread and put its result (or its exception) in the future."""
     try:

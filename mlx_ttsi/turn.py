@@ -21,7 +21,7 @@ from .prompts import last_user_text, render_prompt
 from .self_check import better_tool, calls_made, context_text, label_calls, weigh_changes
 from .settings import Settings
 from .sources import SOURCES, Job
-from .synthesis import ModelWriter, Synthesis, keep_examples
+from .synthesis import Synthesis, keep_examples
 from .uncertainty import estimate
 from .verify import request_values
 from .writer import BatchWriter
@@ -305,46 +305,23 @@ class Turn:
         return Adaptation(synthesis, prompt, training, adapter.weights() if request.keep_adapter else None)
 
     def synthesize(self):
-        """The examples to adapt on: given ones (eval's oracle ablations), a teacher's, or the model's
-        own (`--examples-from`: a source of sources/, twins of the self-label, or the paper's one)."""
-        request, settings, label = self.request, self.settings, self.label
-        messages, tools = request.messages, request.tools
+        """The examples to adapt on: given ones (eval's oracle ablations), or a source's (sources/:
+        TT-D's teacher, or the model's own as `--examples-from` names)."""
+        request, settings = self.request, self.settings
         if request.plan.source == "given":
             given = list(request.examples)
             return Synthesis(
                 examples=given, attempts=len(given), reason=None if given else "no examples were given to train on"
             )
-        if request.plan.source == "teacher":  # a teacher may well know better than our own first choice
-            return self.agent.teacher().synthesize(
-                last_user_text(messages),
-                tools,
-                settings.examples,
-                settings.seed,
-                same_tool=self.uncertainty.best if settings.same_tool else None,
-                temperature=settings.temperature,
-                decoder_options=decoder_options(settings),
-                cancelled=request.cancelled,
-            )
-        if settings.examples_from == "paper":  # one similar request, labelled by the model, unverified
-            return ModelWriter(self.loaded).synthesize(
-                last_user_text(messages),
-                tools,
-                settings.examples,
-                settings.seed,
-                state=self.fresh_state(),
-                temperature=settings.temperature,
-                decoder_options=decoder_options(settings),
-                cancelled=request.cancelled,
-            )
-        if not label:  # the model's own answer did not read as a call (formats.py)
-            return Synthesis(attempts=1, reason="the model's own answer is not a readable tool call")
-        return SOURCES[settings.examples_from].synthesize(self.job())
+        source = "teacher" if request.plan.source == "teacher" else settings.examples_from
+        return SOURCES[source].synthesize(self.job())
 
     def job(self):
-        """What a source of examples gets: the tools to write for are the label's, then the runner-up
-        when the name is uncertain; no example may hold a value of the user's request."""
+        """What a source of examples gets: the tools to write for are the label's (else the likeliest
+        name's), then the runner-up when the name is uncertain; no example may hold a value of the
+        user's request."""
         settings, tools, tok, uncertainty = self.settings, self.request.tools, self.loaded.tokenizer, self.uncertainty
-        names = [self.label[0]["name"]]
+        names = [self.label[0]["name"] if self.label else uncertainty.best]
         if uncertainty.name_score is not None and uncertainty.name_score < uncertainty.threshold:
             names += [c["name"] for c in uncertainty.candidates if c["name"] not in names][:1]
         writer = BatchWriter(self.loaded.model, tok, self.prefix.ids, self.prefix.arrays, self.request.cancelled)
@@ -373,6 +350,12 @@ class Turn:
             self.request.messages,
             self.label,
             self.keep,
+            self.loaded,
+            self.fresh_state,
+            decoder_options(settings),
+            self.request.cancelled,
+            self.agent.teacher,
+            uncertainty.best if settings.same_tool else None,
         )
 
     def fresh_state(self):

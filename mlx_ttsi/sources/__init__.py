@@ -12,9 +12,10 @@ the user's request (which no example may contain), a batched writer over the too
 
 from dataclasses import dataclass
 
-from . import calls, requests, twins
+from . import calls, paper, requests, teacher, twins
 
-SOURCES = {module.NAME: module for module in (calls, requests, twins)}
+# teacher is TT-D's (--mode ttd); the others are named by --examples-from
+SOURCES = {module.NAME: module for module in (calls, requests, twins, paper, teacher)}
 
 
 @dataclass
@@ -35,3 +36,9 @@ class Job:
     conversation: list = None  # the user's messages, normalised (prompts.normalize_messages)
     self_label: list = None  # the model's checked answer to the user's request (self_check.py)
     keep: object = None  # (Synthesis) -> the examples worth training on (--keep: informative, anchored ...)
+    model: object = None  # the LoadedModel (sources that write with synthesis.ModelWriter)
+    new_state: object = None  # () -> a fresh ContextState over the tools prefix
+    decoder_options: dict = None  # CallDecoder's options from the request's settings
+    cancelled: object = None  # () -> bool: the client gave up
+    teacher: object = None  # () -> TT-D's teacher (synthesis.ModelWriter or EndpointTeacher)
+    same_tool: str = None  # TT-D keeps only examples that call this tool (--same-tool), or None

@@ -9,7 +9,7 @@ verify.py finds every value stated in the request and the call valid for its sch
 import json
 import random
 
-from ..synthesis import Synthesis
+from ..synthesis import Synthesis, unlabelled
 from ..verify import example_problem
 from ..writer import closed_json, quoted_line
 
@@ -28,6 +28,8 @@ CANDIDATES_PER_EXAMPLE = 2  # calls written per example wanted: some fail verifi
 
 def synthesize(job):
     """Up to CANDIDATES_PER_EXAMPLE * k candidates, each verified (verify.example_problem)."""
+    if not job.self_label:  # the model's own answer did not read as a call (formats.py)
+        return unlabelled()
     plans = key_plans(job)
     calls = write_calls(job, plans)
     requests = write_requests(job, calls)

@@ -5,7 +5,7 @@ schema-guided call; an example is kept when verify.py passes it. Its label is th
 answer, so the base model already says it back: the informative filter keeps none of these.
 """
 
-from ..synthesis import WRITER_USER, Synthesis, request_problem
+from ..synthesis import WRITER_USER, Synthesis, request_problem, unlabelled
 from ..verify import example_problem
 from ..writer import quoted_line
 
@@ -18,6 +18,8 @@ CANDIDATES_PER_EXAMPLE = 2
 
 def synthesize(job):
     """Up to k verified examples from CANDIDATES_PER_EXAMPLE * k requests written side by side."""
+    if not job.self_label:  # the model's own answer did not read as a call (formats.py)
+        return unlabelled()
     prompts = [
         job.prompt(WRITER_USER.format(request=job.original)) + '"' for _ in range(CANDIDATES_PER_EXAMPLE * job.k)
     ]

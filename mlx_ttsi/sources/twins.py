@@ -5,7 +5,7 @@ copying values from the request. Every example carries the model's own answer, s
 best learn to say it back (docs/results.md); kept for comparison (`--examples-from twins`).
 """
 
-from ..synthesis import Synthesis
+from ..synthesis import Synthesis, unlabelled
 from ..twins import twins
 
 NAME = "twins"
@@ -14,6 +14,8 @@ HELP = "the request with its own self-label, and K-1 twins of it with other valu
 
 def synthesize(job):
     """The request with its self-label, then up to k-1 twins; all of them, unfiltered."""
+    if not job.self_label:  # the model's own answer did not read as a call (formats.py)
+        return unlabelled()
     own = {"messages": job.conversation, "request": job.original, "calls": job.self_label, "source": "self-label"}
     examples = [own] + twins(job.conversation, job.self_label, job.tools, job.k - 1, job.seed)
     return Synthesis(examples=examples, attempts=job.k)
