@@ -21,7 +21,8 @@ def column(spec):
     method = method.removesuffix("+gate")
     source, field = ("ttsi", "label_correct") if method == "label" else (method, "correct")
     records = [json.loads(line) for line in (Path(folder) / "results.jsonl").read_text().splitlines()]
-    records = [r for r in records if r["seed"] == 0]
+    first = min((r["seed"] for r in records), default=0)  # a run's first seed (--seed 1 runs seed 1 only)
+    records = [r for r in records if r["seed"] == first]
     base = {(r["benchmark"], r["id"]): bool(r["correct"]) for r in records if r["method"] == "base"}
     rows = {}
     for record in records:
