@@ -186,6 +186,7 @@ class Turn:
         return self.tool_answer()
 
     def tool_answer(self):
+        """The tool request's path: score, decode, self-check, gate, then adapt and answer."""
         plan, clock = self.request.plan, self.clock
         prompt = self.open(self.render(self.request.messages))
         names, choice = self.score(prompt)
