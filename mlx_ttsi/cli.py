@@ -356,7 +356,7 @@ def eval_command(
         "teacher_model": teacher_model if teacher else None,
         "max_calls": max_calls or "per benchmark",
     }
-    plan = runner.Plan(
+    plan = runner.EvalPlan(
         select(load_rows(data), limit, sample, seeds[0]),
         methods,
         seeds,

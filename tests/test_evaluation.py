@@ -19,7 +19,7 @@ from mlx_ttsi.errors import DataError
 from mlx_ttsi.evaluation.ranks import Ranks
 from mlx_ttsi.evaluation.results import read_records
 from mlx_ttsi.evaluation.rows import gold_examples, load_rows, row_input, select
-from mlx_ttsi.evaluation.runner import Plan, evaluate, finish
+from mlx_ttsi.evaluation.runner import EvalPlan, evaluate, finish
 
 import pytest
 from click.testing import CliRunner
@@ -86,7 +86,7 @@ class ScriptedAgent:
 
 
 def plan(methods=("base", "ttsi", "ttsi-all"), rows=ROWS, **options):
-    return Plan(list(rows), list(methods), settings={"threshold": THRESHOLD}, **options)
+    return EvalPlan(list(rows), list(methods), settings={"threshold": THRESHOLD}, **options)
 
 
 def cell(summary, method, benchmark="tinybench"):

@@ -1,7 +1,7 @@
 """Offline evaluation: run methods over benchmark rows, keep every result as it comes, summarise.
 
     files = load_rows(["../shared/benchmarks/sealtool.jsonl"])
-    plan = Plan(select(files, limit=20), methods=["base", "ttsi"], seeds=[0])
+    plan = EvalPlan(select(files, limit=20), methods=["base", "ttsi"], seeds=[0])
     summary = evaluate(plan, "runs/x", agent=agent)
 
 The out dir holds results.jsonl (a line per row, method and seed; a rerun resumes), config.json, summary.json,
@@ -33,7 +33,9 @@ BAR = "{l_bar}{bar:20}| {n_fmt}/{total_fmt} elapsed {elapsed} ETA {remaining}{po
 
 
 @dataclass
-class Plan:
+class EvalPlan:
+    """What an eval run does: its rows, methods, seeds and sweep (turn.Plan is one request's plan)."""
+
     rows: list  # the selected rows, in order
     methods: list
     seeds: list = field(default_factory=lambda: [0])
