@@ -217,22 +217,11 @@ class EndpointTeacher:
                 raise Cancelled("the request was cancelled while the teacher answered")
         return reply.result()
 
-    def synthesize(
-        self,
-        original,
-        tools,
-        k,
-        seed,
-        max_attempts=None,
-        same_tool=None,
-        temperature=None,
-        decoder_options=None,
-        cancelled=None,
-    ):
+    def synthesize(self, original, tools, k, seed, max_attempts=None, same_tool=None, cancelled=None, **local):
         """Up to k examples from the endpoint. The agent's teacher (Agent.teacher: this, or a
-        ModelWriter for a local model) is called one way whichever it is, so this takes a local
-        writer's `temperature` and `decoder_options` and ignores them (an endpoint samples and writes
-        calls as it is set up). `cancelled()` is polled while it answers."""
+        ModelWriter for a local model) is called one way whichever it is; a local writer's options
+        (`local`: temperature, decoder_options) mean nothing to an endpoint, which samples and writes
+        calls as it is set up. `cancelled()` is polled while it answers."""
         synthesis = Synthesis()
         tools_text = "\n".join(tool_line(t) for t in tools)
         for attempt in range(max_attempts or 2):
