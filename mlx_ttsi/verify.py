@@ -100,15 +100,10 @@ MIN_OWN_WORDS = 3  # words a request needs besides its call's values to read as 
 def field_label(request, calls):
     """An argument name or string value that the request writes as a field label ("token: ...",
     "Query: ..."): a request in the call's key-value form, not a user's words. None when there is none."""
-    for call in calls:
-        words = [k for k in call["arguments"]] + [v for v in leaves(call["arguments"]) if isinstance(v, str)]
-        for word in words:
-            for form in {word, word.replace("_", " ")}:
-                if len(form.strip()) >= 3 and re.search(
-                    rf"(?:^|[\s,;(]){re.escape(form.strip())}\s*[:=]", request, re.I
-                ):
-                    return word
-    return None
+    words = [w for call in calls for w in [*call["arguments"], *leaves(call["arguments"])] if isinstance(w, str)]
+    forms = {form.strip() for word in words for form in (word, word.replace("_", " "))}
+    pattern = r"(?:^|[\s,;(]){}\s*[:=]"
+    return next((f for f in forms if len(f) >= 3 and re.search(pattern.format(re.escape(f)), request, re.I)), None)
 
 
 def own_words(request, calls):

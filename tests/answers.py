@@ -3,6 +3,7 @@
 tests/test_answers.py: a change meant to keep behaviour (a refactor) must leave them as they are."""
 
 import json
+from functools import cache
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -19,6 +20,7 @@ CASES = [
 COMPARED = ("answer", "tool_calls", "adapted", "method", "label", "synthetic", "rejected", "note", "asked")
 
 
+@cache
 def requests():
     """{id: (request, tools)}: the project's own fixture requests and the README's."""
     rows = [json.loads(line) for line in (FIXTURES / "requests.jsonl").read_text().splitlines() if line.strip()]
