@@ -124,8 +124,8 @@ OPTIONS = [
     Option(
         "check_after",
         False,
-        "TT-SI/TT-ICL: the adapted answer is self-checked against the request as well, each change weighed by "
-        "the adapted model (off: the adapted answer as written).",
+        "TT-SI/TT-ICL/TT-D: the adapted answer is self-checked against the request as well, each change weighed "
+        "by the adapted model (off: the adapted answer as written).",
         bool,
         flag="--check-after/--no-check-after",
         request=True,

@@ -117,8 +117,8 @@ class Request:
 
     @property
     def checks_after(self):
-        """Whether the adapted answer is self-checked too (--check-after; TT-SI and TT-ICL)."""
-        return self.settings.check_after and self.plan.self_check
+        """Whether the adapted answer is self-checked too (--check-after; TT-SI, TT-ICL and TT-D)."""
+        return self.settings.check_after and (self.plan.self_check or self.plan.source == "teacher")
 
 
 @dataclass

@@ -22,6 +22,7 @@ METHODS = {
     "ttsi-anchored-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored"}),
     # the adapted answer self-checked too (--check-after)
     "ttsi-checked-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored", "check_after": True}),
+    "ttd-checked-all": ("ttd", True, {"check_after": True}),
     "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified"}),
     "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified"}),
     "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins"}),
