@@ -104,6 +104,7 @@ class Agent:
         train_on=None,
         on_piece=None,
         cancelled=None,
+        stages=False,
         **overrides,
     ):
         """Answer one request (or conversation).
@@ -116,8 +117,9 @@ class Agent:
         eval's oracle ablations use it. `progress(phase, seconds, detail)` hears each phase end,
         `on_piece(kind, text)` the answer as it is decoded ("content" text, or a tool call's
         "call" name then its "arguments" JSON in pieces), and `cancelled()`, polled at every
-        decoding and training step, stops the request (Cancelled) when it returns True.
-        Any other keyword overrides a Settings field for this request."""
+        decoding and training step, stops the request (Cancelled) when it returns True. `stages`
+        keeps, in Answer.stages, the answers modes base and check would have given (the same
+        decoding, met on the way: eval answers those methods from one turn). Any other keyword overrides a Settings field for this request."""
         settings = self._settings(overrides)
         if adapter_weights is None and self.saved is not None and settings.mode != "base":
             adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")
@@ -142,6 +144,7 @@ class Agent:
             save_adapter,
             on_piece,
             cancelled,
+            stages,
         )
         with self._lock:
             try:

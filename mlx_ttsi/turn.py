@@ -59,9 +59,11 @@ class Answer:
     # took `taken` of `tokens`; answer_is_draft: the answer is the guess itself
     draft: dict = None
     unchecked: list = None  # the adapted calls before --check-after changed them (None: not changed)
+    # ask(stages=True): the answers modes base and check give, met on the way ({"base", "check"}; eval)
+    stages: dict = None
 
     def as_dict(self):
-        data = {k: v for k, v in asdict(self).items() if k != "adapter"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("adapter", "stages")}
         data["uncertainty"] = self.uncertainty.as_dict() if self.uncertainty else None
         return data
 
@@ -114,6 +116,7 @@ class Request:
     save_adapter: str = None
     on_piece: object = None  # (kind, text) -> None: hears the answer as it is decoded
     cancelled: object = None  # () -> bool: polled at every decoding and training step
+    stages: bool = False  # keep the base and checked answers met on the way (Answer.stages)
 
     @property
     def checks_after(self):
@@ -176,6 +179,7 @@ class Turn:
         self.loaded, self.fmt, self.settings = agent.loaded, agent.fmt, request.settings
         self.state = self.decoder = self.prefix = None  # opened by `open`
         self.uncertainty = self.label = None
+        self.stages = {}  # mode -> the Answer it would have given, when the request keeps stages
 
     def answer(self):
         """The plan: a text answer, the brief-reasoning one, or the tool path below."""
@@ -196,11 +200,14 @@ class Turn:
             prompt, self.request.tools, choice, self.request.on_piece if plan.stream_base else None
         )
         clock.lap("decoding")
+        self.keep_stage("base", prompt, base, names.with_arguments(argument_margin(base.choices), None))
         self.label = self.self_label(prompt, base, names, choice) if plan.self_check else None
         self.uncertainty = self.gate(names, base)
         # the checked answer: mode check's answer, and TT-SI's when it finds nothing to learn
         checked = base if not self.label or self.label == base.calls else self.decoded(self.label)
         checked_method = "check" if checked is not base else None
+        if plan.self_check:
+            self.keep_stage("check", prompt, checked, self.uncertainty, self.label, checked_method)
         if plan.method == "check":
             return self.result(prompt, checked, method=checked_method)
         if not plan.adapts(self.uncertainty):
@@ -470,6 +477,15 @@ class Turn:
         )
 
     # -- the answer ----------------------------------------------------------------------------
+    def keep_stage(self, mode, prompt, decoded, uncertainty, label=None, method=None):
+        """With Request.stages, the Answer mode `mode` gives for this request, as it stands now (the base
+        answer before the self-check, the checked one after it): eval answers those methods from one turn."""
+        if self.request.stages:
+            answer = self.result(prompt, decoded, streamed=True, method=method)
+            self.stages[mode] = replace(
+                answer, uncertainty=uncertainty, label=label, timings=dict(answer.timings), stages=None
+            )
+
     def decoded(self, calls):
         return Decoded(calls, self.fmt.calls_text(calls))
 
@@ -504,4 +520,5 @@ class Turn:
             finish_reason="tool_calls" if decoded.calls else "stop",
             draft=draft,
             unchecked=unchecked,
+            stages=dict(self.stages) or None,
         )

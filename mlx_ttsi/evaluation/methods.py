@@ -38,6 +38,21 @@ SEEDLESS = (
     "self-label",
     "plan",
 )  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
+# A method's turn meets, on its way, the answers of base (the decoded answer) and, when it self-checks,
+# of self-label (the checked one): Answer.stages. Eval takes those methods' answers from it, so a row
+# is decoded and checked once, unless the method overrides a setting that acts before the check.
+STAGES = {"base": "base", "self-label": "check"}  # eval method -> the mode whose stage answers for it
+AFTER_CHECK = {"examples_from", "keep", "check_after", "examples", "learning_rate"}  # settings read after it
+
+
+def stages_of(method):
+    """The eval methods whose answers a turn of `method` meets on its way ((), ("base",) or both)."""
+    mode, _, overrides = METHODS[method]
+    if method in ORACLES or mode in ("base", "plan") or set(overrides) - AFTER_CHECK:
+        return ()
+    return ("base", "self-label") if mode in ("ttsi", "ticl") else ("base",)
+
+
 ADAPTIVE = ("ttsi", "ttd", "ticl", "ttsi-twins", "ttsi-paper")  # methods the threshold sweep is computed for
 
 

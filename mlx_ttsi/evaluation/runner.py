@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..errors import DataError, RequestError, ToolsError
 from .grading import is_correct
-from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS
+from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS, STAGES, stages_of
 from .ranks import launched_ranks
 from .report import write_summary
 from .results import RESULTS, Appender, check_config, key, read_all, read_records, write_records
@@ -119,17 +119,42 @@ def run_rows(agent, todo, path, max_calls, bar, examples):
     """Ask each (row, seed, method) and append its result line to `path` at once."""
     appender = Appender(path)
     try:
-        for row, seed, method in todo:
-            bar.set_postfix_str(f"{row['benchmark']} {method}")
-            appender.write(run_one(agent, row, method, seed, max_calls, examples))
-            bar.update()
+        for row, seed, methods in by_row(todo):
+            for record in run_row(agent, row, seed, methods, max_calls, examples, bar):
+                appender.write(record)
+                bar.update()
     finally:
         appender.close()
         bar.close()
 
 
-def run_one(agent, row, method, seed, max_calls, examples):
-    """One result line: the row asked with one method and seed, scored.
+def by_row(todo):
+    """todo's (row, seed, method) runs as (row, seed, [methods]), in order."""
+    groups = {}
+    for row, seed, method in todo:
+        groups.setdefault((row["benchmark"], row["id"], seed), (row, seed, []))[2].append(method)
+    return list(groups.values())
+
+
+def run_row(agent, row, seed, methods, max_calls, examples, bar):
+    """The result lines of one row and seed, as they come. The first method whose turn meets the others' answers on
+    its way (methods.stages_of: base and self-label inside TT-SI's) answers for them too, so the row is
+    decoded and checked once; a method it did not answer for (an agent that keeps no stages) is asked."""
+    donors = [m for m in methods if set(stages_of(m)) & set(methods)]
+    done = set()
+    for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
+        if method in done:
+            continue
+        bar.set_postfix_str(f"{row['benchmark']} {method}")
+        wanted = [m for m in stages_of(method) if m in methods and m not in done]
+        lines = run_one(agent, row, method, seed, max_calls, examples, wanted)
+        done.update(lines)
+        yield from lines.values()
+
+
+def run_one(agent, row, method, seed, max_calls, examples, stages=()):
+    """{method: result line}: the row asked with one method and seed, scored; with `stages` (methods
+    whose answers its turn meets, methods.STAGES), their lines too, where the agent kept them.
 
     Only the oracle methods read the row's gold answer; every other method is asked with a copy
     of the row that has no gold fields. Each method starts from the cached tools prefix (computed
@@ -139,6 +164,8 @@ def run_one(agent, row, method, seed, max_calls, examples):
     request, messages = row_input(inputs)
     record = {"benchmark": row["benchmark"], "id": row["id"], "method": method, "seed": seed}
     options = {"train_on": gold_examples(row, method, examples, seed)} if method in ORACLES else {}
+    if stages:
+        options["stages"] = True
     scorer = getattr(agent, "likelihoods", None)  # the gold answer's likelihood, scored after answering
     if scorer is not None and force is not None:
         options["keep_adapter"] = True
@@ -157,23 +184,40 @@ def run_one(agent, row, method, seed, max_calls, examples):
             **options,
         )
     except (RequestError, ToolsError) as error:  # this row cannot be asked (e.g. over the context): wrong
-        return record | {
-            "prediction": [],
-            "correct": False,
-            "uncertainty": None,
-            "uncertain": None,
-            "threshold": None,
-            "adapted": False,
-            "synthetic": 0,
-            "rejected": 0,
-            "asked": 0,
-            "loss": None,
-            "timings": {"total": round(time.perf_counter() - started, 3)},
-            "error": str(error),
-        }
+        return {method: record | failed(error, time.perf_counter() - started)}
+    gold = gold_likelihood(scorer, request, inputs, messages, row, answer) if scorer else None
+    met = getattr(answer, "stages", None) or {}
+    lines = {method: record | scored(row, answer, gold)}
+    for other in stages:
+        if STAGES[other] in met:  # an answer met on the way: not adapted, so the gold's base likelihood
+            unadapted = gold and {"base": gold["base"], "adapted": None}
+            lines[other] = record | {"method": other, "shared": method} | scored(row, met[STAGES[other]], unadapted)
+    return lines
+
+
+def failed(error, seconds):
+    """The result fields of a row that could not be asked: wrong, with the error."""
+    return {
+        "prediction": [],
+        "correct": False,
+        "uncertainty": None,
+        "uncertain": None,
+        "threshold": None,
+        "adapted": False,
+        "synthetic": 0,
+        "rejected": 0,
+        "asked": 0,
+        "loss": None,
+        "timings": {"total": round(seconds, 3)},
+        "error": str(error),
+    }
+
+
+def scored(row, answer, gold):
+    """The result fields of an answer to `row`, scored against its gold answer."""
     u = answer.uncertainty
     label = getattr(answer, "label", None)
-    return record | {
+    return {
         "prediction": answer.tool_calls,
         "correct": is_correct(row, answer.tool_calls),
         "uncertainty": u.score if u else None,
@@ -202,7 +246,7 @@ def run_one(agent, row, method, seed, max_calls, examples):
         "loss": (getattr(answer, "training", None) or {}).get("loss"),
         "timings": answer.timings,
         "error": None,
-        "gold_likelihood": gold_likelihood(scorer, request, inputs, messages, row, answer) if scorer else None,
+        "gold_likelihood": gold,
     }
 
 
