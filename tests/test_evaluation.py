@@ -527,18 +527,19 @@ def test_results_keep_the_examples_each_lora_learnt(tiny_model_dir, tiny_data, t
     assert "| yield |" in (out / "summary.md").read_text()
 
 
-def test_base_and_self_label_answered_inside_ttsi_equal_their_own_runs(tiny_model_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("donor", ["ttsi-all", "ticl-checked-all"])
+def test_base_and_self_label_answered_inside_ttsi_equal_their_own_runs(donor, tiny_model_dir, tiny_data, tmp_path):
     args = ["--epochs", "1", "--any-tool", "-q"]
-    result = run_eval(tiny_model_dir, tiny_data, tmp_path / "one", "--methods", "ttsi-all,base,self-label", *args)
+    result = run_eval(tiny_model_dir, tiny_data, tmp_path / "one", "--methods", f"{donor},base,self-label", *args)
     assert result.exit_code == 0, result.stderr
     for method in ("base", "self-label"):
         assert run_eval(tiny_model_dir, tiny_data, tmp_path / method, "--methods", method, *args).exit_code == 0
     alone = {(r["id"], r["method"]): r for m in ("base", "self-label") for r in lines(tmp_path / m / "results.jsonl")}
-    together = [r for r in lines(tmp_path / "one" / "results.jsonl") if r["method"] != "ttsi-all"]
+    together = [r for r in lines(tmp_path / "one" / "results.jsonl") if r["method"] != donor]
     assert len(together) == len(alone) == 2 * len(TINY_ROWS)
     for record in together:  # the same answer, scores and label, from the TT-SI turn: decoded and checked once
         own = alone[record["id"], record["method"]]
-        assert record.pop("shared") == "ttsi-all" and "shared" not in own
+        assert record.pop("shared") == donor and "shared" not in own
         phases = {"base": {"scoring", "decoding", "total"}, "self-label": {"scoring", "decoding", "labelling", "total"}}
         assert set(record.pop("timings")) == set(own.pop("timings")) == phases[record["method"]]
         assert record == own

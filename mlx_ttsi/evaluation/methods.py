@@ -23,6 +23,8 @@ METHODS = {
     # the adapted answer self-checked too (--check-after)
     "ttsi-checked-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored", "check_after": True}),
     "ttd-checked-all": ("ttd", True, {"check_after": True}),
+    # the same verified examples shown in the prompt instead of trained on (TT-ICL), the answer checked too
+    "ticl-checked-all": ("ticl", True, {"examples_from": "calls", "keep": "anchored", "check_after": True}),
     "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified"}),
     "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified"}),
     "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins"}),
