@@ -125,7 +125,8 @@ OPTIONS = [
         "check_after",
         False,
         "TT-SI/TT-ICL/TT-D: the adapted answer is self-checked against the request as well, each change weighed "
-        "by the adapted model (off: the adapted answer as written).",
+        "by the adapted model (off: the adapted answer as written); TT-D then checks its base answer too, its "
+        "answer when no teacher example is kept.",
         bool,
         flag="--check-after/--no-check-after",
         request=True,

@@ -119,6 +119,12 @@ class Request:
     stages: bool = False  # keep the base and checked answers met on the way (Answer.stages)
 
     @property
+    def self_checks(self):
+        """Whether the base answer is self-checked: TT-SI, TT-ICL and mode check always, TT-D with
+        --check-after (its answer then when the teacher's examples are all refused)."""
+        return self.plan.self_check or self.checks_after
+
+    @property
     def checks_after(self):
         """Whether the adapted answer is self-checked too (--check-after; TT-SI, TT-ICL and TT-D)."""
         return self.settings.check_after and (self.plan.self_check or self.plan.source == "teacher")
@@ -201,12 +207,12 @@ class Turn:
         )
         clock.lap("decoding")
         self.keep_stage("base", prompt, base, names.with_arguments(argument_margin(base.choices), None))
-        self.label = self.self_label(prompt, base, names, choice) if plan.self_check else None
+        self.label = self.self_label(prompt, base, names, choice) if self.request.self_checks else None
         self.uncertainty = self.gate(names, base)
         # the checked answer: mode check's answer, and TT-SI's when it finds nothing to learn
         checked = base if not self.label or self.label == base.calls else self.decoded(self.label)
         checked_method = "check" if checked is not base else None
-        if plan.self_check:
+        if self.request.self_checks:
             self.keep_stage("check", prompt, checked, self.uncertainty, self.label, checked_method)
         if plan.method == "check":
             return self.result(prompt, checked, method=checked_method)

@@ -145,27 +145,33 @@ def test_ttd_with_a_local_teacher_model(tiny, tiny_model_dir, plausible_requests
     assert agent.adapter.is_reset()
 
 
-def test_ttd_check_after_checks_the_adapted_answer_only(tiny, tiny_model_dir, plausible_requests, monkeypatch):
+def test_ttd_check_after_checks_the_base_and_the_adapted_answer(tiny, tiny_model_dir, plausible_requests, monkeypatch):
     import mlx_ttsi.turn as turn
     from mlx_ttsi.settings import Settings
+    from mlx_ttsi.synthesis import ModelWriter
 
     plausible_requests[:] = ["Set an alarm at 7 for work.", "Convert 100 USD to EUR."]
     agent = Agent(tiny, Settings(examples=2, same_tool=False, check_odds=0.0), teacher=str(tiny_model_dir))
-    checked, attached = {"name": "get_weather", "arguments": {"city": "Paris"}}, []
+    base = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="base").tool_calls
+    candidates = ({"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "list_alarms", "arguments": {}})
+    checked, attached = next(c for c in candidates if [c] != base), []  # a check that changes the base answer
 
-    def label_calls(decoder, prompt, tools, calls, context):  # the adapted answer rewritten to `checked`
+    def label_calls(decoder, prompt, tools, calls, context):  # every answer checked into `checked`
         attached.append(agent.adapter.trained)
         return [dict(checked)]
 
     monkeypatch.setattr(turn, "label_calls", label_calls)
     plain = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
-    assert plain.adapted and attached == []  # TT-D has no self-check of its own
+    assert plain.adapted and attached == [] and plain.label is None  # TT-D has no self-check of its own
     answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=True)
-    assert attached == [True] and answer.adapted and answer.method == "ttd"  # once, with the teacher's LoRA
-    assert answer.tool_calls == [checked] and answer.unchecked == (
-        None if plain.tool_calls == [checked] else plain.tool_calls
-    )
+    assert attached == [False, True] and answer.adapted and answer.method == "ttd"  # base, then with the LoRA
+    assert answer.tool_calls == [checked] and answer.label == [checked]
+    assert answer.unchecked == (None if plain.tool_calls == [checked] else plain.tool_calls)
     assert "checking" in answer.timings and agent.adapter.is_reset()
+    # every teacher example refused: the answer is the checked base answer, not the base one
+    monkeypatch.setattr(ModelWriter, "label", lambda self, state, request, tools, options=None: [])
+    refused = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=True)
+    assert not refused.adapted and refused.note and refused.tool_calls == [checked] and refused.method == "check"
 
 
 def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url, tiny_model_dir, tools_file):

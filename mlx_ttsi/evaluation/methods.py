@@ -52,7 +52,8 @@ def stages_of(method):
     mode, _, overrides = METHODS[method]
     if method in ORACLES or mode in ("base", "plan") or set(overrides) - AFTER_CHECK:
         return ()
-    return ("base", "self-label") if mode in ("ttsi", "ticl") else ("base",)
+    checks = mode in ("ttsi", "ticl") or (mode == "ttd" and overrides.get("check_after"))
+    return ("base", "self-label") if checks else ("base",)
 
 
 ADAPTIVE = ("ttsi", "ttd", "ticl", "ttsi-twins", "ttsi-paper")  # methods the threshold sweep is computed for
