@@ -119,7 +119,8 @@ class Agent:
         "call" name then its "arguments" JSON in pieces), and `cancelled()`, polled at every
         decoding and training step, stops the request (Cancelled) when it returns True. `stages`
         keeps, in Answer.stages, the answers modes base and check would have given (the same
-        decoding, met on the way: eval answers those methods from one turn). Any other keyword overrides a Settings field for this request."""
+        decoding, met on the way: eval answers those methods from one turn). Any other keyword
+        overrides a Settings field for this request."""
         settings = self._settings(overrides)
         if adapter_weights is None and self.saved is not None and settings.mode != "base":
             adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")

@@ -137,9 +137,10 @@ def by_row(todo):
 
 
 def run_row(agent, row, seed, methods, max_calls, examples, bar):
-    """The result lines of one row and seed, as they come. The first method whose turn meets the others' answers on
-    its way (methods.stages_of: base and self-label inside TT-SI's) answers for them too, so the row is
-    decoded and checked once; a method it did not answer for (an agent that keeps no stages) is asked."""
+    """The result lines of one row and seed, as they come. The first method whose turn meets the
+    others' answers on its way (methods.stages_of: base and self-label inside TT-SI's) answers for them
+    too, so the row is decoded and checked once; a method it did not answer for (an agent that keeps
+    no stages) is asked."""
     donors = [m for m in methods if set(stages_of(m)) & set(methods)]
     done = set()
     for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
