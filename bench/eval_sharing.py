@@ -20,7 +20,7 @@ from mlx_ttsi.evaluation.rows import load_rows, select
 from mlx_ttsi.evaluation.runner import EvalPlan, evaluate
 from mlx_ttsi.settings import Settings
 
-from _common import ROOT, machine
+from _common import SEALTOOL, machine
 
 FILES = ("sealtool", "apibank_l1", "apibank_l2", "nexusraven", "toolalpaca")
 
@@ -43,8 +43,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("-d", "--data", action="append", help="a benchmark file (repeatable; default: the five)")
     args = parser.parse_args()
-    benchmarks = ROOT.parent / "shared" / "benchmarks"
-    data = args.data or [str(benchmarks / f"{f}.jsonl") for f in FILES]
+    data = args.data or [
+        str(SEALTOOL.parent / f"{f}.jsonl") for f in FILES
+    ]  # ../shared/benchmarks or $MLX_TTSI_BENCHMARKS
     rows = select(load_rows(data), sample=args.sample, seed=0)
     methods = ["base", "self-label", args.method]
     agent = Agent.load(args.model, settings=Settings())

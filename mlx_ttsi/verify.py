@@ -101,7 +101,7 @@ def field_label(request, calls):
     """An argument name or string value that the request writes as a field label ("token: ...",
     "Query: ..."): a request in the call's key-value form, not a user's words. None when there is none."""
     words = [w for call in calls for w in [*call["arguments"], *leaves(call["arguments"])] if isinstance(w, str)]
-    forms = {form.strip() for word in words for form in (word, word.replace("_", " "))}
+    forms = dict.fromkeys(form.strip() for word in words for form in (word, word.replace("_", " ")))  # in order
     pattern = r"(?:^|[\s,;(]){}\s*[:=]"
     return next((f for f in forms if len(f) >= 3 and re.search(pattern.format(re.escape(f)), request, re.I)), None)
 
