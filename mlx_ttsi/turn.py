@@ -58,7 +58,7 @@ class Answer:
     # how an adapted answer was found: a guess (the trained label) run in one pass, of which decoding
     # took `taken` of `tokens`; answer_is_draft: the answer is the guess itself
     draft: dict = None
-    unchecked: list = None  # the adapted calls before --check-after changed them (None: not changed)
+    unchecked: list = None  # the adapted (or planned) calls before --check-after changed them (None: not changed)
     # ask(stages=True): the answers modes base and check give, met on the way ({"base", "check"}; eval)
     stages: dict = None
 
@@ -126,8 +126,10 @@ class Request:
 
     @property
     def checks_after(self):
-        """Whether the adapted answer is self-checked too (--check-after; TT-SI, TT-ICL and TT-D)."""
-        return self.settings.check_after and (self.plan.self_check or self.plan.source == "teacher")
+        """Whether the adapted answer is self-checked too (--check-after; TT-SI, TT-ICL and TT-D), or the
+        call written after the plan line (mode plan)."""
+        checkable = self.plan.self_check or self.plan.source == "teacher" or self.plan.method == "plan"
+        return self.settings.check_after and checkable
 
 
 @dataclass
@@ -430,7 +432,7 @@ class Turn:
 
     def planned_answer(self):
         """Brief reasoning: the model writes "Function: name / key arguments" (at most PLAN_TOKENS),
-        then its call after that line; no self-check, no adaptation."""
+        then its call after that line, self-checked with --check-after; no adaptation."""
         messages = list(self.request.messages)
         if messages[-1]["role"] == "user":
             messages[-1] = {**messages[-1], "content": messages[-1]["content"] + PLAN_ASK}
@@ -445,8 +447,15 @@ class Turn:
         self.clock.lap("scoring", f"name margin {names.score:.3f}")
         answer = self.decoder.decode(prompt, self.request.tools, choice)
         self.clock.lap("decoding")
-        self.uncertainty = names.with_arguments(argument_margin(answer.choices), None)
-        return self.result(prompt, answer, method="plan")
+        if self.request.checks_after and answer.calls:
+            self.label = self.self_label(prompt, answer, names, choice)
+        agrees = None if self.label is None else self.label == answer.calls
+        self.uncertainty = names.with_arguments(argument_margin(answer.choices), agrees)
+        if agrees is None:
+            return self.result(prompt, answer, method="plan")
+        self.clock.lap("checking", "the planned answer " + ("kept" if agrees else "changed"))
+        checked = answer if agrees else self.decoded(self.label)
+        return self.result(prompt, checked, method="plan", unchecked=None if agrees else answer.calls)
 
     def text_answer(self):
         """A request without tools: the model's own text, streamed (a stored adapter writes it too)."""

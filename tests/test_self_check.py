@@ -118,3 +118,28 @@ def test_brief_reasoning_writes_a_plan_line_then_a_schema_valid_call(tiny, tools
     assert answer.method == "plan" and not answer.adapted and check_call(answer.tool_calls[0], tools) is None
     # the call is decoded after the plan line: the prompt it was decoded from holds it
     assert answer.prompt_tokens > agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="base").prompt_tokens
+
+
+def test_plan_with_check_after_answers_with_the_checked_call_after_the_plan_line(tiny, tools, monkeypatch):
+    import mlx_ttsi.turn as turn
+    from mlx_ttsi.agent import Agent
+    from mlx_ttsi.settings import Settings
+
+    request = "Set an alarm at 07:30 for the gym"
+    agent = Agent(tiny, Settings(check_odds=0.0))
+    planned = agent.ask(request, tools=tools, mode="plan")
+    candidates = [{"name": t.name, "arguments": {}} for t in tools]
+    checked = next(c for c in candidates if [c] != planned.tool_calls)  # a check that changes the call
+    prompts = []
+
+    def label_calls(decoder, prompt, tools, calls, context):
+        prompts.append(prompt)
+        return [dict(checked)]
+
+    monkeypatch.setattr(turn, "label_calls", label_calls)
+    assert agent.ask(request, tools=tools, mode="plan").tool_calls == planned.tool_calls and prompts == []
+    answer = agent.ask(request, tools=tools, mode="plan", check_after=True)
+    assert answer.method == "plan" and not answer.adapted and "checking" in answer.timings
+    assert answer.tool_calls == [checked] and answer.label == [checked] and answer.unchecked == planned.tool_calls
+    assert answer.uncertainty.label_agrees is False
+    assert prompts and all(turn.PLAN_LEAD in p for p in prompts)  # checked where it was written: after the plan

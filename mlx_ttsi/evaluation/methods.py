@@ -15,6 +15,7 @@ METHODS = {
     "ttd-all": ("ttd", True, {}),
     "self-label": ("check", None, {}),
     "plan": ("plan", None, {}),
+    "plan-checked": ("plan", None, {"check_after": True}),  # the call after the plan line, self-checked
     "oracle": ("ttsi", True, {}),
     "oracle-twin": ("ttsi", True, {}),
     # where the examples come from (--examples-from) and which are kept (--keep), each on every row
@@ -39,6 +40,7 @@ SEEDLESS = (
     "base",
     "self-label",
     "plan",
+    "plan-checked",
 )  # greedy and never adapted: the seed changes nothing, so it runs with the first seed only
 # A method's turn meets, on its way, the answers of base (the decoded answer) and, when it self-checks,
 # of self-label (the checked one): Answer.stages. Eval takes those methods' answers from it, so a row
