@@ -274,7 +274,6 @@ class Turn:
         if names.score < names.threshold and len(tools) >= 2 and len(answer.calls) == 1:
             runner_up = next(c["name"] for c in names.candidates if c["name"] != answer.calls[0]["name"])
             forced = replace(choice, index=[t.name for t in tools].index(runner_up))
-            self.draft_rival(prompt, next(t for t in tools if t.name == runner_up), (label or answer.calls)[0])
             rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
             label = better_tool(label, rival, tools, context, calls_made(messages))
         if not self.fmt.guided:  # free formats: the label is the model's call as written
@@ -285,13 +284,6 @@ class Turn:
             return decoder.score_after(prompt, [lead + self.fmt.written(calls) for calls in options])[0]
 
         return weigh_changes(score, answer.calls, label, self.settings.check_odds)
-
-    def draft_rival(self, prompt, tool, call):
-        """Guess that the runner-up tool's call takes the values `call` gives the arguments both tools
-        have (speculative: decoding takes each guessed token it would write anyway, nothing else)."""
-        if self.fmt.guided:
-            shared = {key: call["arguments"][key] for key in tool.properties if key in call["arguments"]}
-            self.decoder.draft(prompt, self.fmt.calls_text([{"name": tool.name, "arguments": shared}]))
 
     def gate(self, names, base):
         """The uncertainty: the name margin, the argument margin, and whether the self-label agrees."""
