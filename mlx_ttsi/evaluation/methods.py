@@ -32,6 +32,7 @@ METHODS = {
     "ttsi-twins": ("ttsi", False, {"examples_from": "twins"}),
     "ttsi-paper": ("ttsi", False, PAPER),
     "ttsi-paper-all": ("ttsi", True, PAPER),
+    "ttsi-paper-checked-all": ("ttsi", True, {**PAPER, "check_after": True}),  # its answer self-checked too
 }
 ORACLES = ("oracle", "oracle-twin")
 GOLD_TWINS = 3  # K twins of the gold call for oracle-twin when the run's settings give no K
