@@ -15,6 +15,7 @@ same frozen prefix, so training and inference see the same thing.
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 
@@ -201,6 +202,17 @@ class Adapter:
         if self.attached:
             self.model.update_modules(tree_unflatten([(name, m.linear) for name, m in self._lora]))
             self.attached = False
+
+    @contextmanager
+    def set_aside(self):
+        """The base model in use inside the block (the LoRA detached, kept), the LoRA again after it."""
+        attached = self.attached
+        self.detach()
+        try:
+            yield
+        finally:
+            if attached:
+                self.attach()
 
     def reset(self, seed=None):
         """Back to the base model exactly: fresh lora_a, zero lora_b, plain layers in use."""

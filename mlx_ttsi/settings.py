@@ -132,6 +132,15 @@ OPTIONS = [
         request=True,
     ),
     Option(
+        "check_weights",
+        "adapted",
+        "With --check-after: the weights that check the adapted answer (write its copies and weigh each "
+        "change): the adapted ones, or the base model's, the LoRA set aside meanwhile (a checker that did not "
+        "make the answer).",
+        choices=("adapted", "base"),
+        request=True,
+    ),
+    Option(
         "candidates",
         "name",
         "Candidate actions scored for uncertainty: tool names or whole calls.",

@@ -421,11 +421,20 @@ class Turn:
         return answer, draft
 
     def check_adapted(self, prompt, answer, names, choice):
-        """With --check-after, the adapted answer self-checked as the base answer was, the adapted
-        weights weighing each change; also the calls before the check when it changed them (else None)."""
+        """With --check-after, the adapted answer self-checked as the base answer was, by the adapted
+        weights or (--check-weights base) the base ones; also the calls before the check when it
+        changed them (else None)."""
         if not self.request.checks_after:
             return answer, None
-        calls = self.self_label(prompt, answer, names, choice) if answer.calls else answer.calls
+        if not answer.calls:
+            calls = answer.calls
+        elif self.settings.check_weights == "base":
+            with self.agent.adapter.set_aside():
+                self.state.truncate(len(self.prefix))  # past the frozen prefix, the context came from the LoRA
+                calls = self.self_label(prompt, answer, names, choice)
+            self.state.truncate(len(self.prefix))
+        else:
+            calls = self.self_label(prompt, answer, names, choice)
         changed = calls != answer.calls
         self.clock.lap("checking", "the adapted answer " + ("changed" if changed else "kept"))
         return (self.decoded(calls), answer.calls) if changed else (answer, None)

@@ -84,6 +84,12 @@ PROBES = {
         ["--mode", "ttsi", "--examples-from", "twins"],
         True,
     ),
+    "check_weights": (
+        "mlx_ttsi.turn.Turn.check_adapted",
+        lambda *a, **k: a[0].settings.check_weights,
+        ["--mode", "ttsi", "--examples-from", "twins", "--check-after"],
+        "base",
+    ),
     "keep": ("mlx_ttsi.turn.Turn.keep", lambda *a, **k: a[0].settings.keep, ["--mode", "ttsi"], "verified"),
     "seed": ("mlx_ttsi.synthesis.ModelWriter.synthesize", lambda *a, **k: a[4], TTD, 7),
     "epochs": ("mlx_ttsi.adaptation.fit", lambda *a, **k: a[4] // k["epoch"], TRAINED, 2),

@@ -174,6 +174,36 @@ def test_ttd_check_after_checks_the_base_and_the_adapted_answer(tiny, tiny_model
     assert not refused.adapted and refused.note and refused.tool_calls == [checked] and refused.method == "check"
 
 
+def test_check_weights_base_checks_the_adapted_answer_with_the_lora_set_aside(
+    tiny, tiny_model_dir, plausible_requests, monkeypatch
+):
+    import mlx_ttsi.turn as turn
+    from mlx_ttsi.settings import Settings
+
+    plausible_requests[:] = ["Set an alarm at 7 for work.", "Convert 100 USD to EUR."]
+    agent = Agent(tiny, Settings(examples=2, same_tool=False, check_odds=0.0), teacher=str(tiny_model_dir))
+    checked, attached = {"name": "list_alarms", "arguments": {}}, []
+    label_calls = turn.label_calls
+
+    def spy(decoder, prompt, tools, calls, context):  # which weights write the check
+        attached.append(agent.adapter.attached)
+        return label_calls(decoder, prompt, tools, calls, context)
+
+    monkeypatch.setattr(turn, "label_calls", spy)
+    adapted = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=True)
+    assert attached == [False, True] and adapted.adapted
+    attached.clear()
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=True, check_weights="base")
+    assert attached == [False, False] and answer.adapted and answer.method == "ttd"  # base, then base again
+    assert answer.training["loss"] == adapted.training["loss"] and agent.adapter.is_reset()  # the same LoRA
+    # the base weights check the adapted answer: what they make of it is what mode check makes of it
+    monkeypatch.setattr(turn, "label_calls", lambda decoder, prompt, tools, calls, context: [dict(checked)])
+    rewritten = agent.ask(
+        "What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=True, check_weights="base"
+    )
+    assert rewritten.tool_calls == [checked]
+
+
 def test_a_request_that_cannot_adapt_says_why_on_stderr_and_in_json(teacher_url, tiny_model_dir, tools_file):
     from mlx_ttsi.cli import cli
 

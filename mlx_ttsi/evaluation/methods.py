@@ -33,6 +33,9 @@ METHODS = {
     "ttsi-paper": ("ttsi", False, PAPER),
     "ttsi-paper-all": ("ttsi", True, PAPER),
     "ttsi-paper-checked-all": ("ttsi", True, {**PAPER, "check_after": True}),  # its answer self-checked too
+    # the adapted answer checked by the base weights (--check-weights base)
+    "ttsi-paper-basecheck-all": ("ttsi", True, {**PAPER, "check_after": True, "check_weights": "base"}),
+    "ttd-basecheck-all": ("ttd", True, {"check_after": True, "check_weights": "base"}),
 }
 ORACLES = ("oracle", "oracle-twin")
 GOLD_TWINS = 3  # K twins of the gold call for oracle-twin when the run's settings give no K
@@ -47,7 +50,14 @@ SEEDLESS = (
 # of self-label (the checked one): Answer.stages. Eval takes those methods' answers from it, so a row
 # is decoded and checked once, unless the method overrides a setting that acts before the check.
 STAGES = {"base": "base", "self-label": "check"}  # eval method -> the mode whose stage answers for it
-AFTER_CHECK = {"examples_from", "keep", "check_after", "examples", "learning_rate"}  # settings read after it
+AFTER_CHECK = {
+    "examples_from",
+    "keep",
+    "check_after",
+    "check_weights",
+    "examples",
+    "learning_rate",
+}  # settings read after it
 
 
 def stages_of(method):
