@@ -43,9 +43,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("-d", "--data", action="append", help="a benchmark file (repeatable; default: the five)")
     args = parser.parse_args()
-    data = args.data or [
-        str(SEALTOOL.parent / f"{f}.jsonl") for f in FILES
-    ]  # ../shared/benchmarks or $MLX_TTSI_BENCHMARKS
+    benchmarks = SEALTOOL.parent  # ../shared/benchmarks or $MLX_TTSI_BENCHMARKS
+    data = args.data or [str(benchmarks / f"{f}.jsonl") for f in FILES]
     rows = select(load_rows(data), sample=args.sample, seed=0)
     methods = ["base", "self-label", args.method]
     agent = Agent.load(args.model, settings=Settings())

@@ -19,13 +19,15 @@ from mlx_ttsi.decoding import CallDecoder
 from _common import machine, sealtool_rows
 
 
-def timed(parts, name, function):
+def timed(seconds, function):
+    """`function`, appending the seconds of each call to the list `seconds`."""
+
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
-            parts[name] += time.perf_counter() - started
+            seconds.append(time.perf_counter() - started)
 
     return wrapper
 
@@ -40,19 +42,20 @@ def main():
     label_calls, weigh, decode = turn.label_calls, turn.weigh_changes, CallDecoder.decode
     for row in sealtool_rows()[: args.requests]:
         agent.ask(row["query"], tools=row["tools"], mode="base")  # the tools prefix, cached
-        decoded = defaultdict(float)
-        turn.label_calls = timed(parts, "checking calls", label_calls)
-        turn.weigh_changes = timed(parts, "weighing changes", weigh)
-        CallDecoder.decode = timed(decoded, "decode", decode)  # the base call's, then the runner-up's
+        checking, weighing, decoding = [], [], []
+        turn.label_calls = timed(checking, label_calls)
+        turn.weigh_changes = timed(weighing, weigh)
+        CallDecoder.decode = timed(decoding, decode)  # the base call, then the runner-up's when there is one
         try:
             answer = agent.ask(row["query"], tools=row["tools"], mode="check")
         finally:
             turn.label_calls, turn.weigh_changes, CallDecoder.decode = label_calls, weigh, decode
         parts["base decoding"] += answer.timings.get("decoding", 0.0)
         parts["labelling"] += answer.timings.get("labelling", 0.0)
-        runner_up = decoded["decode"] - answer.timings.get("decoding", 0.0)
-        parts["runner-up's call"] += max(runner_up, 0.0)
-        rivals += runner_up > 0.05
+        parts["checking calls"] += sum(checking)
+        parts["weighing changes"] += sum(weighing)
+        parts["runner-up's call"] += sum(decoding[1:])
+        rivals += len(decoding) > 1
     print(f"machine: {machine()}")
     print(f"{args.requests} SealTool requests, {args.model}, mode check; runner-up decoded on {rivals}")
     print("| part | seconds (sum) | share of labelling |")

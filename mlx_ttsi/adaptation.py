@@ -205,11 +205,12 @@ class Adapter:
 
     @contextmanager
     def set_aside(self):
-        """The base model in use inside the block (the LoRA detached, kept), the LoRA again after it."""
+        """The base model in use inside the block (the LoRA detached, kept), the LoRA again after it;
+        yields whether a LoRA was attached (so the weights changed)."""
         attached = self.attached
         self.detach()
         try:
-            yield
+            yield attached
         finally:
             if attached:
                 self.attach()

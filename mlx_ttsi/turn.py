@@ -9,6 +9,7 @@ synthesis -> training -> answer. `Turn.answer()` reads as the plan.
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import mlx.core as mx
@@ -421,23 +422,31 @@ class Turn:
         return answer, draft
 
     def check_adapted(self, prompt, answer, names, choice):
-        """With --check-after, the adapted answer self-checked as the base answer was, by the adapted
-        weights or (--check-weights base) the base ones; also the calls before the check when it
-        changed them (else None)."""
+        """With --check-after, the adapted (or planned) answer self-checked as the base answer was, by
+        the weights --check-weights names; also the calls before the check when it changed them (else None)."""
         if not self.request.checks_after:
             return answer, None
-        if not answer.calls:
-            calls = answer.calls
-        elif self.settings.check_weights == "base":
-            with self.agent.adapter.set_aside():
-                self.state.truncate(len(self.prefix))  # past the frozen prefix, the context came from the LoRA
+        calls = answer.calls
+        if calls:
+            with self.checking_weights():
                 calls = self.self_label(prompt, answer, names, choice)
-            self.state.truncate(len(self.prefix))
-        else:
-            calls = self.self_label(prompt, answer, names, choice)
         changed = calls != answer.calls
-        self.clock.lap("checking", "the adapted answer " + ("changed" if changed else "kept"))
+        self.clock.lap("checking", "the answer " + ("changed" if changed else "kept"))
         return (self.decoded(calls), answer.calls) if changed else (answer, None)
+
+    @contextmanager
+    def checking_weights(self):
+        """The weights attached now, or with --check-weights base the base model's: the LoRA set aside
+        and the context cut back to the frozen prefix (past it, it came from the other weights)."""
+        if self.settings.check_weights != "base":
+            yield
+            return
+        with self.agent.adapter.set_aside() as changed:
+            if changed:
+                self.state.truncate(len(self.prefix))
+            yield
+        if changed:
+            self.state.truncate(len(self.prefix))
 
     def planned_answer(self):
         """Brief reasoning: the model writes "Function: name / key arguments" (at most PLAN_TOKENS),
@@ -456,15 +465,12 @@ class Turn:
         self.clock.lap("scoring", f"name margin {names.score:.3f}")
         answer = self.decoder.decode(prompt, self.request.tools, choice)
         self.clock.lap("decoding")
-        if self.request.checks_after and answer.calls:
-            self.label = self.self_label(prompt, answer, names, choice)
-        agrees = None if self.label is None else self.label == answer.calls
-        self.uncertainty = names.with_arguments(argument_margin(answer.choices), agrees)
-        if agrees is None:
-            return self.result(prompt, answer, method="plan")
-        self.clock.lap("checking", "the planned answer " + ("kept" if agrees else "changed"))
-        checked = answer if agrees else self.decoded(self.label)
-        return self.result(prompt, checked, method="plan", unchecked=None if agrees else answer.calls)
+        arguments = argument_margin(answer.choices)
+        answer, unchecked = self.check_adapted(prompt, answer, names, choice)
+        self.label = answer.calls if self.request.checks_after and answer.calls else None
+        agrees = None if self.label is None else unchecked is None
+        self.uncertainty = names.with_arguments(arguments, agrees)
+        return self.result(prompt, answer, method="plan", unchecked=unchecked)
 
     def text_answer(self):
         """A request without tools: the model's own text, streamed (a stored adapter writes it too)."""
