@@ -10,6 +10,7 @@ counted by these reasons in `--json` and eval).
 
 import re
 
+from .datetimes import datetime_numbers, stated_datetime
 from .synthesis import _REPEATS, _normal, request_problem
 from .tools import check_call
 
@@ -45,14 +46,15 @@ def leaves(value):
 
 def stated(value, request):
     """Whether a scalar argument value is written in the request: a number with digits, a string
-    (an enum's word too) up to case and punctuation. A boolean or null cannot be written as such,
-    so it passes."""
+    (an enum's word too) up to case and punctuation, a date or time in ISO form as the request
+    says it in words ("2023-03-16 14:30:00" for "March 16th at 2:30 PM"). A boolean or null cannot
+    be written as such, so it passes."""
     if isinstance(value, bool) or value is None:
         return True
     if isinstance(value, (int, float)):
         return float(value) in numbers_in(request) or normal_words(value) in normal_words(request)
     words = normal_words(value)
-    return bool(words.strip()) and words in normal_words(request)
+    return bool(words.strip()) and words in normal_words(request) or stated_datetime(value, request)
 
 
 def unstated_key(arguments, request):
@@ -66,7 +68,8 @@ def unstated_key(arguments, request):
 def unpassed_number(calls, request):
     """A number the request writes that none of the calls' values holds (a stated value the label
     leaves out: training on it would teach dropping what the user said), or None."""
-    passed = numbers_in(" ".join(str(leaf) for call in calls for leaf in leaves(call["arguments"])))
+    values = [leaf for call in calls for leaf in leaves(call["arguments"])]
+    passed = numbers_in(" ".join(str(leaf) for leaf in values)).union(*map(datetime_numbers, values))
     return next((n for n in sorted(numbers_in(request)) if n not in passed), None)
 
 

@@ -6,11 +6,12 @@ import json
 from mlx_ttsi.adaptation import answer_scores
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
+from mlx_ttsi.datetimes import dates_in, spoken, times_in
 from mlx_ttsi.prompts import call_format, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.sources import SOURCES, calls
 from mlx_ttsi.synthesis import Synthesis, keep_examples
-from mlx_ttsi.verify import example_problem, leaked, request_values, stated, unstated_key
+from mlx_ttsi.verify import example_problem, leaked, request_values, stated, unpassed_number, unstated_key
 from mlx_ttsi.writer import BatchWriter, closed_json, quoted_line
 
 import mlx.core as mx
@@ -89,6 +90,32 @@ def test_a_value_is_stated_up_to_case_and_punctuation():
     assert not stated("", "anything")
     assert unstated_key(WEATHER["arguments"], "Weather in Madrid for 3 days in celsius") is None
     assert unstated_key(WEATHER["arguments"], "Weather in Madrid for 3 days") == "unit"
+
+
+def test_a_date_or_time_is_stated_as_people_write_it():
+    request = "Remind me to call mom on March 16th at 2:30 PM"
+    assert stated("2023-03-16 14:30:00", request)  # the tool's format for what the user wrote
+    assert stated("2023-03-16", request) and stated("14:30", request)
+    assert not stated("2023-03-16 02:30:00", request)  # 2:30 PM is not 2:30 AM
+    assert not stated("2023-03-16 2:30:00", request)  # nor is 2:30 in a 24-hour field
+    assert not stated("2023-03-17 14:30:00", request)
+    assert not stated("2023-03-16 14:30:15", request)  # seconds only when written
+    assert not stated("2022-03-16 14:30:00", "on March 16, 2023 at 2:30 PM")  # a written year is checked
+    assert stated("2023-03-16 14:30:00", "on 16th of March 2023, 14:30")
+    assert stated("2023-03-16 14:00:00", "on 3/16 at 2pm") and stated("12:00", "at noon")
+    assert dates_in("decide 5 things by Sept. 5th") == {(9, 5)}  # a word that starts like a month is not one
+    assert times_in("I am 5, with 3 apples at 7:05") == {(7, 5, 0), (19, 5, 0)}
+    call = {"name": "add_reminder", "arguments": {"time": "2023-03-16 14:30:00"}}
+    assert unpassed_number([call], request) is None  # 16, 2 and 30 are the value's
+    assert unpassed_number([call], request + " for 45 minutes") == 45
+
+
+@pytest.mark.parametrize("value", ["2023-03-16 14:30:00", "2023-01-01 00:00:00", "2024-12-31", "09:05", "23:59:30"])
+def test_the_request_writer_is_shown_dates_in_words_that_verification_accepts(value):
+    said = calls.said({"time": value, "city": "Madrid"})
+    assert said["city"] == "Madrid" and said["time"] != value  # the words, not the ISO form
+    assert stated(value, f"Please do it on {said['time']}.")
+    assert spoken(value) == said["time"]
 
 
 @pytest.mark.parametrize(

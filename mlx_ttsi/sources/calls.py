@@ -9,6 +9,7 @@ verify.py finds every value stated in the request and the call valid for its sch
 import json
 import random
 
+from ..datetimes import spoken
 from ..synthesis import Synthesis, unlabelled
 from ..verify import example_problem
 from ..writer import closed_json, quoted_line
@@ -83,7 +84,7 @@ def write_requests(job, calls):
             REQUEST_ASK.format(
                 original=job.original,
                 name=calls[i]["name"],
-                arguments=json.dumps(calls[i]["arguments"], ensure_ascii=False),
+                arguments=json.dumps(said(calls[i]["arguments"]), ensure_ascii=False),
             )
         )
         + '"'
@@ -94,6 +95,12 @@ def write_requests(job, calls):
     )
     texts = dict(zip(todo, written))
     return [texts.get(i, "").strip() for i in range(len(calls))]
+
+
+def said(arguments):
+    """The call's arguments as its request should state them: dates and times in words
+    (datetimes.spoken), so that an example teaches the tool's format rather than copying it."""
+    return {key: spoken(value) for key, value in arguments.items()}
 
 
 def _head(fmt, name):

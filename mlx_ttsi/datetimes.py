@@ -1,0 +1,130 @@
+"""Dates and times a request states in words, matched against a call's value in ISO form.
+
+A tool that documents `Format: %Y-%m-%d %H:%M:%S` wants "2023-03-16 14:30:00" where its user writes
+"March 16th at 2:30 PM". `stated_datetime` says whether a value of that form is what the request
+says: its month and day (and year, when the request writes one), its hour and minute (12-hour
+clock with am/pm, or 24-hour), its seconds only when zero or written. verify.py accepts such a
+value as stated, so an example can teach the conversion its model gets wrong.
+"""
+
+import re
+from datetime import datetime
+
+VALUE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%H:%M:%S", "%H:%M")
+MONTHS = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+_MONTH_WORDS = sorted({*MONTHS, *(m[:3] for m in MONTHS), "sept"}, key=len, reverse=True)
+_MONTH = rf"({'|'.join(_MONTH_WORDS)})\b\.?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_DATE_PATTERNS = (  # each gives (month, day) groups in some order: "month" names the order
+    (re.compile(rf"\b{_MONTH}\s+{_DAY}\b"), "month-day"),
+    (re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}"), "day-month"),
+    (re.compile(r"\b\d{4}-(\d{1,2})-(\d{1,2})\b"), "month-day"),
+    (re.compile(r"\b(\d{1,2})/(\d{1,2})(?:/\d{2,4})?\b"), "month-day"),  # the US order
+)
+_YEAR = re.compile(r"\b(19\d\d|20\d\d)\b")
+_TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([ap])\.?\s?m\b\.?|\b(\d{1,2}):(\d{2})(?::(\d{2}))?\b")
+_NAMED_TIMES = {"noon": (12, 0), "midday": (12, 0), "midnight": (0, 0)}
+
+
+def parse_value(value):
+    """The datetime a call's string value writes in one of VALUE_FORMATS, and which parts it has
+    ({"date", "time"}); (None, set()) when it is not one."""
+    if not isinstance(value, str):
+        return None, set()
+    for fmt in VALUE_FORMATS:
+        try:
+            when = datetime.strptime(value.strip(), fmt)
+        except ValueError:
+            continue
+        return when, {part for part, code in (("date", "%d"), ("time", "%H")) if code in fmt}
+    return None, set()
+
+
+def dates_in(text):
+    """The (month, day) pairs the text writes: "March 16th", "16 of March", "2023-03-16", "3/16"."""
+    text = text.lower()
+    found = set()
+    for pattern, order in _DATE_PATTERNS:
+        for match in pattern.finditer(text):
+            first, second = match.groups()
+            month, day = (first, second) if order == "month-day" else (second, first)
+            month = _month_number(month)
+            if month and 1 <= int(day) <= 31:
+                found.add((month, int(day)))
+    return found
+
+
+def times_in(text):
+    """The (hour, minute, second) triples the text may mean: "2:30 PM" -> (14, 30, 0); "14:30";
+    "2:30" without am/pm -> (2, 30, 0) or (14, 30, 0); "noon"."""
+    text = text.lower()
+    found = {(*hm, 0) for word, hm in _NAMED_TIMES.items() if re.search(rf"\b{word}\b", text)}
+    for match in _TIME.finditer(text):
+        hour, minute, second, half, hour24, minute24, second24 = match.groups()
+        if half:
+            hours = [int(hour) % 12 + (12 if half == "p" else 0)]
+        else:
+            hour, minute, second = hour24, minute24, second24
+            hours = [int(hour)] + ([int(hour) + 12] if 1 <= int(hour) < 12 else [])
+        found.update((h, int(minute or 0), int(second or 0)) for h in hours if h < 24)
+    return found
+
+
+def stated_datetime(value, request):
+    """Whether `value`, a date and/or time in ISO form, is the date and time the request states in
+    any common way. A year is checked only when the request writes one."""
+    when, parts = parse_value(value)
+    if when is None:
+        return False
+    if "date" in parts:
+        years = {int(y) for y in _YEAR.findall(request)}
+        if (when.month, when.day) not in dates_in(request) or (years and when.year not in years):
+            return False
+    return "time" not in parts or (when.hour, when.minute, when.second) in times_in(request)
+
+
+def datetime_numbers(value):
+    """The numbers a request may write for a date/time value: year, month, day, hour (24- and
+    12-hour), minute and second; empty when the value is not one."""
+    when, parts = parse_value(value)
+    numbers = set()
+    if "date" in parts:
+        numbers |= {when.year, when.month, when.day}
+    if "time" in parts:
+        numbers |= {when.hour, when.hour % 12 or 12, when.minute, when.second}
+    return {float(n) for n in numbers}
+
+
+def _month_number(word):
+    """1-12 for a month's number, name or abbreviation, or None."""
+    if word.isdigit():
+        return int(word) if 1 <= int(word) <= 12 else None
+    return next((i for i, name in enumerate(MONTHS, 1) if name.startswith(word[:3])), None)
+
+
+def spoken(value):
+    """A date/time value as a person writes it ("2023-03-16 14:30:00" -> "March 16, 2023 at 2:30 PM");
+    any other value as it is."""
+    when, parts = parse_value(value)
+    if when is None:
+        return value
+    said = []
+    if "date" in parts:
+        said.append(f"{MONTHS[when.month - 1].title()} {when.day}, {when.year}")
+    if "time" in parts:
+        seconds = f":{when.second:02d}" if when.second else ""
+        said.append(f"{when.hour % 12 or 12}:{when.minute:02d}{seconds} {'PM' if when.hour >= 12 else 'AM'}")
+    return " at ".join(said)
