@@ -19,6 +19,7 @@ from mlx_ttsi.formats import call_format
 from mlx_ttsi.prompts import FALLBACK_SYSTEM, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call
+from mlx_ttsi.verify import stated
 
 import mlx.core as mx
 import pytest
@@ -542,7 +543,8 @@ def test_self_improvement_trains_on_native_examples(name, family_dirs, taught_di
     if free:
         assert answer.label == [TAUGHT_CALL] and len(seen) == 2
         twin = answer.synthetic[1]["calls"][0]["arguments"]["time"]
-        assert twin != "07:30" and twin in tok.decode(seen[1][0][: seen[1][1]])  # the twin's request states it
+        asked = tok.decode(seen[1][0][: seen[1][1]])
+        assert twin != "07:30" and stated(twin, asked) and twin not in asked  # its request says the time in words
         assert answer.tool_calls == [TAUGHT_CALL], answer.answer
 
 
