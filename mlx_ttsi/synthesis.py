@@ -63,13 +63,14 @@ def _normal(text):
 
 
 _REPEATS = re.compile(r"(.{2,}?)\1{3,}")  # a piece written four or more times in a row
+_CODE_CALL = re.compile(r"[A-Za-z_][\w.]*\(")  # "DeleteAgenda('...', ...)": a call in code, not a request
 
 
 def request_problem(request, original):
     """Why a synthetic request is unusable, or None."""
     if not request:
         return "empty request"
-    if request.startswith(("{", "[")):
+    if request.startswith(("{", "[")) or _CODE_CALL.match(request):
         return "request is not plain text"
     if request.endswith(":") or len(request.split()) < 3:
         return "request is incomplete"

@@ -140,6 +140,7 @@ def test_the_request_writer_is_shown_dates_in_words_that_verification_accepts(va
             "call has an argument its tool does not offer",
         ),
         ('{"city": "Madrid", "unit": "celsius", "days": 3}', [WEATHER], "request is not plain text"),
+        ("get_weather('Madrid', 'celsius', 3) for 3 days", [WEATHER], "request is not plain text"),
         (USER, [{"name": "get_weather", "arguments": {"city": "Paris"}}], "copy of the request"),
         ("Weather in Paris and Madrid for 3 days in celsius", [WEATHER], "a value of the user's request leaks into it"),
         (
