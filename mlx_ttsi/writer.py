@@ -8,15 +8,20 @@ texts at once (example calls, then the requests for them), so they go through on
     texts = writer.write(prompts, max_tokens=64, stop=closed_json, temperature=0.8, seed=0)
 
 Each prompt starts with the same tools prefix, whose KV arrays (computed once by the base model)
-seed every sequence's cache; each sequence stops on its own, at its stop rule or end of turn.
+seed every sequence's cache; where the prompts agree beyond it (the same instruction before
+different values), that common part is run once too. Each sequence stops on its own, at its stop
+rule or end of turn.
 """
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import make_sampler
+from mlx_lm.utils import common_prefix_len
 
-from .context import cache_from_arrays
+from .context import cache_from_arrays, split_model
 from .errors import Cancelled
+
+MIN_COMMON = 4  # tokens the prompts must share beyond the prefix for that part to be run once
 
 
 class BatchWriter:
@@ -30,6 +35,7 @@ class BatchWriter:
         self.prefix_arrays = prefix_arrays
         self.cancelled = cancelled  # polled before every step: True stops the request (Cancelled)
         self.decoded_tokens = 0  # tokens written so far, for the benchmarks
+        self.prompt_tokens = 0  # prompt tokens run through the model (the prefix's aside), likewise
 
     def write(self, prompts, max_tokens, stop=None, temperature=0.0, top_p=1.0, seed=None):
         """The text written after each prompt: sampled at `temperature` (0: greedy), ending at end of
@@ -53,13 +59,31 @@ class BatchWriter:
             generator.close()
 
     def _inputs(self, prompts, max_tokens):
-        """(token lists after the prefix, max tokens each, caches seeded with the prefix)."""
+        """(token lists after the shared start, max tokens each, caches seeded with its KV)."""
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         n = len(self.prefix_ids)
-        shared = n and all(i[:n] == self.prefix_ids and len(i) > n for i in ids)
-        caches = [cache_from_arrays(self.prefix_arrays) for _ in ids] if shared else None
-        rests = [i[n:] for i in ids] if shared else ids
-        return rests, [max_tokens] * len(ids), caches
+        if not (n and all(i[:n] == self.prefix_ids and len(i) > n for i in ids)):
+            self.prompt_tokens += sum(map(len, ids))
+            return ids, [max_tokens] * len(ids), None
+        arrays, n = self._common_start(ids)
+        rests = [i[n:] for i in ids]
+        self.prompt_tokens += sum(map(len, rests))
+        return rests, [max_tokens] * len(ids), [cache_from_arrays(arrays) for _ in ids]
+
+    def _common_start(self, ids):
+        """(KV arrays, length) of the start every prompt shares: the prefix, and the tokens all the
+        prompts agree on after it when there are at least MIN_COMMON (never a whole prompt), run
+        through the model once."""
+        n = len(self.prefix_ids)
+        common = min([common_prefix_len(ids[0], other) for other in ids[1:]] + [len(i) - 1 for i in ids])
+        if len(ids) < 2 or common - n < MIN_COMMON:
+            return self.prefix_arrays, n
+        cache = cache_from_arrays(self.prefix_arrays)
+        split = split_model(self.model)
+        run = split[0] if split else self.model  # only the KV is wanted, not the logits
+        mx.eval(run(mx.array([ids[0][n:common]]), cache=cache))
+        self.prompt_tokens += common - n
+        return [(c.keys[..., :common, :], c.values[..., :common, :]) for c in cache], common
 
     def _run(self, generator, uids, stop):
         tokens = {uid: [] for uid in uids}

@@ -18,6 +18,7 @@ import mlx.core as mx
 import pytest
 from conftest import SCRIPTED_CALLS, TOOLS
 from mlx_lm.sample_utils import make_sampler
+from mlx_lm.utils import common_prefix_len
 
 WEATHER = {"name": "get_weather", "arguments": {"city": "Madrid", "unit": "celsius", "days": 3}}
 USER = "What is the weather in Paris?"
@@ -57,6 +58,22 @@ def test_batched_greedy_writing_equals_one_at_a_time(tiny, tools, scripted_write
     alone = [one_at_a_time(tiny, p, 12) for p in prompts]
     assert together == alone
     assert writer.decoded_tokens > 0
+
+
+def test_the_part_the_prompts_share_after_the_prefix_is_run_once(tiny, tools, scripted_writer):
+    # like the calls-first prompts: one instruction, then different values
+    tok, fmt = tiny.tokenizer, call_format(tiny.tokenizer)
+    ask = "Write an example message from a user who wants the weather, in the style of a short request, for "
+    prompts = [render_prompt(tok, [{"role": "user", "content": ask + city}], tools, fmt) for city in ("Oslo", "Lima")]
+    state = ContextState(tiny.model, tok)
+    probe = state.encode(render_prompt(tok, [{"role": "user", "content": "A"}], tools, fmt))
+    n = common_prefix_len(state.encode(prompts[0]), probe)  # the tools prefix only
+    state.sync(probe[:n])
+    writer = BatchWriter(tiny.model, tok, probe[:n], state.prefix_arrays(n, copy=True))
+    together = scripted_writer(writer, prompts, 12)
+    assert together == [one_at_a_time(tiny, p, 12) for p in prompts]
+    after_prefix = sum(len(state.encode(p)) - n for p in prompts)
+    assert writer.prompt_tokens < after_prefix - 10  # the shared instruction was run once, not twice
 
 
 def test_each_written_text_stops_on_its_own(tiny, scripted_writer):
