@@ -6,6 +6,8 @@ against the first one.
 A column is DIR:METHOD (a method of that run's results.jsonl), DIR:label (the self-label recorded
 on that run's ttsi lines: the checked answer TT-SI trains on), or DIR:METHOD+gate (an ungated "-all"
 method read as gated: its answer on the rows it found uncertain, the run's base answer on the others).
+DIR may be several run folders joined by commas (runs/q-seed4,runs/q-seed5:self-label): their rows
+pooled, each row keyed by its run's seed as well, so two seeds that drew the same row count it twice.
 Only rows present in every column count.
 """
 
@@ -16,18 +18,26 @@ from pathlib import Path
 
 
 def column(spec):
-    folder, method = spec.rsplit(":", 1)
+    folders, method = spec.rsplit(":", 1)
+    rows = {}
+    for folder in folders.split(","):
+        rows.update(run_column(folder, method))
+    return rows
+
+
+def run_column(folder, method):
+    """{(seed, benchmark, id): correct} of one run folder's METHOD (see the module's docstring)."""
     gated = method.endswith("+gate")
     method = method.removesuffix("+gate")
     source, field = ("ttsi", "label_correct") if method == "label" else (method, "correct")
     records = [json.loads(line) for line in (Path(folder) / "results.jsonl").read_text().splitlines()]
     first = min((r["seed"] for r in records), default=0)  # a run's first seed (--seed 1 runs seed 1 only)
     records = [r for r in records if r["seed"] == first]
-    base = {(r["benchmark"], r["id"]): bool(r["correct"]) for r in records if r["method"] == "base"}
+    base = {(first, r["benchmark"], r["id"]): bool(r["correct"]) for r in records if r["method"] == "base"}
     rows = {}
     for record in records:
         if record["method"] == source and record.get(field) is not None:
-            row = (record["benchmark"], record["id"])
+            row = (first, record["benchmark"], record["id"])
             if not gated or record["uncertain"]:
                 rows[row] = bool(record[field])
             elif row in base:
@@ -40,7 +50,7 @@ def main(specs):
     common = set.intersection(*(set(c) for c in columns))
     benchmarks = defaultdict(list)
     for key in sorted(common):
-        benchmarks[key[0]].append(key)
+        benchmarks[key[1]].append(key)
     print("| benchmark | rows | " + " | ".join(specs) + " |")
     print("|---|---|" + "---|" * len(specs))
     for name, keys in sorted(benchmarks.items()):
