@@ -221,6 +221,18 @@ def test_truncated_last_line_is_dropped_and_damage_elsewhere_is_an_error(tmp_pat
         read_records(path)
 
 
+def test_a_second_eval_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    import fcntl
+
+    with open(tmp_path / ".results.jsonl.lock", "w") as held:  # what a running eval holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DataError, match="another eval is writing .*results.jsonl; .*another --out"):
+            evaluate(plan(("base",)), tmp_path, agent=ScriptedAgent(), progress=False)
+        assert not (tmp_path / "results.jsonl").exists()  # nothing written meanwhile
+    evaluate(plan(("base",)), tmp_path, agent=ScriptedAgent(), progress=False)  # free once it ends
+    assert len(lines(tmp_path / "results.jsonl")) == 4
+
+
 def test_results_are_not_reused_under_other_settings(tmp_path):
     evaluate(plan(("base",)), tmp_path, agent=ScriptedAgent(), progress=False)
     other = plan(("base",))

@@ -1,11 +1,15 @@
 """The files of an eval out dir that results are kept in: results.jsonl (and per rank), config.json.
 
 results.jsonl has one line per row, method and seed, appended and flushed as it goes, so a rerun
-resumes where the last one stopped; rank R of N appends to results.rankR.jsonl instead.
+resumes where the last one stopped; rank R of N appends to results.rankR.jsonl instead. One process
+at a time writes each file (`writing`): a second eval into the same --out is refused, since the
+first, when it finishes, replaces results.jsonl and the second's lines would be lost.
 """
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 
 from ..errors import DataError
 from ..files import atomic_write, read_json
@@ -62,6 +66,24 @@ def read_all(out, extra=()):
         for record in records:
             merged.setdefault(key(record), record)
     return list(merged.values())
+
+
+@contextmanager
+def writing(out, names):
+    """Hold the files `names` of the out dir for this process (a lock file beside each, released when
+    the process ends, even by a crash); another process holding one is a one-line error."""
+    handles = []
+    try:
+        for name in names:
+            handles.append(open(out / f".{name}.lock", "w"))
+            try:
+                fcntl.flock(handles[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise DataError(f"another eval is writing {out / name}; let it finish, or use another --out") from None
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 class Appender:

@@ -24,7 +24,7 @@ from .grading import is_correct
 from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS, STAGES, stages_of
 from .ranks import launched_ranks
 from .report import write_summary
-from .results import RESULTS, Appender, check_config, key, read_all, read_records, write_records
+from .results import RESULTS, Appender, check_config, key, read_all, read_records, write_records, writing
 from .rows import gold_examples, max_calls_for, row_input
 from .summary import summarize
 
@@ -75,22 +75,24 @@ def evaluate(plan, out, agent=None, load_agent=None, progress=True, ranks=None):
     rank 0, None on the other ranks."""
     out = Path(out)
     ranks = ranks or launched_ranks()
+    own = out / (RESULTS if ranks.size == 1 else f"results.rank{ranks.rank}.jsonl")
+    rewritten = [RESULTS] if ranks.rank == 0 and ranks.size > 1 else []  # rank 0 merges into it
     try:
         out.mkdir(parents=True, exist_ok=True)
-        check_config(out, plan.settings)
-        todo = missing(plan, out, ranks)
-        own = out / (RESULTS if ranks.size == 1 else f"results.rank{ranks.rank}.jsonl")
-        if todo:
-            run_rows(
-                agent or load_agent(),
-                todo,
-                own,
-                plan.max_calls,
-                progress_bar(len(todo), ranks, progress),
-                plan.settings.get("examples") or GOLD_TWINS,
-            )
-        gathered = ranks.gather(read_records(own) if ranks.size > 1 else [])
-        return finish(plan, out, gathered) if ranks.rank == 0 else None
+        with writing(out, [own.name, *rewritten]):
+            check_config(out, plan.settings)
+            todo = missing(plan, out, ranks)
+            if todo:
+                run_rows(
+                    agent or load_agent(),
+                    todo,
+                    own,
+                    plan.max_calls,
+                    progress_bar(len(todo), ranks, progress),
+                    plan.settings.get("examples") or GOLD_TWINS,
+                )
+            gathered = ranks.gather(read_records(own) if ranks.size > 1 else [])
+            return finish(plan, out, gathered) if ranks.rank == 0 else None
     finally:
         ranks.close()
 
