@@ -7,25 +7,13 @@ clock with am/pm, or 24-hour), its seconds only when zero or written. verify.py 
 value as stated, so an example can teach the conversion its model gets wrong.
 """
 
+import calendar
 import re
 from datetime import datetime
 
 VALUE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%H:%M:%S", "%H:%M")
-MONTHS = (
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-)
-_MONTH_WORDS = sorted({*MONTHS, *(m[:3] for m in MONTHS), "sept"}, key=len, reverse=True)
+MONTHS = tuple(calendar.month_name[1:])  # "January" ... "December"
+_MONTH_WORDS = sorted({w for m in MONTHS for w in (m.lower(), m[:3].lower())} | {"sept"}, key=len, reverse=True)
 _MONTH = rf"({'|'.join(_MONTH_WORDS)})\b\.?"
 _DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
 _DATE_PATTERNS = (  # each gives (month, day) groups in some order: "month" names the order
@@ -61,7 +49,7 @@ def dates_in(text):
         for match in pattern.finditer(text):
             first, second = match.groups()
             month, day = (first, second) if order == "month-day" else (second, first)
-            month = _month_number(month)
+            month = month_number(month)
             if month and 1 <= int(day) <= 31:
                 found.add((month, int(day)))
     return found
@@ -108,11 +96,13 @@ def datetime_numbers(value):
     return {float(n) for n in numbers}
 
 
-def _month_number(word):
-    """1-12 for a month's number, name or abbreviation, or None."""
+def month_number(word):
+    """1-12 for a month's number, name or three-letter abbreviation ("Sept" too), any case; else None."""
+    word = word.lower()
     if word.isdigit():
         return int(word) if 1 <= int(word) <= 12 else None
-    return next((i for i, name in enumerate(MONTHS, 1) if name.startswith(word[:3])), None)
+    word = "sep" if word == "sept" else word
+    return next((i for i, name in enumerate(MONTHS, 1) if word in (name.lower(), name[:3].lower())), None)
 
 
 def spoken(value):
@@ -123,7 +113,7 @@ def spoken(value):
         return value
     said = []
     if "date" in parts:
-        said.append(f"{MONTHS[when.month - 1].title()} {when.day}, {when.year}")
+        said.append(f"{MONTHS[when.month - 1]} {when.day}, {when.year}")
     if "time" in parts:
         seconds = f":{when.second:02d}" if when.second else ""
         said.append(f"{when.hour % 12 or 12}:{when.minute:02d}{seconds} {'PM' if when.hour >= 12 else 'AM'}")

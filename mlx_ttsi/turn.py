@@ -226,7 +226,7 @@ class Turn:
             clock.say("note", adaptation.note)
             return self.result(prompt, checked, adaptation, method=checked_method)
         answer, draft = self.adapted_answer(adaptation.prompt, base)
-        answer, unchecked = self.check_adapted(adaptation.prompt, answer, names, choice)
+        answer, unchecked = self.check_answer(adaptation.prompt, answer, names, choice)
         return self.result(
             adaptation.prompt,
             answer,
@@ -421,7 +421,7 @@ class Turn:
         }
         return answer, draft
 
-    def check_adapted(self, prompt, answer, names, choice):
+    def check_answer(self, prompt, answer, names, choice):
         """With --check-after, the adapted (or planned) answer self-checked as the base answer was, by
         the weights --check-weights names; also the calls before the check when it changed them (else None)."""
         if not self.request.checks_after:
@@ -466,7 +466,7 @@ class Turn:
         answer = self.decoder.decode(prompt, self.request.tools, choice)
         self.clock.lap("decoding")
         arguments = argument_margin(answer.choices)
-        answer, unchecked = self.check_adapted(prompt, answer, names, choice)
+        answer, unchecked = self.check_answer(prompt, answer, names, choice)
         self.label = answer.calls if self.request.checks_after and answer.calls else None
         agrees = None if self.label is None else unchecked is None
         self.uncertainty = names.with_arguments(arguments, agrees)

@@ -11,13 +11,13 @@ anything else the conversation says, and all of them are put in at once (one reg
 new value is swapped again.
 """
 
-import calendar
 import datetime
 import json
 import random
 import re
 from dataclasses import dataclass
 
+from .datetimes import MONTHS, month_number
 from .self_check import context_text
 from .tools import check_call, free_value, matches, schema_types
 
@@ -139,7 +139,6 @@ THING_WORDS = {
     "artist",
     "album",
 }
-MONTHS = [calendar.month_name[i] for i in range(1, 13)]
 EMAIL = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*@[A-Za-z0-9.-]+\.[A-Za-z]+")
 ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})([T ].*)?")
 NUMERIC_DATE = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4}|\d{2})")
@@ -396,7 +395,7 @@ def _date_form(text):
     if numeric and int(numeric.group(1)) <= 31 and int(numeric.group(3)) <= 31:
         return "numeric"
     worded = WORDED_DATE.fullmatch(text)
-    if worded and _month(worded.group(2)) is not None and (worded.group(1) or worded.group(3)):
+    if worded and month_number(worded.group(2)) is not None and (worded.group(1) or worded.group(3)):
         return "worded"
     return None
 
@@ -424,13 +423,6 @@ def _date(text, form, rng):
         return f"{number} {month}{year}"
     comma = "," if "," in text else ""
     return f"{month} {number}{comma if year else ''}{year}"
-
-
-def _month(word):
-    word = word.lower()
-    return next(
-        (i for i, m in enumerate(MONTHS) if m.lower() == word or (len(word) == 3 and m.lower()[:3] == word)), None
-    )
 
 
 def _time(match, rng):

@@ -79,13 +79,13 @@ PROBES = {
         "requests",
     ),
     "check_after": (
-        "mlx_ttsi.turn.Turn.check_adapted",
+        "mlx_ttsi.turn.Turn.check_answer",
         lambda *a, **k: a[0].settings.check_after,
         ["--mode", "ttsi", "--examples-from", "twins"],
         True,
     ),
     "check_weights": (
-        "mlx_ttsi.turn.Turn.check_adapted",
+        "mlx_ttsi.turn.Turn.check_answer",
         lambda *a, **k: a[0].settings.check_weights,
         ["--mode", "ttsi", "--examples-from", "twins", "--check-after"],
         "base",
