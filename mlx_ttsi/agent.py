@@ -14,8 +14,9 @@ from dataclasses import replace
 
 from . import models
 from .adaptation import Adapter, answer_scores
-from .context import ContextState, PrefixCache, prefix_length
+from .context import ContextState, PrefixCache, forward_pass, prefix_length
 from .errors import RequestError, TTSIError
+from .lockstep import Lockstep
 from .prompts import call_format, calls_text, normalize_messages, render_prompt
 from .settings import LORA_FIELDS, Settings, default
 from .synthesis import EndpointTeacher, ModelWriter
@@ -41,6 +42,7 @@ class Agent:
         self._teacher = None
         self._lock = threading.Lock()  # one request at a time owns the weights
         self.prefixes = PrefixCache()
+        self._forward = forward_pass  # how contexts run the model: a Lockstep's while requests run together
 
     @classmethod
     def load(cls, model=models.EMBEDDED_NAME, precision="auto", **options):
@@ -121,12 +123,61 @@ class Agent:
         keeps, in Answer.stages, the answers modes base and check would have given (the same
         decoding, met on the way: eval answers those methods from one turn). Any other keyword
         overrides a Settings field for this request."""
+        request = self._request(
+            request,
+            tools,
+            messages,
+            force,
+            adapter_weights,
+            keep_adapter,
+            save_adapter,
+            train_on,
+            on_piece,
+            cancelled,
+            stages,
+            **overrides,
+        )
+        with self._lock:
+            return self._answer(request, progress)
+
+    def ask_together(self, asks, progress=None):
+        """Answer several requests side by side, their forward passes batched (lockstep.py): for each
+        dict of `ask`'s keywords, (Answer, None) or (None, the error it raised, e.g. a RequestError for
+        a request over the context). Only modes that never change the weights (base, check, plan) run
+        together; each answer is the one `ask` gives."""
+        requests = [self._request(**ask) for ask in asks]
+        for request in requests:
+            if not request.plan.keeps_weights:
+                raise TTSIError(f"mode {request.settings.mode} trains: its requests cannot run together")
+        with self._lock:
+            group = Lockstep()
+            self._forward = group.forward
+            try:
+                return group.run([lambda r=r: self._answer(r, progress) for r in requests])
+            finally:
+                self._forward = forward_pass
+
+    def _request(
+        self,
+        request=None,
+        tools=None,
+        messages=None,
+        force=None,
+        adapter_weights=None,
+        keep_adapter=False,
+        save_adapter=None,
+        train_on=None,
+        on_piece=None,
+        cancelled=None,
+        stages=False,
+        **overrides,
+    ):
+        """The Request the stages see: `ask`'s arguments checked and settled."""
         settings = self._settings(overrides)
         if adapter_weights is None and self.saved is not None and settings.mode != "base":
             adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")
         messages = normalize_messages(messages if messages is not None else _request_messages(request))
         tools = parse_tools(tools) if tools else []
-        report = progress or (lambda phase, seconds, detail="": None)
         plan = plan_request(
             settings.mode,
             self.teacher_spec is not None,
@@ -134,7 +185,7 @@ class Agent:
             stored=adapter_weights is not None,
             given=train_on is not None,
         )
-        request = Request(
+        return Request(
             messages,
             tools,
             settings,
@@ -147,12 +198,15 @@ class Agent:
             cancelled,
             stages,
         )
-        with self._lock:
-            try:
-                return Turn(self, request, Clock(report)).answer()
-            finally:
-                if self.adapter.trained:
-                    self.adapter.reset()
+
+    def _answer(self, request, progress):
+        """The Turn of one request (the caller holds the lock); the LoRA reset after it."""
+        report = progress or (lambda phase, seconds, detail="": None)
+        try:
+            return Turn(self, request, Clock(report)).answer()
+        finally:
+            if self.adapter.trained:
+                self.adapter.reset()
 
     def likelihoods(self, request=None, tools=None, messages=None, calls=(), adapter_weights=None):
         """The log-likelihood (nats, teacher-forced) of each list of `calls` as the answer to the request,
@@ -200,7 +254,8 @@ class Agent:
 
     def new_state(self, cancelled=None):
         """An empty context on this agent's model."""
-        return ContextState(self.loaded.model, self.loaded.tokenizer, self.loaded.context_length, cancelled)
+        loaded = self.loaded
+        return ContextState(loaded.model, loaded.tokenizer, loaded.context_length, cancelled, self._forward)
 
     def training_examples(self, examples, tools):
         """(token ids, answer offset) pairs. The loss covers the calls the model writes, from the first

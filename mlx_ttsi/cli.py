@@ -328,12 +328,34 @@ def ask(
     metavar="TAUS",
     help="Taus for the sweep, e.g. 0.1,0.3,0.5 [default: 0,0.1,...,0.9,0.95,1].",
 )
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Answer N rows of a file side by side for methods that never train (base, self-label, plan); "
+    "the same answers, their forward passes batched.",
+)
 @model_option
 @adaptation_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 @click.pass_context
 def eval_command(
-    ctx, data, methods, out, limit, sample, seeds, sweep, model, precision, teacher, teacher_model, quiet, **settings
+    ctx,
+    data,
+    methods,
+    out,
+    limit,
+    sample,
+    seeds,
+    sweep,
+    batch_rows,
+    model,
+    precision,
+    teacher,
+    teacher_model,
+    quiet,
+    **settings,
 ):
     """Score methods on benchmark files: results are kept as they come, so a rerun resumes.
 
@@ -363,6 +385,7 @@ def eval_command(
         taus=runner.parse_taus(sweep) if sweep else runner.DEFAULT_SWEEP,
         max_calls=max_calls,
         settings=recorded,
+        batch_rows=batch_rows,
     )
 
     def load():  # only when rows are left to run

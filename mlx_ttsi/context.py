@@ -41,13 +41,14 @@ def split_model(model):
     return body, lambda hidden: model.lm_head(hidden)
 
 
-def last_logits(model, ids, cache):
-    """Logits of the last position only (the vocabulary projection is skipped elsewhere)."""
+def forward_pass(model, inputs, cache, start=0):
+    """Logits of positions `start`.. of `inputs` ([batch, length] token ids) run on `cache`; where the
+    model splits, only those positions go through the vocabulary projection."""
     split = split_model(model)
     if split is None:
-        return model(ids, cache=cache)[:, -1]
+        return model(inputs, cache=cache)[:, start:]
     body, head = split
-    return head(body(ids, cache=cache)[:, -1:])[:, 0]
+    return head(body(inputs, cache=cache)[:, start:])
 
 
 def cache_from_arrays(layers, batch=1):
@@ -129,8 +130,10 @@ class ContextState:
     """A model's running context: its tokens, their KV cache, the log-probs of the next token and a
     draft held ahead of it (see the module's docstring)."""
 
-    def __init__(self, model, tokenizer, context_length=None, cancelled=None):
+    def __init__(self, model, tokenizer, context_length=None, cancelled=None, forward=forward_pass):
         self.model = model
+        self.forward = forward  # forward_pass, or a Lockstep's, which runs it batched with other contexts'
+
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.cancelled = cancelled  # polled before every forward pass: True stops the request (Cancelled)
@@ -152,7 +155,7 @@ class ContextState:
         for start in range(0, len(ids), PREFILL_CHUNK):
             self._check_cancelled()
             chunk = ids[start : start + PREFILL_CHUNK]
-            logits = last_logits(self.model, mx.array(chunk)[None], self.cache)[0]
+            logits = self.forward(self.model, mx.array(chunk)[None], self.cache, len(chunk) - 1)[0, 0]
             self.forward_tokens += len(chunk)
             self.logprobs = log_probs(logits)
             mx.eval(self.logprobs, [c.state for c in self.cache])
@@ -229,11 +232,8 @@ class ContextState:
         self._check_length(len(self.tokens) + len(rest) + len(ids))
         self._check_cancelled()
         inputs = mx.array(rest + ids)[None]
-        if rest:  # the context's last position and the draft's, through the vocabulary
-            body, head = split
-            logits = head(body(inputs, cache=self.cache)[:, len(rest) - 1 :])[0]
-        else:
-            logits = self.model(inputs, cache=self.cache)[0]
+        # with `rest`, the context's last position and the draft's go through the vocabulary
+        logits = self.forward(self.model, inputs, self.cache, max(len(rest) - 1, 0))[0]
         self.forward_tokens += len(rest) + len(ids)
         logprobs = log_probs(logits)
         mx.eval(logprobs, [c.state for c in self.cache])
@@ -310,7 +310,7 @@ class ContextState:
         if longest > 1 and copies <= FORK_BUDGET and all(isinstance(c, KVCache) for c in self.cache):
             pad = self.tokenizer.eos_token_id or 0
             batch = mx.array([c[:-1] + [pad] * (longest - len(c)) for c in continuations])
-            logprobs = log_probs(self.model(batch, cache=self.fork(len(continuations))))
+            logprobs = log_probs(self.forward(self.model, batch, self.fork(len(continuations))))
             self.forward_tokens += batch.size
             targets = mx.array([c[1:] + [0] * (longest - len(c)) for c in continuations])
             picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
@@ -327,7 +327,7 @@ class ContextState:
         if len(continuation) > 1:
             self._drop_ahead()  # the continuation goes through the shared cache
             base, logprobs = list(self.tokens), self.logprobs
-            steps = log_probs(self.model(mx.array(continuation[:-1])[None], cache=self.cache)[0])
+            steps = log_probs(self.forward(self.model, mx.array(continuation[:-1])[None], self.cache)[0])
             self.forward_tokens += len(continuation) - 1
             total = total + mx.take_along_axis(steps, mx.array(continuation[1:])[:, None], axis=-1).sum()
             mx.eval(total)

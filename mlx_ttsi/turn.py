@@ -84,6 +84,12 @@ class Plan:
         (mode check answers with the checked one, no learning)."""
         return self.source == "self-label" and self.method in ("ttsi", "ticl", "check")
 
+    @property
+    def keeps_weights(self):
+        """Whether the request never changes the model's weights (base, check, plan): such requests
+        may run side by side (Agent.ask_together)."""
+        return self.method in ("base", "check", "plan") and self.source not in ("stored", "given")
+
     def adapts(self, uncertainty):
         return self.method not in ("base", "plan") and (uncertainty.uncertain or not self.gated)
 

@@ -555,3 +555,46 @@ def test_base_and_self_label_answered_inside_ttsi_equal_their_own_runs(donor, ti
         phases = {"base": {"scoring", "decoding", "total"}, "self-label": {"scoring", "decoding", "labelling", "total"}}
         assert set(record.pop("timings")) == set(own.pop("timings")) == phases[record["method"]]
         assert record == own
+
+
+def test_rows_answered_side_by_side_equal_rows_answered_one_by_one(tiny_model_dir, tiny_data, tmp_path):
+    args = ["--methods", "self-label,base,plan", "-q"]
+    assert run_eval(tiny_model_dir, tiny_data, tmp_path / "one", *args).exit_code == 0
+    result = run_eval(tiny_model_dir, tiny_data, tmp_path / "batched", *args, "--batch-rows", "2")
+    assert result.exit_code == 0, result.stderr
+    alone = {(r["id"], r["method"]): r for r in lines(tmp_path / "one" / "results.jsonl")}
+    batched = lines(tmp_path / "batched" / "results.jsonl")
+    assert len(batched) == len(alone) == 3 * len(TINY_ROWS)
+    together = 0
+    for record in batched:
+        own = alone[record["id"], record["method"]]
+        timings, _ = record.pop("timings"), own.pop("timings")
+        together += timings.get("rows_together", 1) > 1
+        assert record == own  # the same answers, labels, uncertainties and gold likelihoods
+    assert together == 2 * 3  # the first two rows side by side for each method; the third alone
+
+
+def test_rows_are_grouped_by_file_seed_and_methods_that_never_train():
+    from mlx_ttsi.evaluation.runner import batches
+
+    def entry(benchmark, id, seed=0, methods=("base",)):
+        return ({"benchmark": benchmark, "id": id}, seed, list(methods))
+
+    def shown(groups):
+        return [[(r["benchmark"], r["id"], tuple(m)) for r, _, m in g] for g in groups]
+
+    rows = [entry("a", 1), entry("a", 2), entry("a", 3), entry("b", 1), entry("b", 2, seed=1), entry("b", 3, seed=1)]
+    assert shown(batches(rows, 2)) == [
+        [("a", 1, ("base",)), ("a", 2, ("base",))],
+        [("a", 3, ("base",))],
+        [("b", 1, ("base",))],
+        [("b", 2, ("base",)), ("b", 3, ("base",))],
+    ]
+    assert batches(rows, 1) == [[r] for r in rows]
+    # a method that trains stays with its row, and so do the methods its turn answers on the way
+    mixed = [entry("c", i, methods=["ttsi-all", "base", "self-label", "plan"]) for i in (1, 2)]
+    assert shown(batches(mixed, 2)) == [
+        [("c", 1, ("ttsi-all", "base", "self-label"))],
+        [("c", 1, ("plan",)), ("c", 2, ("plan",))],
+        [("c", 2, ("ttsi-all", "base", "self-label"))],
+    ]

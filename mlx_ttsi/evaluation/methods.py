@@ -38,6 +38,7 @@ METHODS = {
     "ttd-basecheck-all": ("ttd", True, {"check_after": True, "check_weights": "base"}),
 }
 ORACLES = ("oracle", "oracle-twin")
+TOGETHER = ("base", "check", "plan")  # modes that never train: eval --batch-rows answers their rows side by side
 GOLD_TWINS = 3  # K twins of the gold call for oracle-twin when the run's settings give no K
 GOLD_FIELDS = ("answer", "meta")  # what a method other than an oracle never sees
 SEEDLESS = (

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..errors import DataError, RequestError, ToolsError
 from .grading import is_correct
-from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS, STAGES, stages_of
+from .methods import GOLD_FIELDS, GOLD_TWINS, METHODS, ORACLES, SEEDLESS, STAGES, TOGETHER, stages_of
 from .ranks import launched_ranks
 from .report import write_summary
 from .results import RESULTS, Appender, check_config, key, read_all, read_records, write_records, writing
@@ -42,6 +42,7 @@ class EvalPlan:
     taus: tuple = DEFAULT_SWEEP
     max_calls: int = None  # None: per benchmark (benchmark_rows.MULTI_CALL, else 1)
     settings: dict = field(default_factory=dict)  # what the results depend on; kept in config.json
+    batch_rows: int = 1  # rows of one file answered side by side by methods that never train (Agent.ask_together)
 
 
 def parse_seeds(values):
@@ -90,6 +91,7 @@ def evaluate(plan, out, agent=None, load_agent=None, progress=True, ranks=None):
                     plan.max_calls,
                     progress_bar(len(todo), ranks, progress),
                     plan.settings.get("examples") or GOLD_TWINS,
+                    plan.batch_rows,
                 )
             gathered = ranks.gather(read_records(own) if ranks.size > 1 else [])
             return finish(plan, out, gathered) if ranks.rank == 0 else None
@@ -117,17 +119,89 @@ def progress_bar(total, ranks, enabled=True):
     return tqdm(total=total, desc=label, file=sys.stderr, bar_format=BAR, disable=not enabled)
 
 
-def run_rows(agent, todo, path, max_calls, bar, examples):
-    """Ask each (row, seed, method) and append its result line to `path` at once."""
+def run_rows(agent, todo, path, max_calls, bar, examples, batch_rows=1):
+    """Ask each (row, seed, method) and append its result line to `path` at once; with `batch_rows`,
+    rows of one file whose methods never train are answered that many at a time, side by side."""
     appender = Appender(path)
     try:
-        for row, seed, methods in by_row(todo):
-            for record in run_row(agent, row, seed, methods, max_calls, examples, bar):
+        for group in batches(by_row(todo), batch_rows if hasattr(agent, "ask_together") else 1):
+            if len(group) > 1:
+                records = run_together(agent, group, max_calls)
+            else:
+                records = run_row(agent, *group[0], max_calls, examples, bar)
+            for record in records:
                 appender.write(record)
                 bar.update()
     finally:
         appender.close()
         bar.close()
+
+
+def batches(rows, size):
+    """by_row's (row, seed, methods) as groups to run. With `size` above 1, a row's methods that train
+    (and those their turn answers on the way, methods.stages_of) stay with their row, and the others
+    are grouped: up to `size` consecutive rows of one file and seed with the same such methods."""
+    if size <= 1:
+        return [[entry] for entry in rows]
+    groups, last = [], None
+    for row, seed, methods in rows:
+        alone, side = split_methods(methods)
+        if alone:
+            groups.append([(row, seed, alone)])
+        if side:
+            key = (row["benchmark"], seed, side)
+            if last is not None and last[0] == key and len(last[1]) < size:
+                last[1].append((row, seed, side))
+            else:
+                last = (key, [(row, seed, side)])
+                groups.append(last[1])
+    return groups
+
+
+def split_methods(methods):
+    """(the methods a row asks on its own, those that may be asked side by side with other rows'):
+    the latter never train (methods.TOGETHER) and are not met inside the turn of one that does."""
+    alone = [m for m in methods if METHODS[m][0] not in TOGETHER or m in ORACLES]
+    met = next((stages_of(m) for m in alone if set(stages_of(m)) & set(methods)), ())
+    return [m for m in methods if m in alone or m in met], [m for m in methods if m not in alone and m not in met]
+
+
+def run_together(agent, group, max_calls):
+    """The result lines of a group of rows (one file, seed and methods list), each method asked for
+    all the rows side by side; the first method whose turn meets the others' answers answers for them
+    too, as in run_row. Each line's seconds are its share of the group's."""
+    _, seed, methods = group[0]
+    donors = [m for m in methods if set(stages_of(m)) & set(methods)]
+    done = set()
+    for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
+        if method in done:
+            continue
+        wanted = [m for m in stages_of(method) if m in methods and m not in done]
+        asks = [ask_of(row, method, seed, max_calls, wanted) for row, _, _ in group]
+        for ask, _ in asks:
+            agent.warm(ask["tools"])
+        started = time.perf_counter()
+        try:
+            results = agent.ask_together([a for a, _ in asks])
+        except (RequestError, ToolsError):  # a row that cannot be read: each row asked alone, as run_row does
+            for row, _, _ in group:
+                yield from run_one(agent, row, method, seed, max_calls, GOLD_TWINS, wanted).values()
+            done.update([method, *wanted])
+            continue
+        share = {"total": round((time.perf_counter() - started) / len(group), 3), "rows_together": len(group)}
+        scorer = getattr(agent, "likelihoods", None)
+        for (row, _, _), (ask, record), (answer, error) in zip(group, asks, results):
+            if isinstance(error, (RequestError, ToolsError)):
+                lines = {method: record | failed(error, share["total"])}
+            elif error is not None:
+                raise error
+            else:
+                gold = gold_likelihood(scorer, ask, row, answer) if scorer else None
+                lines = answered_lines(row, method, record, answer, gold, wanted)
+            for line in lines.values():
+                line["timings"] = dict(share)
+            yield from lines.values()
+        done.update([method, *wanted])
 
 
 def by_row(todo):
@@ -162,33 +236,46 @@ def run_one(agent, row, method, seed, max_calls, examples, stages=()):
     Only the oracle methods read the row's gold answer; every other method is asked with a copy
     of the row that has no gold fields. Each method starts from the cached tools prefix (computed
     before the clock starts), so methods are timed on equal terms whatever their order."""
+    ask, record = ask_of(row, method, seed, max_calls, stages, examples)
+    scorer = getattr(agent, "likelihoods", None)  # the gold answer's likelihood, scored after answering
+    if scorer is not None and ask["force"] is not None:
+        ask["keep_adapter"] = True
+    agent.warm(ask["tools"])
+    started = time.perf_counter()
+    try:
+        answer = agent.ask(**ask)
+    except (RequestError, ToolsError) as error:  # this row cannot be asked (e.g. over the context): wrong
+        return {method: record | failed(error, time.perf_counter() - started)}
+    gold = gold_likelihood(scorer, ask, row, answer) if scorer else None
+    return answered_lines(row, method, record, answer, gold, stages)
+
+
+def ask_of(row, method, seed, max_calls, stages=(), examples=GOLD_TWINS):
+    """(Agent.ask's keywords, the start of its result line) for one row, method and seed. Only the
+    oracles' keywords hold the gold answer (examples made from it)."""
     mode, force, overrides = METHODS[method]
     inputs = {k: v for k, v in row.items() if k not in GOLD_FIELDS}
     request, messages = row_input(inputs)
     record = {"benchmark": row["benchmark"], "id": row["id"], "method": method, "seed": seed}
-    options = {"train_on": gold_examples(row, method, examples, seed)} if method in ORACLES else {}
+    ask = {
+        "request": request,
+        "tools": inputs["tools"],
+        "messages": messages,
+        "mode": mode,
+        "force": force,
+        "seed": seed,
+        "max_calls": max_calls_for(inputs, max_calls),
+        **overrides,
+    }
+    if method in ORACLES:
+        ask["train_on"] = gold_examples(row, method, examples, seed)
     if stages:
-        options["stages"] = True
-    scorer = getattr(agent, "likelihoods", None)  # the gold answer's likelihood, scored after answering
-    if scorer is not None and force is not None:
-        options["keep_adapter"] = True
-    agent.warm(inputs["tools"])
-    started = time.perf_counter()
-    try:
-        answer = agent.ask(
-            request,
-            tools=inputs["tools"],
-            messages=messages,
-            mode=mode,
-            force=force,
-            seed=seed,
-            max_calls=max_calls_for(inputs, max_calls),
-            **overrides,
-            **options,
-        )
-    except (RequestError, ToolsError) as error:  # this row cannot be asked (e.g. over the context): wrong
-        return {method: record | failed(error, time.perf_counter() - started)}
-    gold = gold_likelihood(scorer, request, inputs, messages, row, answer) if scorer else None
+        ask["stages"] = True
+    return ask, record
+
+
+def answered_lines(row, method, record, answer, gold, stages):
+    """{method: result line} of an answer, and of the `stages` methods whose answers it met."""
     met = getattr(answer, "stages", None) or {}
     lines = {method: record | scored(row, answer, gold)}
     for other in stages:
@@ -253,11 +340,13 @@ def scored(row, answer, gold):
     }
 
 
-def gold_likelihood(scorer, request, inputs, messages, row, answer):
+def gold_likelihood(scorer, ask, row, answer):
     """{"base", "adapted"}: the gold answer's log-likelihood under the base weights and under the row's
     LoRA (None when it was not adapted), scored once the method has answered: it never sees the gold."""
     weights = getattr(answer, "adapter", None) if answer.adapted else None
-    scored = scorer(request, tools=inputs["tools"], messages=messages, calls=[row["answer"]], adapter_weights=weights)
+    scored = scorer(
+        ask["request"], tools=ask["tools"], messages=ask["messages"], calls=[row["answer"]], adapter_weights=weights
+    )
     return {"base": scored["base"][0], "adapted": scored["adapted"][0] if scored["adapted"] else None}
 
 
