@@ -50,7 +50,9 @@ def main():
     for row in rows:
         agent.warm(row["tools"])
     print(machine())
-    print(f"{args.model}, mode {args.mode}, {len(rows)} SealTool rows from {args.start}, started {time.strftime('%H:%M:%S')}")
+    print(
+        f"{args.model}, mode {args.mode}, {len(rows)} SealTool rows from {args.start}, started {time.strftime('%H:%M:%S')}"
+    )
     print("| round | one by one s | together s | together / one by one | same answers |\n|---|---|---|---|---|")
     ratios = []
     for index in range(args.rounds):
@@ -58,7 +60,9 @@ def main():
         timed = dict((name, way(agent, asks)) for name, way in (ways if index % 2 == 0 else ways[::-1]))
         (alone, first), (joint, second) = timed["alone"], timed["together"]
         ratios.append(joint / alone)
-        print(f"| {index + 1} | {alone:.1f} | {joint:.1f} | {joint / alone:.2f} | {'yes' if first == second else 'NO'} |")
+        print(
+            f"| {index + 1} | {alone:.1f} | {joint:.1f} | {joint / alone:.2f} | {'yes' if first == second else 'NO'} |"
+        )
     median = statistics.median(ratios)
     print(f"\ntogether / one by one, median of {len(ratios)}: {median:.2f} ({1 / median:.2f}x the rows per hour)")
 
