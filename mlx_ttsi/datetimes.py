@@ -30,15 +30,55 @@ _NAMED_TIMES = {"noon": (12, 0), "midday": (12, 0), "midnight": (0, 0)}
 def parse_value(value):
     """The datetime a call's string value writes in one of VALUE_FORMATS, and which parts it has
     ({"date", "time"}); (None, set()) when it is not one."""
+    when, fmt = _parsed(value)
+    return when, {part for part, code in (("date", "%d"), ("time", "%H")) if fmt and code in fmt}
+
+
+def _parsed(value):
+    """(datetime, its format among VALUE_FORMATS) of a string value, or (None, None)."""
     if not isinstance(value, str):
-        return None, set()
+        return None, None
     for fmt in VALUE_FORMATS:
         try:
-            when = datetime.strptime(value.strip(), fmt)
+            return datetime.strptime(value.strip(), fmt), fmt
         except ValueError:
             continue
-        return when, {part for part, code in (("date", "%d"), ("time", "%H")) if code in fmt}
-    return None, set()
+    return None, None
+
+
+def restated(value, request):
+    """The value, in its own ISO form, with the date or time of day the request states where the
+    value says another, when the request settles which: a time of day 12 hours off one it states
+    ("03:00" for "3 PM"), or the only time (date) it states; None when there is nothing to change
+    or the request leaves it open."""
+    when, fmt = _parsed(value)
+    if when is None:
+        return None
+    changed = when
+    if "%H" in fmt:
+        times = times_in(request)
+        now = (when.hour, when.minute, when.second)
+        if times and now not in times:
+            slips = {t for t in times if t[0] % 12 == when.hour % 12 and t[1] == when.minute}
+            only = {t[:2] for t in times}
+            pick = slips.pop() if len(slips) == 1 else (min(times) if len(only) == 1 else None)
+            if pick is not None:
+                changed = changed.replace(hour=pick[0], minute=pick[1], second=pick[2] if "%S" in fmt else 0)
+    if "%d" in fmt:
+        dates = dates_in(request)
+        years = {int(y) for y in _YEAR.findall(request)}
+        if len(dates) == 1 and (when.month, when.day) not in dates:
+            month, day = next(iter(dates))
+            changed = _on(changed, len(years) == 1 and min(years) or changed.year, month, day)
+    return changed.strftime(fmt) if changed != when else None
+
+
+def _on(when, year, month, day):
+    """`when` on another date; itself when that date does not exist."""
+    try:
+        return when.replace(year=year, month=month, day=day)
+    except ValueError:
+        return when
 
 
 def dates_in(text):

@@ -10,7 +10,11 @@ against the request:
 - a string value that is not the user's exact words (a required one that is not in the
   conversation, or one that is only after normalising, "living_room" for "living room"), or that
   another argument already took, is written again, copied from the conversation without the values
-  already taken (an optional one that cannot be copied is dropped).
+  already taken (an optional one that cannot be copied is dropped);
+- a date or time in ISO form ("2023-03-21 13:00:00") that says another date or time of day than the
+  one the user states ("March 21 at 3 PM") is set to it when the conversation settles which
+  (datetimes.restated: 12 hours off a stated time, or the only one stated), and one that says what
+  the user states in words is kept as it is.
 
 When the model is unsure of the tool (its name margin is below tau), the runner-up tool's call is
 written and checked too, and taken when it uses more of what the user said (`coverage`).
@@ -27,6 +31,7 @@ import json
 import math
 import re
 
+from .datetimes import restated, stated_datetime
 from .tools import check_call, free_value
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
@@ -151,6 +156,9 @@ def _label_call(decoder, before, tool, call, context):
     arguments = {}
     for key, value in call["arguments"].items():
         schema = tool.properties.get(key, {})
+        if restated(value, context) or stated_datetime(value, context):
+            arguments[key] = restated(value, context) or value  # the date or time the user states, in the value's form
+            continue
         stated = grounded(value, context)
         if _is_string(schema) and isinstance(value, str) and (stated or key in required):
             if not _verbatim(value, context) or _taken(value, arguments):

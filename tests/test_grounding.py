@@ -208,3 +208,51 @@ def test_a_rival_that_repeats_a_call_already_made_is_never_taken():
     assert calls_made(messages) == [token]
     assert better_tool(first, [token], tools, context, calls_made(messages)) == first  # ...but already done
     assert better_tool(first, [token], tools, context) == [token]
+
+
+AGENDA = parse_tools(
+    [
+        {
+            "name": "add_agenda",
+            "description": "Add an agenda item",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "content": {"type": "string"},
+                    "time": {"type": "string", "description": "Format: %Y-%m-%d %H:%M:%S"},
+                    "until": {"type": "string", "description": "Format: %Y-%m-%d %H:%M:%S"},
+                },
+                "required": ["content", "time"],
+            },
+        }
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "written, request_text, labelled",
+    [
+        ("2023-03-21 03:00:00", "Add lunch on March 21 at 3 PM", "2023-03-21 15:00:00"),  # 12 hours off
+        ("2023-03-21 13:00:00", "Add lunch on March 21 at 3 PM", "2023-03-21 15:00:00"),  # the only time stated
+        ("2023-09-09 15:00:00", "Add lunch on March 21 at 3 PM", "2023-03-21 15:00:00"),  # the only date stated
+        ("2023-03-21 15:00:00", "Add lunch on March 21 at 3 PM", "2023-03-21 15:00:00"),  # stated in words: kept
+        ("2023-03-21 13:00:00", "Add lunch on March 21 at 3 PM or 4 PM", "2023-03-21 13:00:00"),  # left open
+    ],
+)
+def test_a_date_or_time_in_iso_form_is_set_to_the_one_the_user_states(written, request_text, labelled):
+    greedy = {"name": "add_agenda", "arguments": {"content": "lunch", "time": written}}
+    decoder = ScriptedDecoder(probes={}, copies={"time": written})  # a copy of the user's words changes nothing
+    label = label_calls(decoder, "PROMPT", AGENDA, [greedy], request_text)
+    assert label[0]["arguments"]["time"] == labelled
+    # a value the request settles is never re-copied from the user's words (which would lose its ISO form)
+    assert ("time", True) not in decoder.asked or labelled == written
+
+
+def test_an_end_time_twelve_hours_off_is_set_beside_a_start_time():
+    greedy = {
+        "name": "add_agenda",
+        "arguments": {"content": "review", "time": "2023-04-05 03:00:00", "until": "2023-04-05 05:00:00"},
+    }
+    decoder = ScriptedDecoder(probes={}, copies={})
+    label = label_calls(decoder, "PROMPT", AGENDA, [greedy], "Add the review on April 5th from 3 PM to 5 PM")
+    assert label[0]["arguments"] == {"content": "review", "time": "2023-04-05 15:00:00", "until": "2023-04-05 17:00:00"}
