@@ -25,6 +25,11 @@ _DATE_PATTERNS = (  # each gives (month, day) groups in some order: "month" name
 _YEAR = re.compile(r"\b(19\d\d|20\d\d)\b")
 _TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([ap])\.?\s?m\b\.?|\b(\d{1,2}):(\d{2})(?::(\d{2}))?\b")
 _NAMED_TIMES = {"noon": (12, 0), "midday": (12, 0), "midnight": (0, 0)}
+# what a model may write for a date or time, beyond VALUE_FORMATS: the 12-hour clock and month-day
+READ_FORMATS = VALUE_FORMATS + ("%Y-%m-%d %I:%M %p", "%Y-%m-%d %I:%M:%S %p", "%I:%M %p", "%I:%M%p", "%I%p", "%m-%d")
+# JSON Schema's own formats (a parameter's "format"), and strftime patterns a description documents
+SCHEMA_FORMATS = {"date": "%Y-%m-%d", "date-time": "%Y-%m-%dT%H:%M:%S", "time": "%H:%M:%S"}
+_DOCUMENTED = re.compile(r"%[YmdHMSIp](?:[-:/ T]*%[YmdHMSIp])*")
 
 
 def parse_value(value):
@@ -34,11 +39,42 @@ def parse_value(value):
     return when, {part for part, code in (("date", "%d"), ("time", "%H")) if fmt and code in fmt}
 
 
-def _parsed(value):
-    """(datetime, its format among VALUE_FORMATS) of a string value, or (None, None)."""
+def documented_format(schema):
+    """The strftime format a parameter's schema asks its date or time in ("format": "date", or a
+    description such as "Format: %Y-%m-%d %H:%M:%S"), or None."""
+    schema = schema if isinstance(schema, dict) else {}
+    if schema.get("format") in SCHEMA_FORMATS:
+        return SCHEMA_FORMATS[schema["format"]]
+    found = _DOCUMENTED.search(str(schema.get("description") or ""))
+    return found.group(0) if found else None
+
+
+def in_format(value, fmt):
+    """A date or time value written in the format `fmt` ("2023-03-13 08:00" -> "2023-03-13 08:00:00",
+    "2023-03-25 2:10 PM" -> "2023-03-25 14:10:00"), when the value has every part the format needs;
+    None when it is not a date or time, is already in that form, or lacks a part."""
+    when, read = _parsed(value, READ_FORMATS)
+    if when is None or read == fmt:
+        return None
+    if not _parts(fmt) or not _parts(fmt) <= _parts(read) or ("%Y" in fmt and "%Y" not in read):
+        return None
+    try:
+        written = when.strftime(fmt)
+    except ValueError:
+        return None
+    return written if written != value else None
+
+
+def _parts(fmt):
+    """Which of "date" and "time" a strftime format writes."""
+    return {part for part, codes in (("date", ("%d", "%m")), ("time", ("%H", "%I"))) if any(c in fmt for c in codes)}
+
+
+def _parsed(value, formats=VALUE_FORMATS):
+    """(datetime, its format among `formats`) of a string value, or (None, None)."""
     if not isinstance(value, str):
         return None, None
-    for fmt in VALUE_FORMATS:
+    for fmt in formats:
         try:
             return datetime.strptime(value.strip(), fmt), fmt
         except ValueError:

@@ -14,7 +14,8 @@ against the request:
 - a date or time in ISO form ("2023-03-21 13:00:00") that says another date or time of day than the
   one the user states ("March 21 at 3 PM") is set to it when the conversation settles which
   (datetimes.restated: 12 hours off a stated time, or the only one stated), and one that says what
-  the user states in words is kept as it is.
+  the user states in words is kept as it is; a date or time is first written in the form its
+  parameter documents (JSON Schema's "format", or a description's "Format: %Y-%m-%d %H:%M:%S").
 
 When the model is unsure of the tool (its name margin is below tau), the runner-up tool's call is
 written and checked too, and taken when it uses more of what the user said (`coverage`).
@@ -31,7 +32,7 @@ import json
 import math
 import re
 
-from .datetimes import restated, stated_datetime
+from .datetimes import documented_format, in_format, restated, stated_datetime
 from .tools import check_call, free_value
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
@@ -156,8 +157,12 @@ def _label_call(decoder, before, tool, call, context):
     arguments = {}
     for key, value in call["arguments"].items():
         schema = tool.properties.get(key, {})
-        if restated(value, context) or stated_datetime(value, context):
-            arguments[key] = restated(value, context) or value  # the date or time the user states, in the value's form
+        fmt = documented_format(schema)
+        formatted = in_format(value, fmt) if fmt else None  # a date or time in the form the tool documents
+        value = formatted or value
+        fixed = restated(value, context)  # the date or time the user states, in the value's form
+        if fixed or stated_datetime(value, context) or (formatted and key in required):
+            arguments[key] = fixed or value
             continue
         stated = grounded(value, context)
         if _is_string(schema) and isinstance(value, str) and (stated or key in required):

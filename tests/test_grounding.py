@@ -3,6 +3,7 @@
 import re
 
 from mlx_ttsi.context import ContextState
+from mlx_ttsi.datetimes import documented_format, in_format
 from mlx_ttsi.decoding import CallDecoder, Choice, argument_margin
 from mlx_ttsi.prompts import call_format
 from mlx_ttsi.self_check import better_tool, coverage, grounded, label_calls
@@ -256,3 +257,21 @@ def test_an_end_time_twelve_hours_off_is_set_beside_a_start_time():
     decoder = ScriptedDecoder(probes={}, copies={})
     label = label_calls(decoder, "PROMPT", AGENDA, [greedy], "Add the review on April 5th from 3 PM to 5 PM")
     assert label[0]["arguments"] == {"content": "review", "time": "2023-04-05 15:00:00", "until": "2023-04-05 17:00:00"}
+
+
+@pytest.mark.parametrize(
+    "written, labelled",
+    [
+        ("2023-03-21 15:00", "2023-03-21 15:00:00"),  # the seconds the format asks for
+        ("2023-03-21 3:00 PM", "2023-03-21 15:00:00"),  # the 24-hour clock it asks for
+        ("2023-03-21 3:00 AM", "2023-03-21 15:00:00"),  # then set to the time the user states
+        ("3:00 PM", None),  # no date to write: left to the other rules (copied from the request)
+    ],
+)
+def test_a_date_or_time_is_written_in_the_form_its_parameter_documents(written, labelled):
+    greedy = {"name": "add_agenda", "arguments": {"content": "lunch", "time": written}}
+    decoder = ScriptedDecoder(probes={}, copies={"time": "March 21 at 3 PM"})
+    label = label_calls(decoder, "PROMPT", AGENDA, [greedy], "Add lunch on March 21 at 3 PM")
+    assert label[0]["arguments"]["time"] == (labelled or "March 21 at 3 PM")
+    assert documented_format({"type": "string", "format": "date"}) == "%Y-%m-%d"
+    assert in_format("2023-10-06", "%m-%d") == "10-06" and in_format("10-06", "%Y-%m-%d") is None  # no year to write
