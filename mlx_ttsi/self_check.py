@@ -147,6 +147,21 @@ def weigh_changes(score, base, label, odds):
     return current
 
 
+def conformed(calls, tools):
+    """The calls with every date or time value in the form its parameter documents (datetimes.in_format):
+    a fact of the tool's schema, so the model is not asked to weigh it (weigh_changes starts from it)."""
+    by_name = {tool.name: tool for tool in tools}
+    out = []
+    for call in calls:
+        properties = by_name[call["name"]].properties if call["name"] in by_name else {}
+        arguments = {}
+        for key, value in call["arguments"].items():
+            fmt = documented_format(properties.get(key))
+            arguments[key] = (in_format(value, fmt) if fmt else None) or value
+        out.append({**call, "arguments": arguments})
+    return out
+
+
 def calls_made(messages):
     """The calls earlier turns of a conversation made, as {name, arguments}."""
     return [call for message in messages for call in message.get("tool_calls") or []]

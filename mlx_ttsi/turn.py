@@ -19,7 +19,7 @@ from .adaptation import answer_scores
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError
 from .prompts import last_user_text, render_prompt
-from .self_check import better_tool, calls_made, context_text, label_calls, weigh_changes
+from .self_check import better_tool, calls_made, conformed, context_text, label_calls, weigh_changes
 from .settings import Settings
 from .sources import SOURCES, Job
 from .synthesis import Synthesis, keep_examples
@@ -290,7 +290,7 @@ class Turn:
             lead = self.fmt.start + self.fmt.open
             return decoder.score_after(prompt, [lead + self.fmt.written(calls) for calls in options])[0]
 
-        return weigh_changes(score, answer.calls, label, self.settings.check_odds)
+        return weigh_changes(score, conformed(answer.calls, tools), label, self.settings.check_odds)
 
     def gate(self, names, base):
         """The uncertainty: the name margin, the argument margin, and whether the self-label agrees."""

@@ -143,3 +143,33 @@ def test_plan_with_check_after_answers_with_the_checked_call_after_the_plan_line
     assert answer.tool_calls == [checked] and answer.label == [checked] and answer.unchecked == planned.tool_calls
     assert answer.uncertainty.label_agrees is False
     assert prompts and all(turn.PLAN_LEAD in p for p in prompts)  # checked where it was written: after the plan
+
+
+def test_a_date_or_time_in_the_documented_form_is_not_left_to_the_models_odds():
+    from mlx_ttsi.self_check import conformed
+    from mlx_ttsi.tools import parse_tools
+
+    tools = parse_tools(
+        [
+            {
+                "name": "query_health",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "start": {"type": "string", "description": "Start of the span. Format: %Y-%m-%d %H:%M:%S"},
+                        "user": {"type": "string"},
+                    },
+                    "required": ["start", "user"],
+                },
+            }
+        ]
+    )
+    base = [{"name": "query_health", "arguments": {"start": "2023-03-13 8:00 AM", "user": "F24"}}]
+    label = [{"name": "query_health", "arguments": {"start": "2023-03-13 08:00:00", "user": "F246"}}]
+    start = conformed(base, tools)
+    score, _ = scorer(lambda calls: -100.0 if calls != start else 0.0)  # the model would undo every change
+    checked = weigh_changes(score, start, label, odds=0.1)
+    assert checked[0]["arguments"] == {
+        "start": "2023-03-13 08:00:00",
+        "user": "F24",
+    }  # the form kept, the rewrite weighed
