@@ -176,6 +176,8 @@ def _label_call(decoder, before, tool, call, context):
         formatted = in_format(value, fmt) if fmt else None  # a date or time in the form the tool documents
         value = formatted or value
         fixed = restated(value, context)  # the date or time the user states, in the value's form
+        others = {k: v for k, v in {**call["arguments"], **arguments}.items() if k != key}
+        fixed = None if fixed and _taken(fixed, others) else fixed  # another argument holds that one
         if fixed or stated_datetime(value, context) or (formatted and key in required):
             arguments[key] = fixed or value
             continue

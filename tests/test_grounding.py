@@ -275,3 +275,22 @@ def test_a_date_or_time_is_written_in_the_form_its_parameter_documents(written, 
     assert label[0]["arguments"]["time"] == (labelled or "March 21 at 3 PM")
     assert documented_format({"type": "string", "format": "date"}) == "%Y-%m-%d"
     assert in_format("2023-10-06", "%m-%d") == "10-06" and in_format("10-06", "%Y-%m-%d") is None  # no year to write
+
+
+def test_a_date_another_argument_holds_is_not_taken_again():
+    tools = parse_tools(
+        [
+            {
+                "name": "book_hotel",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"check_in": {"type": "string"}, "check_out": {"type": "string"}},
+                    "required": ["check_in", "check_out"],
+                },
+            }
+        ]
+    )
+    greedy = {"name": "book_hotel", "arguments": {"check_in": "2023-07-15", "check_out": "2023-07-16"}}
+    decoder = ScriptedDecoder(probes={}, copies={"check_out": "2023-07-16"})
+    label = label_calls(decoder, "PROMPT", tools, [greedy], "Book the Hilton from July 15th for one night")
+    assert label[0]["arguments"] == {"check_in": "2023-07-15", "check_out": "2023-07-16"}  # the one date is check-in's
