@@ -133,7 +133,6 @@ class ContextState:
     def __init__(self, model, tokenizer, context_length=None, cancelled=None, forward=forward_pass):
         self.model = model
         self.forward = forward  # forward_pass, or a Lockstep's, which runs it batched with other contexts'
-
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.cancelled = cancelled  # polled before every forward pass: True stops the request (Cancelled)

@@ -36,7 +36,7 @@ def parse_value(value):
     """The datetime a call's string value writes in one of VALUE_FORMATS, and which parts it has
     ({"date", "time"}); (None, set()) when it is not one."""
     when, fmt = _parsed(value)
-    return when, {part for part, code in (("date", "%d"), ("time", "%H")) if fmt and code in fmt}
+    return when, _parts(fmt) if fmt else set()
 
 
 def documented_format(schema):
@@ -47,6 +47,13 @@ def documented_format(schema):
         return SCHEMA_FORMATS[schema["format"]]
     found = _DOCUMENTED.search(str(schema.get("description") or ""))
     return found.group(0) if found else None
+
+
+def documented(value, schema):
+    """The value written in the form its parameter's schema documents (documented_format, in_format),
+    or None when the schema documents none or the value needs no change."""
+    fmt = documented_format(schema)
+    return in_format(value, fmt) if fmt else None
 
 
 def in_format(value, fmt):

@@ -35,11 +35,6 @@ class Pass:
         self.logits = None
         self.error = None
 
-    @property
-    def size(self):
-        """Tokens run: batch x length."""
-        return self.inputs.shape[0] * self.inputs.shape[1]
-
     def joins(self):
         """Whether this pass can join a batched one: one row of a few tokens, on plain KV caches (a
         pass of several rows, e.g. options scored on copies of one cache, is a batch already)."""
@@ -73,6 +68,8 @@ class Worker:
             self.value = self.call()
         except BaseException as error:  # handed to the caller of Lockstep.run
             self.error = error
+        finally:
+            mx.clear_streams()  # this thread's MLX streams; what it handed over was evaluated
         self.done = True
         self._parked.set()
 
@@ -98,7 +95,7 @@ class Lockstep:
     module's docstring). `passes` and `batched` count the passes asked for and the batched passes run."""
 
     def __init__(self):
-        self._local = threading.local()
+        self._workers = {}  # thread -> its Worker, while `run` runs
         self.passes = self.batched = 0
 
     def run(self, calls):

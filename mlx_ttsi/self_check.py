@@ -32,7 +32,7 @@ import json
 import math
 import re
 
-from .datetimes import documented_format, in_format, restated, stated_datetime
+from .datetimes import documented, restated, stated_datetime
 from .tools import check_call, free_value
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
@@ -156,8 +156,7 @@ def conformed(calls, tools):
         properties = by_name[call["name"]].properties if call["name"] in by_name else {}
         arguments = {}
         for key, value in call["arguments"].items():
-            fmt = documented_format(properties.get(key))
-            arguments[key] = (in_format(value, fmt) if fmt else None) or value
+            arguments[key] = documented(value, properties.get(key)) or value
         out.append({**call, "arguments": arguments})
     return out
 
@@ -172,8 +171,7 @@ def _label_call(decoder, before, tool, call, context):
     arguments = {}
     for key, value in call["arguments"].items():
         schema = tool.properties.get(key, {})
-        fmt = documented_format(schema)
-        formatted = in_format(value, fmt) if fmt else None  # a date or time in the form the tool documents
+        formatted = documented(value, schema)  # a date or time in the form the tool documents
         value = formatted or value
         fixed = restated(value, context)  # the date or time the user states, in the value's form
         others = {k: v for k, v in {**call["arguments"], **arguments}.items() if k != key}

@@ -171,12 +171,9 @@ def run_together(agent, group, max_calls):
     all the rows side by side; the first method whose turn meets the others' answers answers for them
     too, as in run_row. Each line's seconds are its share of the group's."""
     _, seed, methods = group[0]
-    donors = [m for m in methods if set(stages_of(m)) & set(methods)]
+    scorer = getattr(agent, "likelihoods", None)
     done = set()
-    for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
-        if method in done:
-            continue
-        wanted = [m for m in stages_of(method) if m in methods and m not in done]
+    for method, wanted in method_order(methods, done):
         asks = [ask_of(row, method, seed, max_calls, wanted) for row, _, _ in group]
         for ask, _ in asks:
             agent.warm(ask["tools"])
@@ -189,7 +186,6 @@ def run_together(agent, group, max_calls):
             done.update([method, *wanted])
             continue
         share = {"total": round((time.perf_counter() - started) / len(group), 3), "rows_together": len(group)}
-        scorer = getattr(agent, "likelihoods", None)
         for (row, _, _), (ask, record), (answer, error) in zip(group, asks, results):
             if isinstance(error, (RequestError, ToolsError)):
                 lines = {method: record | failed(error, share["total"])}
@@ -217,16 +213,22 @@ def run_row(agent, row, seed, methods, max_calls, examples, bar):
     others' answers on its way (methods.stages_of: base and self-label inside TT-SI's) answers for them
     too, so the row is decoded and checked once; a method it did not answer for (an agent that keeps
     no stages) is asked."""
-    donors = [m for m in methods if set(stages_of(m)) & set(methods)]
     done = set()
-    for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
-        if method in done:
-            continue
+    for method, wanted in method_order(methods, done):
         bar.set_postfix_str(f"{row['benchmark']} {method}")
-        wanted = [m for m in stages_of(method) if m in methods and m not in done]
         lines = run_one(agent, row, method, seed, max_calls, examples, wanted)
         done.update(lines)
         yield from lines.values()
+
+
+def method_order(methods, done):
+    """(method, the methods its turn answers on the way) in the order a row asks them: first the first
+    method whose turn meets others' answers; a method in `done` (filled by the caller with what each
+    turn answered) is skipped."""
+    donors = [m for m in methods if set(stages_of(m)) & set(methods)]
+    for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
+        if method not in done:
+            yield method, [m for m in stages_of(method) if m in methods and m not in done]
 
 
 def run_one(agent, row, method, seed, max_calls, examples, stages=()):
