@@ -144,7 +144,9 @@ class Agent:
         """Answer several requests side by side, their forward passes batched (lockstep.py): for each
         dict of `ask`'s keywords, (Answer, None) or (None, the error it raised, e.g. a RequestError for
         a request over the context). Only modes that never change the weights (base, check, plan) run
-        together; each answer is the one `ask` gives."""
+        together; each answer is the one `ask` gives. An ask's own `progress` hears its phases."""
+        asks = [dict(ask) for ask in asks]
+        reports = [ask.pop("progress", None) or progress for ask in asks]
         requests = [self._request(**ask) for ask in asks]
         for request in requests:
             if not request.plan.keeps_weights:
@@ -153,9 +155,15 @@ class Agent:
             group = Lockstep()
             self._forward = group.forward
             try:
-                return group.run([lambda r=r: self._answer(r, progress) for r in requests])
+                return group.run([lambda r=r, p=p: self._answer(r, p) for r, p in zip(requests, reports)])
             finally:
                 self._forward = forward_pass
+
+    def keeps_weights(self, **overrides):
+        """Whether a request with these Settings overrides never changes the weights, so that it may
+        run in `ask_together` (modes base, check and plan, unless a saved adapter answers it)."""
+        settings = self._settings(dict(overrides))
+        return self._planned(settings)[1].keeps_weights
 
     def _request(
         self,
@@ -173,18 +181,9 @@ class Agent:
         **overrides,
     ):
         """The Request the stages see: `ask`'s arguments checked and settled."""
-        settings = self._settings(overrides)
-        if adapter_weights is None and self.saved is not None and settings.mode != "base":
-            adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")
+        settings, plan, adapter_weights = self._planned(self._settings(overrides), force, adapter_weights, train_on)
         messages = normalize_messages(messages if messages is not None else _request_messages(request))
         tools = parse_tools(tools) if tools else []
-        plan = plan_request(
-            settings.mode,
-            self.teacher_spec is not None,
-            force,
-            stored=adapter_weights is not None,
-            given=train_on is not None,
-        )
         return Request(
             messages,
             tools,
@@ -198,6 +197,20 @@ class Agent:
             cancelled,
             stages,
         )
+
+    def _planned(self, settings, force=None, adapter_weights=None, train_on=None):
+        """(settings, Plan, adapter weights) of a request: a saved adapter (--adapter-path) answers every
+        request but those of mode base."""
+        if adapter_weights is None and self.saved is not None and settings.mode != "base":
+            adapter_weights, force, settings = self.saved, True, replace(settings, mode="ttsi")
+        plan = plan_request(
+            settings.mode,
+            self.teacher_spec is not None,
+            force,
+            stored=adapter_weights is not None,
+            given=train_on is not None,
+        )
+        return settings, plan, adapter_weights
 
     def _answer(self, request, progress):
         """The Turn of one request (the caller holds the lock); the LoRA reset after it."""

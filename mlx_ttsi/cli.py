@@ -425,6 +425,7 @@ def eval_command(
 @setting_option("memory_size")
 @setting_option("memory_similarity")
 @setting_option("max_queue")
+@setting_option("parallel")
 @adaptation_options
 @setting_option("seed")
 @adapter_path_option
@@ -439,6 +440,7 @@ def serve(
     memory_size,
     memory_similarity,
     max_queue,
+    parallel,
     precision,
     teacher,
     teacher_model,
@@ -464,7 +466,15 @@ def serve(
     store = AdapterMemory.for_agent(agent, memory_size, memory_similarity) if memory else None
     try:
         server = make_server(
-            agent, host, port, api_key=api_key, memory=store, names=[model], max_queue=max_queue, quiet=quiet
+            agent,
+            host,
+            port,
+            api_key=api_key,
+            memory=store,
+            names=[model],
+            max_queue=max_queue,
+            parallel=parallel,
+            quiet=quiet,
         )
     except OSError as error:
         raise TTSIError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None

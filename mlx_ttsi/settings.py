@@ -262,6 +262,17 @@ OPTIONS = [
         group="serve",
     ),
     Option(
+        "parallel",
+        4,
+        "serve: up to this many waiting requests that never train (modes base, check, plan) are answered side "
+        "by side, their forward passes batched (1: one at a time).",
+        int,
+        1,
+        64,
+        env=True,
+        group="serve",
+    ),
+    Option(
         "memory_size", 32, "serve --memory: most adapters kept (least recently used dropped).", int, 1, group="serve"
     ),
     Option(

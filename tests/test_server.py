@@ -13,6 +13,7 @@ import urllib.request
 
 from mlx_ttsi.agent import Agent
 from mlx_ttsi.serve.http import POLL, make_server
+from mlx_ttsi.serve.service import ModelThread
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.tools import check_call, parse_tools
 
@@ -846,3 +847,66 @@ def connected_socket(sock):
         return True
     finally:
         sock.setblocking(True)
+
+
+def test_the_model_thread_runs_jobs_that_may_go_together_in_one_call():
+    thread = ModelThread(most_together=3)
+    release, calls = threading.Event(), []
+
+    def together(waiting):
+        calls.append([n for (n,) in waiting])
+        return [(None, ValueError(n)) if n == 3 else (n * 10, None) for (n,) in waiting]
+
+    def alone(n):
+        calls.append(n)
+        return n
+
+    thread.submit(release.wait)  # the thread is busy while the jobs arrive
+    futures = [thread.submit(alone, n, together=None if n == 2 else together) for n in range(6)]
+    futures[4].cancel()  # its client went away while it waited
+    release.set()
+    assert [f.result(10) for f in futures[:3]] == [0, 10, 2]
+    with pytest.raises(ValueError):
+        futures[3].result(10)  # one job's error is its own
+    assert futures[5].result(10) == 5
+    assert calls == [[0, 1, 3], 2, 5]  # the oldest and those that may join it, at most 3; a lone job alone
+    thread.close()
+
+
+def answer_of(completion):
+    """What a user reads: the text, the calls and the uncertainty's score."""
+    message, ttsi = completion.choices[0].message, completion.model_extra["ttsi"]
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+    u = ttsi["uncertainty"]
+    return message.content, calls, u and round(u["score"], 4)
+
+
+def test_waiting_requests_that_never_train_are_answered_side_by_side_as_each_alone(client, server, name):
+    asks = [
+        ("What is the weather in Paris?", "check"),
+        ("Set a loud alarm at 07:30 for work", "base"),
+        ("What is the weather in Rome tomorrow, in celsius?", "check"),
+        ("List all alarms", "plan"),
+        ("What is the weather in Oslo?", "ttsi"),  # trains: answered on its own
+    ]
+
+    def post(request, mode):
+        messages = [{"role": "user", "content": request}]
+        return client.chat.completions.create(
+            model=name, messages=messages, tools=TOOLS, extra_body={"ttsi": {"mode": mode}}
+        )
+
+    alone = [answer_of(post(*ask)) for ask in asks[:4]]
+    before, results = health(server)["together"], {}
+    release = threading.Event()
+    server.service.worker.submit(release.wait)  # all five wait, then the model thread takes them
+    threads = [threading.Thread(target=lambda i=i: results.update({i: post(*asks[i])})) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: server.service.waiting == 5)
+    release.set()
+    for thread in threads:
+        thread.join(120)
+    assert [answer_of(results[i]) for i in range(4)] == alone
+    assert results[4].model_extra["ttsi"]["adapted"]
+    assert health(server)["together"] - before == 4  # the four that never train, in one group

@@ -108,6 +108,7 @@ PROBES = {
         "big-teacher",
     ),
     "max_queue": ("mlx_ttsi.serve.http.make_server", lambda *a, **k: k["max_queue"], ["serve"], 3),
+    "parallel": ("mlx_ttsi.serve.http.make_server", lambda *a, **k: k["parallel"], ["serve"], 2),
     "memory_size": (
         "mlx_ttsi.serve.adapter_memory.AdapterMemory.for_agent",
         lambda *a, **k: a[1],

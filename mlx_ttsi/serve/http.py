@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..tools import MAX_NESTING as SCHEMA_NESTING
 from ..tools import too_deep
-from .service import MAX_QUEUE, APIError, Service, api_error
+from .service import MAX_QUEUE, PARALLEL, APIError, Service, api_error
 from .streaming import error_event
 
 MAX_BODY = 1 << 20  # bytes; larger request bodies get 413
@@ -395,13 +395,15 @@ def make_server(
     names=(),
     max_body=MAX_BODY,
     max_queue=MAX_QUEUE,
+    parallel=PARALLEL,
     quiet=False,
     max_connections=None,
 ):
     """A bound server (port 0 picks a free one; see `.url`); run it with `.serve_forever()`.
     `max_queue`: requests that may wait for the model; more get 503 with Retry-After.
+    `parallel`: waiting requests that never train answered side by side, at most.
     `max_connections`: connections served at once (default MAX_CONNECTIONS, or twice max_queue); more get 503."""
-    service = Service(agent, api_key=api_key, memory=memory, names=names, max_queue=max_queue)
+    service = Service(agent, api_key=api_key, memory=memory, names=names, max_queue=max_queue, parallel=parallel)
     max_connections = max_connections or max(MAX_CONNECTIONS, 2 * max_queue)
     try:
         return Server((host, port), service, quiet, max_body, max_connections)

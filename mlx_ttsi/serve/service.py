@@ -4,8 +4,10 @@ No sockets here (http.py is the HTTP transport, streaming.py the SSE chunks). A 
 connection thread, before it takes a place in the queue (messages normalised, tools checked
 against JSON Schema, tool_choice and settings), so a bad request is refused at once however busy the
 model is, and the agent is handed the parsed objects. An admitted request becomes a Job on the one
-model thread, which answers jobs one at a time in arrival order (the Agent resets its LoRA after
-each, so no request sees another's adapter):
+model thread, which answers jobs in arrival order, one at a time (the Agent resets its LoRA after
+each, so no request sees another's adapter) or, for requests that never train (modes base, check,
+plan), up to `parallel` of those waiting side by side (`Agent.ask_together`: their forward passes
+batched, each answer the one it gets alone):
 
 - At most `max_queue` requests wait for the model; one more gets 503 with Retry-After.
 - The model thread pushes each job's events (phases ended, answer pieces, the response) into the
@@ -40,6 +42,7 @@ from .adapter_memory import tools_key
 from .streaming import Stream
 
 MAX_QUEUE = default("max_queue")  # requests that may wait for the model; more get 503
+PARALLEL = default("parallel")  # waiting requests that never train answered side by side, at most
 SHUTDOWN_GRACE = 30  # seconds a shutdown waits for the request being answered
 TTSI_FIELDS = {o.name for o in OPTIONS if o.request}  # what a request's `ttsi` object may set
 
@@ -91,11 +94,14 @@ class Job:
 
 
 class ModelThread:
-    """The one thread that uses the model: jobs run one at a time, in the order they came. A job
-    cancelled while it waits leaves the queue at once, and with it its request."""
+    """The one thread that uses the model: jobs run in the order they came, one at a time, or, when
+    the oldest was submitted with a `together` function, with the others waiting for the same one
+    (at most `most_together`), in one call of it. A job cancelled while it waits leaves the queue at
+    once, and with it its request."""
 
-    def __init__(self):
-        self.jobs = {}  # Future -> (fn, args), in arrival order
+    def __init__(self, most_together=1):
+        self.jobs = {}  # Future -> (fn, args, together), in arrival order
+        self.most_together = most_together
         self.ready = threading.Condition()
         self.stopping = False
         self.busy = False  # a job is running
@@ -103,13 +109,15 @@ class ModelThread:
         self.thread.start()
         atexit.register(self.close)
 
-    def submit(self, fn, *args):
+    def submit(self, fn, *args, together=None):
+        """The Future of `fn(*args)`. `together([args, ...])` -> [(value, error), ...] answers several
+        waiting jobs that name the same function in one call."""
         future = Future()
         with self.ready:
             if self.stopping:
                 future.cancel()  # too late: answered as the queued ones are (503)
             else:
-                self.jobs[future] = (fn, args)
+                self.jobs[future] = (fn, args, together)
                 self.ready.notify()
         future.add_done_callback(self._drop)
         return future
@@ -120,27 +128,32 @@ class ModelThread:
                 self.jobs.pop(future, None)
 
     def _next(self):
-        """The oldest waiting job, or None once the thread is stopping."""
+        """The oldest waiting job and those that may run with it ([(future, fn, args)], together), or
+        None once the thread is stopping."""
         with self.ready:
             while not self.jobs and not self.stopping:
                 self.ready.wait()
             if self.stopping:
                 return None
-            future = next(iter(self.jobs))
-            return future, *self.jobs.pop(future)
+            together = next(iter(self.jobs.values()))[2]
+            taken = [f for f, job in self.jobs.items() if together is not None and job[2] == together]
+            taken = taken[: self.most_together] if taken else [next(iter(self.jobs))]
+            return [(f, *self.jobs.pop(f)[:2]) for f in taken], together
 
     def _loop(self):
         try:
-            while (job := self._next()) is not None:
-                future, fn, args = job
-                if future.set_running_or_notify_cancel():
-                    self.busy = True
-                    try:
-                        future.set_result(fn(*args))
-                    except BaseException as error:
-                        future.set_exception(error)
-                    finally:
-                        self.busy = False
+            while (taken := self._next()) is not None:
+                jobs, together = taken
+                jobs = [job for job in jobs if job[0].set_running_or_notify_cancel()]
+                self.busy = True
+                try:
+                    if len(jobs) > 1:
+                        run = partial(together, [args for _, _, args in jobs])
+                    else:  # one job (or none: it was cancelled at the last moment)
+                        run = partial(_outcomes, [(fn, args) for _, fn, args in jobs])
+                    _settle([future for future, _, _ in jobs], run)
+                finally:
+                    self.busy = False
         finally:
             mx.clear_streams()  # MLX needs each thread to free its own streams, or the process aborts at exit
 
@@ -160,13 +173,13 @@ class Service:
     """The model side: parses a request body, admits it to the model thread's bounded queue, and
     runs it there, pushing its events to its Job."""
 
-    def __init__(self, agent, api_key=None, memory=None, names=(), max_queue=MAX_QUEUE):
+    def __init__(self, agent, api_key=None, memory=None, names=(), max_queue=MAX_QUEUE, parallel=PARALLEL):
         self.agent = agent
         self.api_key = api_key
         self.memory = memory
         self.names = {agent.name, *names}  # model names a request may ask for (compared, never loaded)
         self.max_queue = max_queue
-        self.worker = ModelThread()
+        self.worker = ModelThread(most_together=parallel)
         self.stats = Counter()
         self.waiting = 0  # admitted jobs not yet started
         self.typical = 1.0  # seconds per request, a moving average (for Retry-After)
@@ -195,13 +208,14 @@ class Service:
             time.sleep(0.02)
 
     def health(self):
-        counters = {k: self.stats[k] for k in ("received", "answered", "cancelled", "failed", "rejected")}
+        counters = {k: self.stats[k] for k in ("received", "answered", "together", "cancelled", "failed", "rejected")}
         return {
             "status": "ok",
             "loaded": self.worker.thread.is_alive(),  # open without the key: no model name
             "busy": self.worker.busy,
             "waiting": self.waiting,
             "max_queue": self.max_queue,
+            "parallel": self.worker.most_together,
             "connections": self.stats["connections"],
             "max_connections": self.max_connections,
             **counters,
@@ -268,7 +282,8 @@ class Service:
                 )
             self.waiting += 1
             self.stats["received"] += 1
-        job.future = self.worker.submit(self._answer, job)
+        together = self._answer_together if self.agent.keeps_weights(**request.options) else None
+        job.future = self.worker.submit(self._answer, job, together=together)
         job.future.add_done_callback(partial(self._finished, job))
         return job
 
@@ -285,29 +300,57 @@ class Service:
             job.events.put(("done", future.result()))
 
     def _answer(self, job):
-        """Runs on the model thread: every use of the model happens here, one request at a time."""
-        started = time.perf_counter()
-        with self._lock:
-            self.waiting -= 1
-        try:
-            if job.cancelled():
-                raise Cancelled("the client went away before its turn")
-            response = self._run(job, started)
-        except Cancelled:  # the agent has reset its LoRA
-            self.count("cancelled")
-            raise
-        except Exception:
-            self.count("failed")
-            raise
-        with self._lock:
-            self.stats["answered"] += 1
-            self.typical = 0.7 * self.typical + 0.3 * (time.perf_counter() - started)
-        return response
+        """Runs on the model thread: every use of the model happens here."""
+        ((value, error),) = self._answer_together([(job,)])
+        if error is not None:
+            raise error
+        return value
 
-    def _run(self, job, started):
-        """Ask the agent, telling a stream's job each phase and answer piece as it happens."""
-        request, agent, options = job.request, self.agent, dict(job.request.options)
-        queued = started - job.received
+    def _answer_together(self, waiting):
+        """Runs on the model thread: the jobs of `waiting` ([(job,)], as ModelThread hands them over),
+        side by side when there are several (only requests that never train are submitted so), one
+        (value, error) each."""
+        started = time.perf_counter()
+        jobs = [job for (job,) in waiting]
+        with self._lock:
+            self.waiting -= len(jobs)
+        gone = Cancelled("the client went away before its turn")
+        outcomes = [(None, gone) if job.cancelled() else None for job in jobs]
+        asks = {i: self._ask_of(job) for i, job in enumerate(jobs) if outcomes[i] is None}
+        for i, (answer, error) in zip(asks, self._asked([kwargs for kwargs, _ in asks.values()])):
+            job, recall = jobs[i], asks[i][1]
+            outcomes[i] = (None, error) if error else (self._response(job, answer, recall, started), None)
+        self._tally([error for _, error in outcomes], time.perf_counter() - started)
+        return outcomes
+
+    def _asked(self, asks):
+        """[(Answer, None) or (None, error)] for each of `ask`'s keyword dicts: one alone (it may train),
+        several side by side."""
+        if len(asks) != 1:
+            try:
+                return self.agent.ask_together(asks)
+            except Exception as error:  # the group as a whole was refused
+                return [(None, error)] * len(asks)
+        try:
+            return [(self.agent.ask(**asks[0]), None)]
+        except Exception as error:
+            return [(None, error)]
+
+    def _tally(self, errors, seconds):
+        """Count how the jobs of one run of the model ended; the seconds per request it took."""
+        with self._lock:
+            for error in errors:
+                key = "answered" if error is None else "cancelled" if isinstance(error, Cancelled) else "failed"
+                self.stats[key] += 1
+            if len(errors) > 1:
+                self.stats["together"] += len(errors)
+            if None in errors:
+                self.typical = 0.7 * self.typical + 0.3 * seconds / len(errors)
+
+    def _ask_of(self, job):
+        """(`agent.ask`'s keywords for the job, what the adapter memory recalled for it); a stream's
+        job hears each phase and answer piece as it happens."""
+        request, options = job.request, dict(job.request.options)
         heard = (
             {"progress": partial(_tell, job, "progress"), "on_piece": partial(_tell, job, "piece")}
             if request.stream
@@ -315,7 +358,7 @@ class Service:
         )
         tools = request.tools or []
         recall, reuse = self._recall(request, tools, options)
-        answer = agent.ask(
+        ask = dict(
             messages=request.messages,
             tools=tools or None,
             adapter_weights=reuse,
@@ -324,6 +367,10 @@ class Service:
             **heard,
             **options,
         )
+        return ask, recall
+
+    def _response(self, job, answer, recall, started):
+        """The chat completion of the job's answer; a trained adapter stored in the memory."""
         clock = time.perf_counter()
         key, vector = recall.pop("key", None), recall.pop("vector", None)
         if answer.reused:
@@ -340,8 +387,9 @@ class Service:
             "completion_tokens": answer.completion_tokens,
             "total_tokens": answer.prompt_tokens + answer.completion_tokens,
         }
-        timings = {"queue": round(queued, 3), **answer.timings, "server": round(time.perf_counter() - started, 3)}
-        return _completion(agent, answer, usage, timings, recall, options)
+        queued = round(started - job.received, 3)
+        timings = {"queue": queued, **answer.timings, "server": round(time.perf_counter() - started, 3)}
+        return _completion(self.agent, answer, usage, timings, recall, job.request.options)
 
     def _recall(self, request, tools, options):
         """Look the request up in the adapter memory (only when it might be trained)."""
@@ -492,6 +540,30 @@ def _completion(agent, answer, usage, timings, recall, options):
         "usage": usage,
         "ttsi": ttsi,
     }
+
+
+def _outcomes(calls):
+    """[(value, None) or (None, the exception it raised)] of each (fn, args), in turn."""
+    results = []
+    for fn, args in calls:
+        try:
+            results.append((fn(*args), None))
+        except BaseException as error:
+            results.append((None, error))
+    return results
+
+
+def _settle(futures, outcomes):
+    """Give each future its (value, error) from `outcomes()`; all of them its error if it raises."""
+    try:
+        results = outcomes()
+    except BaseException as error:
+        results = [(None, error)] * len(futures)
+    for future, (value, error) in zip(futures, results):
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
 
 
 def _tell(job, kind, *payload):
