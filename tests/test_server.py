@@ -1,6 +1,7 @@
 """The OpenAI-compatible server, over real HTTP on loopback, serving the tiny random model."""
 
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 import urllib.request
 
 from mlx_ttsi.agent import Agent
+from mlx_ttsi.errors import Cancelled
 from mlx_ttsi.serve.http import POLL, make_server
 from mlx_ttsi.serve.service import ModelThread
 from mlx_ttsi.settings import LoRASettings, Settings
@@ -910,3 +912,28 @@ def test_waiting_requests_that_never_train_are_answered_side_by_side_as_each_alo
     assert [answer_of(results[i]) for i in range(4)] == alone
     assert results[4].model_extra["ttsi"]["adapted"]
     assert health(server)["together"] - before == 4  # the four that never train, in one group
+
+
+def test_a_request_stopped_in_a_group_stops_alone(server, name):
+    service, texts = server.service, ["What is the weather in Paris?", "List all alarms", "Set an alarm at 06:00"]
+    parsed = [
+        service.parse({"model": name, "messages": [{"role": "user", "content": t}], "tools": TOOLS}) for t in texts
+    ]
+    alone = [answer_of(openai.types.chat.ChatCompletion(**service.submit(p).future.result(60))) for p in parsed]
+    cancelled, together, release = service.stats["cancelled"], service.stats["together"], threading.Event()
+    service.worker.submit(release.wait)
+    jobs = [service.submit(p) for p in parsed]
+    polls = itertools.count()
+    jobs[1].cancelled = lambda: next(polls) >= 3  # its client goes after its first few forward passes
+    release.set()
+    assert isinstance(jobs[1].future.exception(60), Cancelled)
+    answers = [answer_of(openai.types.chat.ChatCompletion(**jobs[i].future.result(60))) for i in (0, 2)]
+    assert answers == [alone[0], alone[2]] and service.stats["cancelled"] == cancelled + 1
+    assert service.stats["together"] == together + 3  # the three ran as one group
+    assert agent_is_free(service)
+
+
+def agent_is_free(service):
+    """The next request is answered, and the agent's LoRA is reset."""
+    parsed = service.parse({"messages": ASK, "tools": TOOLS, "ttsi": {"mode": "base"}})
+    return service.submit(parsed).future.result(60)["choices"] and service.agent.adapter.is_reset()
