@@ -9,21 +9,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlx_ttsi  # noqa: E402,F401  (loads OpenBLAS before mlx)
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = Path(os.environ.get("MLX_TTSI_BENCHMARKS", ROOT.parent / "shared" / "benchmarks"))
-SEALTOOL = BENCHMARKS / "sealtool.jsonl"
-
-
-def benchmark_rows(name):
-    """The rows of one benchmark file (sealtool, nexusraven, ...)."""
-    path = BENCHMARKS / f"{name}.jsonl"
-    if not path.exists():
-        sys.exit(f"benchmark file not found: {path} (set MLX_TTSI_BENCHMARKS)")
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+SEALTOOL = Path(os.environ.get("MLX_TTSI_BENCHMARKS", ROOT.parent / "shared" / "benchmarks")) / "sealtool.jsonl"
 
 
 def sealtool_rows():
-    return benchmark_rows("sealtool")
+    if not SEALTOOL.exists():
+        sys.exit(f"benchmark file not found: {SEALTOOL} (set MLX_TTSI_BENCHMARKS)")
+    with open(SEALTOOL) as f:
+        return [json.loads(line) for line in f]
 
 
 def percentile(values, q):

@@ -6,7 +6,6 @@ One context serves a whole request: scoring, writing and labelling synthetic exa
 answer all reuse the cached system prompt with the tools.
 """
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -22,8 +21,6 @@ PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal
 FORK_BUDGET = 8192
 MAX_DRAFT = 256  # tokens of a draft (a guessed continuation) run through the model in one pass
 DRAFT_MARGIN = 1e-3  # nats by which a drafted option must win for the others not to be scored (float noise)
-MIN_HEAD = 2000  # characters of a text's start below which it is simply encoded again
-_LINE_START = re.compile(r"\n(?=\S)")  # a line break a non-space character follows
 # Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
 SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 
@@ -129,48 +126,6 @@ class Draft:
         return None
 
 
-class StartEncoder:
-    """Token ids of texts, each long start encoded once: a request's texts are its prompt plus a
-    little (each option scored, each value written), and re-encoding thousands of tokens of tools
-    for every option cost a fifth of a NexusRaven request's decoding. A text is cut after its last
-    line break that a non-space character follows (a pre-token of byte-level BPE never spans that
-    point); the cut is used only when it gave the same ids as the whole text the first time."""
-
-    def __init__(self, tokenizer, heads=4, shortest=MIN_HEAD):
-        self.tokenizer = tokenizer
-        self.heads = OrderedDict()  # start text -> its ids, most recently used last
-        self.most, self.shortest = heads, shortest
-
-    def __call__(self, text):
-        head = next((h for h in reversed(self.heads) if _starts(text, h)), None)
-        if head is not None:
-            self.heads.move_to_end(head)
-            return self.heads[head] + self._plain(text[len(head) :])
-        ids = self._plain(text)
-        self._learn(text, ids)
-        return ids
-
-    def _plain(self, text):
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def _learn(self, text, ids):
-        """Keep the text's start when encoding it apart from the rest gives the same ids."""
-        cut = max((m.end() for m in _LINE_START.finditer(text)), default=0)
-        if cut < self.shortest:
-            return
-        head = self._plain(text[:cut])
-        if head + self._plain(text[cut:]) == ids:
-            self.heads[text[:cut]] = head
-            if len(self.heads) > self.most:
-                self.heads.popitem(last=False)
-
-
-def _starts(text, head):
-    """Whether `text` starts with `head` and goes on, if at all, with a non-space character (a line
-    break or space there could join the head's last pre-token)."""
-    return text.startswith(head) and not text[len(head) : len(head) + 1].isspace()
-
-
 class ContextState:
     """A model's running context: its tokens, their KV cache, the log-probs of the next token and a
     draft held ahead of it (see the module's docstring)."""
@@ -179,7 +134,6 @@ class ContextState:
         self.model = model
         self.forward = forward  # forward_pass, or a Lockstep's, which runs it batched with other contexts'
         self.tokenizer = tokenizer
-        self._encode = StartEncoder(tokenizer)
         self.context_length = context_length
         self.cancelled = cancelled  # polled before every forward pass: True stops the request (Cancelled)
         self.cache = make_prompt_cache(model)
@@ -189,7 +143,7 @@ class ContextState:
         self.ahead = Draft()  # tokens already in the KV cache after self.tokens
 
     def encode(self, text):
-        return self._encode(text)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _check_length(self, n):
         if self.context_length and n > self.context_length:

@@ -1,10 +1,8 @@
-import json
-
-from mlx_ttsi.context import ContextState, StartEncoder
+from mlx_ttsi.context import ContextState
 
 import mlx.core as mx
 import pytest
-from conftest import TOOLS, scripted_sampler
+from conftest import scripted_sampler
 
 
 def full_logprob(model, ids, start):
@@ -96,46 +94,3 @@ def test_cancelled_context_stops_before_the_next_forward_pass(tiny):
     with pytest.raises(Cancelled):
         state.push(5)
     assert state.forward_tokens == fed
-
-
-class Counting:
-    """A tokenizer that counts the characters it is given; `lead` ids start every encoding (as a
-    SentencePiece tokenizer's dummy prefix does), which makes a text's parts encode differently."""
-
-    def __init__(self, tokenizer, lead=()):
-        self.tokenizer, self.lead, self.chars = tokenizer, list(lead), 0
-
-    def encode(self, text, add_special_tokens=False):
-        self.chars += len(text)
-        return self.lead + self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-
-def prompt_and_texts():
-    """A long prompt (tools), and texts as a request's decoding makes them: the prompt plus an
-    option or a value, some going on with spaces or line breaks, one leaving the prompt early."""
-    tools = "\n".join(json.dumps(tool) for tool in TOOLS * 6)
-    prompt = (
-        f"<|im_start|>system\n{tools}<|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
-    )
-    tails = ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "', "Paris", " Paris", "\n\nhi", "  x", ""]
-    tails += ["\n", "12345", '"}}', "\n<|im_start|>user\nmore"]
-    return prompt, [prompt + tail for tail in tails] + [prompt[: len(prompt) // 2] + "zz", prompt[:100]]
-
-
-def test_texts_that_share_a_long_start_encode_as_the_tokenizer_does_and_the_start_once(tiny):
-    prompt, texts = prompt_and_texts()
-    counting = Counting(tiny.tokenizer)
-    encode = StartEncoder(counting)
-    assert encode(prompt) == tiny.tokenizer.encode(prompt, add_special_tokens=False)
-    counting.chars = 0
-    for text in texts:
-        assert encode(text) == tiny.tokenizer.encode(text, add_special_tokens=False), text[-40:]
-    assert counting.chars < len(prompt) + sum(len(t) for t in texts[-2:])  # only the leaving ones again
-
-
-def test_a_tokenizer_whose_parts_encode_otherwise_is_never_cut(tiny):
-    prompt, texts = prompt_and_texts()
-    counting = Counting(tiny.tokenizer, lead=[tiny.tokenizer.eos_token_id])
-    encode = StartEncoder(counting)
-    for text in [prompt, *texts]:
-        assert encode(text) == counting.encode(text)
