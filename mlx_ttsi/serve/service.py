@@ -315,26 +315,21 @@ class Service:
         with self._lock:
             self.waiting -= len(jobs)
         gone = Cancelled("the client went away before its turn")
-        outcomes = [(None, gone) if job.cancelled() else None for job in jobs]
-        asks = {i: self._ask_of(job) for i, job in enumerate(jobs) if outcomes[i] is None}
+        outcomes = [(None, gone) if job.cancelled() else _tried(self._ask_of, job) for job in jobs]
+        asks = {i: value for i, (value, error) in enumerate(outcomes) if value is not None}
         for i, (answer, error) in zip(asks, self._asked([kwargs for kwargs, _ in asks.values()])):
             job, recall = jobs[i], asks[i][1]
-            outcomes[i] = (None, error) if error else (self._response(job, answer, recall, started), None)
+            outcomes[i] = (None, error) if error else _tried(self._response, job, answer, recall, started)
         self._tally([error for _, error in outcomes], time.perf_counter() - started)
         return outcomes
 
     def _asked(self, asks):
         """[(Answer, None) or (None, error)] for each of `ask`'s keyword dicts: one alone (it may train),
         several side by side."""
-        if len(asks) != 1:
-            try:
-                return self.agent.ask_together(asks)
-            except Exception as error:  # the group as a whole was refused
-                return [(None, error)] * len(asks)
-        try:
-            return [(self.agent.ask(**asks[0]), None)]
-        except Exception as error:
-            return [(None, error)]
+        if len(asks) == 1:
+            return [_tried(lambda: self.agent.ask(**asks[0]))]
+        together, error = _tried(self.agent.ask_together, asks)
+        return together or [(None, error)] * len(asks)  # the group as a whole was refused
 
     def _tally(self, errors, seconds):
         """Count how the jobs of one run of the model ended; the seconds per request it took."""
@@ -542,15 +537,17 @@ def _completion(agent, answer, usage, timings, recall, options):
     }
 
 
+def _tried(fn, *args):
+    """(value, None), or (None, the exception fn raised)."""
+    try:
+        return fn(*args), None
+    except BaseException as error:
+        return None, error
+
+
 def _outcomes(calls):
     """[(value, None) or (None, the exception it raised)] of each (fn, args), in turn."""
-    results = []
-    for fn, args in calls:
-        try:
-            results.append((fn(*args), None))
-        except BaseException as error:
-            results.append((None, error))
-    return results
+    return [_tried(fn, *args) for fn, args in calls]
 
 
 def _settle(futures, outcomes):
