@@ -150,15 +150,13 @@ def weigh_changes(score, base, label, odds):
 def conformed(calls, tools):
     """The calls with every date or time value in the form its parameter documents (datetimes.in_format):
     a fact of the tool's schema, so the model is not asked to weigh it (weigh_changes starts from it)."""
-    by_name = {tool.name: tool for tool in tools}
-    out = []
-    for call in calls:
-        properties = by_name[call["name"]].properties if call["name"] in by_name else {}
-        arguments = {}
-        for key, value in call["arguments"].items():
-            arguments[key] = documented(value, properties.get(key)) or value
-        out.append({**call, "arguments": arguments})
-    return out
+    properties = {tool.name: tool.properties for tool in tools}
+
+    def written(call):
+        schemas = properties.get(call["name"], {})
+        return {key: documented(value, schemas.get(key)) or value for key, value in call["arguments"].items()}
+
+    return [{**call, "arguments": written(call)} for call in calls]
 
 
 def calls_made(messages):

@@ -135,10 +135,10 @@ class ModelThread:
                 self.ready.wait()
             if self.stopping:
                 return None
-            together = next(iter(self.jobs.values()))[2]
-            taken = [f for f, job in self.jobs.items() if together is not None and job[2] == together]
-            taken = taken[: self.most_together] if taken else [next(iter(self.jobs))]
-            return [(f, *self.jobs.pop(f)[:2]) for f in taken], together
+            oldest = next(iter(self.jobs))
+            together = self.jobs[oldest][2]
+            taken = [f for f, job in self.jobs.items() if job[2] == together] if together else [oldest]
+            return [(f, *self.jobs.pop(f)[:2]) for f in taken[: self.most_together]], together
 
     def _loop(self):
         try:
