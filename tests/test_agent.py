@@ -278,7 +278,7 @@ def test_streamed_pieces_add_up_to_the_answer(agent, mode):
     assert answer.finish_reason == "tool_calls" and answer.completion_tokens > 0
 
 
-def test_check_after_checks_the_adapted_answer_with_the_adapted_weights(agent, monkeypatch):
+def test_the_adapted_answer_is_checked_by_default_with_the_adapted_weights(agent, monkeypatch):
     import mlx_ttsi.turn as agent_module
 
     checked = {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -290,15 +290,14 @@ def test_check_after_checks_the_adapted_answer_with_the_adapted_weights(agent, m
 
     monkeypatch.setattr(agent_module, "label_calls", label_calls)
     pieces, request = [], "What is the weather in Paris?"
-    plain = agent.ask(request, tools=TOOLS, mode="ttsi", examples_from="twins", check_odds=0.0)
+    plain = agent.ask(request, tools=TOOLS, mode="ttsi", examples_from="twins", check_odds=0.0, check_after=False)
     assert plain.adapted and plain.unchecked is None and attached == [False]  # off: the check runs once, on base
     answer = agent.ask(
         request,
         tools=TOOLS,
         mode="ttsi",
         examples_from="twins",
-        check_odds=0.0,
-        check_after=True,
+        check_odds=0.0,  # --check-after is the default
         on_piece=lambda *p: pieces.append(p),
     )
     assert attached[1:] == [False, True] and answer.adapted and answer.method == "ttsi"

@@ -81,7 +81,8 @@ def test_the_agent_weighs_its_self_label_with_the_requests_check_odds(tiny, tool
     answer = agent.ask(
         "Set an alarm at 07:30 for the gym", tools=tools, mode="ttsi", force=True, check_odds=odds, examples=1, epochs=1
     )
-    assert calls == [odds] and answer.label is not None
+    # the self-label and (--check-after, the default) the adapted answer's check: each weighs with the request's odds
+    assert calls and set(calls) == {odds} and answer.label is not None
 
 
 def test_mode_check_answers_with_the_checked_answer_and_never_trains(tiny, tools, monkeypatch):
@@ -109,6 +110,7 @@ def test_brief_reasoning_writes_a_plan_line_then_a_schema_valid_call(tiny, tools
         "Set an alarm at 07:30 for the gym",
         tools=tools,
         mode="plan",
+        check_after=False,
         progress=lambda phase, seconds, detail="": seen.append((phase, detail)),
     )
     planning = dict(seen)["planning"]
@@ -120,14 +122,14 @@ def test_brief_reasoning_writes_a_plan_line_then_a_schema_valid_call(tiny, tools
     assert answer.prompt_tokens > agent.ask("Set an alarm at 07:30 for the gym", tools=tools, mode="base").prompt_tokens
 
 
-def test_plan_with_check_after_answers_with_the_checked_call_after_the_plan_line(tiny, tools, monkeypatch):
+def test_plan_answers_by_default_with_the_checked_call_after_the_plan_line(tiny, tools, monkeypatch):
     import mlx_ttsi.turn as turn
     from mlx_ttsi.agent import Agent
     from mlx_ttsi.settings import Settings
 
     request = "Set an alarm at 07:30 for the gym"
     agent = Agent(tiny, Settings(check_odds=0.0))
-    planned = agent.ask(request, tools=tools, mode="plan")
+    planned = agent.ask(request, tools=tools, mode="plan", check_after=False)
     candidates = [{"name": t.name, "arguments": {}} for t in tools]
     checked = next(c for c in candidates if [c] != planned.tool_calls)  # a check that changes the call
     prompts = []
@@ -137,8 +139,9 @@ def test_plan_with_check_after_answers_with_the_checked_call_after_the_plan_line
         return [dict(checked)]
 
     monkeypatch.setattr(turn, "label_calls", label_calls)
-    assert agent.ask(request, tools=tools, mode="plan").tool_calls == planned.tool_calls and prompts == []
-    answer = agent.ask(request, tools=tools, mode="plan", check_after=True)
+    unchecked = agent.ask(request, tools=tools, mode="plan", check_after=False)
+    assert unchecked.tool_calls == planned.tool_calls and prompts == []
+    answer = agent.ask(request, tools=tools, mode="plan")  # --check-after is the default
     assert answer.method == "plan" and not answer.adapted and "checking" in answer.timings
     assert answer.tool_calls == [checked] and answer.label == [checked] and answer.unchecked == planned.tool_calls
     assert answer.uncertainty.label_agrees is False

@@ -161,9 +161,9 @@ def test_ttd_check_after_checks_the_base_and_the_adapted_answer(tiny, tiny_model
         return [dict(checked)]
 
     monkeypatch.setattr(turn, "label_calls", label_calls)
-    plain = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")
+    plain = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=False)
     assert plain.adapted and attached == [] and plain.label is None  # TT-D has no self-check of its own
-    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd", check_after=True)
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttd")  # --check-after is the default
     assert attached == [False, True] and answer.adapted and answer.method == "ttd"  # base, then with the LoRA
     assert answer.tool_calls == [checked] and answer.label == [checked]
     assert answer.unchecked == (None if plain.tool_calls == [checked] else plain.tool_calls)

@@ -1,11 +1,16 @@
 """The methods `eval` compares: how each one asks the agent, and which of them see the gold answer."""
 
 from ..errors import DataError
+from ..settings import default
 
 # eval method -> (agent mode, force, settings it overrides): gated methods adapt only on uncertain rows,
 # as in the paper; "-all" ones on every row. oracle and oracle-twin are ceilings that read the row's gold
 # answer (see rows.gold_examples); they exist only here, and no other method is ever given the gold answer.
-PAPER = {"examples_from": "paper", "examples": 1, "learning_rate": 1e-4}  # the paper's TT-SI: K 1, lr 1e-4, 5 epochs
+# ttsi, ttd, ticl and their "-all" forms run as the modes do by default (the adapted answer self-checked,
+# --check-after); the baselines and ablations below say check_after themselves, so they keep their meaning.
+UNCHECKED = {"check_after": False}
+# the paper's TT-SI: K 1, lr 1e-4, 5 epochs, no check
+PAPER = {"examples_from": "paper", "examples": 1, "learning_rate": 1e-4, **UNCHECKED}
 METHODS = {
     "base": ("base", None, {}),
     "ttsi": ("ttsi", False, {}),
@@ -14,22 +19,22 @@ METHODS = {
     "ttsi-all": ("ttsi", True, {}),
     "ttd-all": ("ttd", True, {}),
     "self-label": ("check", None, {}),
-    "plan": ("plan", None, {}),
+    "plan": ("plan", None, UNCHECKED),  # the plan line, then the call as written
     "plan-checked": ("plan", None, {"check_after": True}),  # the call after the plan line, self-checked
-    "oracle": ("ttsi", True, {}),
-    "oracle-twin": ("ttsi", True, {}),
+    "oracle": ("ttsi", True, UNCHECKED),
+    "oracle-twin": ("ttsi", True, UNCHECKED),
     # where the examples come from (--examples-from) and which are kept (--keep), each on every row
-    "ttsi-calls-all": ("ttsi", True, {"examples_from": "calls"}),
-    "ttsi-anchored-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored"}),
+    "ttsi-calls-all": ("ttsi", True, {"examples_from": "calls", **UNCHECKED}),
+    "ttsi-anchored-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored", **UNCHECKED}),
     # the adapted answer self-checked too (--check-after)
     "ttsi-checked-all": ("ttsi", True, {"examples_from": "calls", "keep": "anchored", "check_after": True}),
     "ttd-checked-all": ("ttd", True, {"check_after": True}),
     # the same verified examples shown in the prompt instead of trained on (TT-ICL), the answer checked too
     "ticl-checked-all": ("ticl", True, {"examples_from": "calls", "keep": "anchored", "check_after": True}),
-    "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified"}),
-    "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified"}),
-    "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins"}),
-    "ttsi-twins": ("ttsi", False, {"examples_from": "twins"}),
+    "ttsi-verified-all": ("ttsi", True, {"examples_from": "calls", "keep": "verified", **UNCHECKED}),
+    "ttsi-requests-all": ("ttsi", True, {"examples_from": "requests", "keep": "verified", **UNCHECKED}),
+    "ttsi-twins-all": ("ttsi", True, {"examples_from": "twins", **UNCHECKED}),
+    "ttsi-twins": ("ttsi", False, {"examples_from": "twins", **UNCHECKED}),
     "ttsi-paper": ("ttsi", False, PAPER),
     "ttsi-paper-all": ("ttsi", True, PAPER),
     "ttsi-paper-checked-all": ("ttsi", True, {**PAPER, "check_after": True}),  # its answer self-checked too
@@ -66,7 +71,7 @@ def stages_of(method):
     mode, _, overrides = METHODS[method]
     if method in ORACLES or mode in ("base", "plan") or set(overrides) - AFTER_CHECK:
         return ()
-    checks = mode in ("ttsi", "ticl") or (mode == "ttd" and overrides.get("check_after"))
+    checks = mode in ("ttsi", "ticl") or (mode == "ttd" and overrides.get("check_after", default("check_after")))
     return ("base", "self-label") if checks else ("base",)
 
 
