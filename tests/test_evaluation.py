@@ -496,6 +496,22 @@ def test_only_the_oracle_methods_ever_see_the_gold_answer(tmp_path):
     assert agent.given[5][1] == []  # oracle-twin: the gold value is not in the request, so no twin
 
 
+def test_baselines_and_ablations_say_whether_their_answer_is_checked_and_the_modes_follow_the_default(tmp_path):
+    from mlx_ttsi.settings import default
+
+    class OptionWatcher(ScriptedAgent):
+        def ask(self, request, **options):
+            self.given = [*getattr(self, "given", []), options]
+            return super().ask(request, **options)
+
+    checked = {"plan": False, "plan-checked": True, "ttsi-paper": False, "ttsi-anchored-all": False}
+    followers = ("ttsi", "ttd", "ticl")  # as a user's --mode: the agent's own check_after, on by default
+    agent = OptionWatcher()
+    evaluate(plan((*checked, *followers), rows=[make_row("r0")]), tmp_path, agent=agent, progress=False)
+    said = [options.get("check_after") for options in agent.given]
+    assert said == [*checked.values(), None, None, None] and default("check_after") is True
+
+
 def test_oracle_examples_are_the_gold_call_and_its_twins():
     row = make_row("r0", query="What is the weather in Lisbon?", answer=[call("get_weather", city="Lisbon")])
     own = gold_examples(row, "oracle", 3, 0)
