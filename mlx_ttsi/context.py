@@ -16,9 +16,10 @@ from mlx_lm.utils import common_prefix_len
 from .errors import Cancelled, RequestError
 
 PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal attention work per chunk
-# Above this many cached tokens x continuations, continuations are scored one after another
-# through the shared cache instead of side by side on copies of it (copies cost memory and time).
-FORK_BUDGET = 8192
+# Continuations are scored side by side on copies of the context's KV cache, as many at a time as
+# fit in this many bytes of copies (one pass reads the weights once); one that fits alone goes
+# through the shared cache, which is then trimmed back.
+FORK_BYTES = 1 << 30
 MAX_DRAFT = 256  # tokens of a draft (a guessed continuation) run through the model in one pass
 DRAFT_MARGIN = 1e-3  # nats by which a drafted option must win for the others not to be scored (float noise)
 # Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
@@ -298,45 +299,61 @@ class ContextState:
         return cache_from_arrays(self.prefix_arrays(len(self.tokens)), n)
 
     def score_continuations(self, continuations):
-        """Summed log-prob and length of each token list, given the current context (one pass)."""
+        """Summed log-prob and length of each token list, given the current context (as few passes
+        as the copies of the cache that FORK_BYTES allows)."""
         if not all(continuations):
             raise ValueError("every continuation needs at least one token")
         self._check_cancelled()
         first = mx.array([c[0] for c in continuations])
         totals = self.logprobs[first]
-        longest = max(len(c) for c in continuations)
-        copies = len(continuations) * len(self.tokens)
-        if longest > 1 and copies <= FORK_BUDGET and all(isinstance(c, KVCache) for c in self.cache):
-            pad = self.tokenizer.eos_token_id or 0
-            batch = mx.array([c[:-1] + [pad] * (longest - len(c)) for c in continuations])
-            logprobs = log_probs(self.forward(self.model, batch, self.fork(len(continuations))))
-            self.forward_tokens += batch.size
-            targets = mx.array([c[1:] + [0] * (longest - len(c)) for c in continuations])
-            picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
-            mask = mx.arange(longest - 1)[None] < (mx.array([len(c) for c in continuations])[:, None] - 1)
-            totals = totals + (picked * mask).sum(axis=1)
-        elif longest > 1:  # long contexts (copying the cache costs more) or unforkable caches
-            totals = mx.array([self._score_alone(c) for c in continuations])
+        if max(len(c) for c in continuations) > 1:
+            size = self._fork_size(len(continuations))
+            groups = [continuations[i : i + size] for i in range(0, len(continuations), size)]
+            totals = totals + mx.concatenate([self._score_rests(group) for group in groups])
         mx.eval(totals)
         return totals.tolist(), [len(c) for c in continuations]
 
+    def _fork_size(self, n):
+        """How many continuations are scored in one pass on copies of the cache: as many of `n` as
+        fit in FORK_BYTES, or 1 (through the shared cache) for caches that cannot be copied."""
+        if not all(isinstance(c, KVCache) for c in self.cache) or not self.tokens:
+            return 1
+        per_token = sum(c.keys.shape[1] * c.keys.shape[3] * c.keys.itemsize * 2 for c in self.cache)
+        return max(1, min(n, FORK_BYTES // (per_token * len(self.tokens))))
+
+    def _score_rests(self, group):
+        """Summed log-probs of each continuation's tokens after its first: one pass on copies of the
+        cache for a group, through the shared cache for one."""
+        if len(group) == 1:
+            return self._score_alone(group[0])[None]
+        longest = max(len(c) for c in group)
+        pad = self.tokenizer.eos_token_id or 0
+        batch = mx.array([c[:-1] + [pad] * (longest - len(c)) for c in group])
+        logprobs = log_probs(self.forward(self.model, batch, self.fork(len(group))))
+        self.forward_tokens += batch.size
+        targets = mx.array([c[1:] + [0] * (longest - len(c)) for c in group])
+        picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
+        mask = mx.arange(longest - 1)[None] < (mx.array([len(c) for c in group])[:, None] - 1)
+        return (picked * mask).sum(axis=1)
+
     def _score_alone(self, continuation):
-        """One continuation through the shared cache, which is then trimmed back."""
-        total = self.logprobs[continuation[0]]
-        if len(continuation) > 1:
-            self._drop_ahead()  # the continuation goes through the shared cache
-            base, logprobs = list(self.tokens), self.logprobs
-            steps = log_probs(self.forward(self.model, mx.array(continuation[:-1])[None], self.cache)[0])
-            self.forward_tokens += len(continuation) - 1
-            total = total + mx.take_along_axis(steps, mx.array(continuation[1:])[:, None], axis=-1).sum()
-            mx.eval(total)
-            if can_trim_prompt_cache(self.cache):
-                trim_prompt_cache(self.cache, len(continuation) - 1)
-                self.logprobs = logprobs
-            else:
-                self.cache, self.tokens = make_prompt_cache(self.model), []
-                self.sync(base)
-        return total.item()
+        """Summed log-probs of one continuation's tokens after its first, through the shared cache,
+        which is then trimmed back."""
+        if len(continuation) == 1:
+            return mx.array(0.0)
+        self._drop_ahead()  # the continuation goes through the shared cache
+        base, logprobs = list(self.tokens), self.logprobs
+        steps = log_probs(self.forward(self.model, mx.array(continuation[:-1])[None], self.cache)[0])
+        self.forward_tokens += len(continuation) - 1
+        rest = mx.take_along_axis(steps, mx.array(continuation[1:])[:, None], axis=-1).sum()
+        mx.eval(rest)
+        if can_trim_prompt_cache(self.cache):
+            trim_prompt_cache(self.cache, len(continuation) - 1)
+            self.logprobs = logprobs
+        else:
+            self.cache, self.tokens = make_prompt_cache(self.model), []
+            self.sync(base)
+        return rest
 
 
 @dataclass(frozen=True)

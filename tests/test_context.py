@@ -45,17 +45,23 @@ def test_prompt_longer_than_context_is_refused(tiny):
         state.set_text("What is the weather in Paris tomorrow? Set an alarm at 7 for work.")
 
 
-def test_long_contexts_score_one_by_one_with_the_same_results(tiny, monkeypatch):
+@pytest.mark.parametrize("fit", [0, 2])  # copies of the cache for none (one by one) or two at a time
+def test_long_contexts_score_in_groups_that_fit_with_the_same_results(tiny, monkeypatch, fit):
     import mlx_ttsi.context as context_module
 
     state = ContextState(tiny.model, tiny.tokenizer)
     prefix = state.encode("What is the weather in Paris?")
-    continuations = [state.encode(" get_weather"), state.encode(' list_alarms"}'), state.encode(" set")]
+    continuations = [state.encode(" get_weather"), state.encode(' list_alarms"}'), state.encode(" set_alarm")]
+    assert all(len(c) > 1 for c in continuations)
     state.sync(prefix)
     batched, _ = state.score_continuations(continuations)
-    monkeypatch.setattr(context_module, "FORK_BUDGET", 0)
-    one_by_one, _ = state.score_continuations(continuations)
-    assert one_by_one == pytest.approx(batched, abs=1e-4)
+    copy = sum(c.keys[..., : len(prefix), :].nbytes * 2 for c in state.cache)  # one copy of the context
+    monkeypatch.setattr(context_module, "FORK_BYTES", fit * copy)
+    passes, forward = [], state.forward
+    monkeypatch.setattr(state, "forward", lambda model, x, *a: passes.append(x.shape[0]) or forward(model, x, *a))
+    grouped, _ = state.score_continuations(continuations)
+    assert grouped == pytest.approx(batched, abs=1e-4)
+    assert passes == ([1, 1, 1] if fit == 0 else [2, 1])  # each alone, or two side by side and the third alone
     assert state.tokens == prefix  # the shared cache was trimmed back
     fresh = ContextState(tiny.model, tiny.tokenizer)
     fresh.sync(prefix)
