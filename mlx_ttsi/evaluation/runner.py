@@ -222,11 +222,12 @@ def run_row(agent, row, seed, methods, max_calls, examples, bar):
 
 
 def method_order(methods, done):
-    """(method, the methods its turn answers on the way) in the order a row asks them: first the first
-    method whose turn meets others' answers; a method in `done` (filled by the caller with what each
-    turn answered) is skipped."""
-    donors = [m for m in methods if set(stages_of(m)) & set(methods)]
-    for method in donors[:1] + [m for m in methods if m not in donors[:1]]:
+    """(method, the methods its turn answers on the way) in the order a row asks them: first the method
+    whose turn meets the most of the others' answers (the first listed of those); a method in `done`
+    (filled by the caller with what each turn answered) is skipped."""
+    met = {m: len(set(stages_of(m)) & set(methods)) for m in methods}
+    donors = [max(methods, key=met.get)] if any(met.values()) else []  # the turn that meets the most
+    for method in donors + [m for m in methods if m not in donors]:
         if method not in done:
             yield method, [m for m in stages_of(method) if m in methods and m not in done]
 
