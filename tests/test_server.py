@@ -453,8 +453,9 @@ def test_progress_comments_arrive_while_the_request_is_still_training(server, ag
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1]["ttsi"]["adapted"] is True
 
 
-def test_streamed_arguments_are_the_final_arguments_in_pieces(client, name):
-    kwargs = dict(model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "ttsi"}})
+@pytest.mark.parametrize("checked", [False, True])  # the LoRA's answer as decoded, or checked after (the default)
+def test_streamed_arguments_are_the_final_arguments_in_pieces(client, name, checked):
+    kwargs = dict(model=name, messages=ASK, tools=TOOLS, extra_body={"ttsi": {"mode": "ttsi", "check_after": checked}})
     plain = client.chat.completions.create(**kwargs)
     deltas = [c.choices[0].delta for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
     calls = [call for delta in deltas for call in delta.tool_calls or []]
@@ -463,7 +464,8 @@ def test_streamed_arguments_are_the_final_arguments_in_pieces(client, name):
     assert first.function.name == plain.choices[0].message.tool_calls[0].function.name
     assert first.function.arguments == ""
     pieces = [call.function.arguments for call in calls[1:]]
-    assert len(pieces) > 2 and all(call.id is None and call.function.name is None for call in calls[1:])
+    assert all(call.id is None and call.function.name is None for call in calls[1:])
+    assert len(pieces) > 2 or checked  # decoded token by token; a checked answer comes once checked
     final = plain.choices[0].message.tool_calls[0].function.arguments
     assert json.loads("".join(pieces)) == json.loads(final)
 
