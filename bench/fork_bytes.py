@@ -10,22 +10,16 @@ scored options, and whether every answer is the same.
 """
 
 import argparse
-import json
 import statistics
 import time
 
 from mlx_ttsi import context
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.evaluation.rows import max_calls_for, row_input
+from mlx_ttsi.evaluation.rows import load_rows, max_calls_for, row_input
 
 from _common import SEALTOOL, machine
 
 BEFORE_TOKENS = 8192  # the rule before: options x context tokens at most this, else one by one
-
-
-def rows_of(name, count):
-    with open(SEALTOOL.parent / f"{name}.jsonl") as f:
-        return [json.loads(line) for _, line in zip(range(count), f)]
 
 
 def run(agent, rows, mode, before):
@@ -58,7 +52,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     agent = Agent.load(args.model)
-    rows = rows_of(args.file, args.rows)
+    rows = load_rows([SEALTOOL.parent / f"{args.file}.jsonl"])[0][: args.rows]
     for row in rows:
         agent.warm(row["tools"])
     print(machine())
