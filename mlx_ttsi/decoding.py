@@ -45,6 +45,10 @@ class Vocabulary:
         special[[i for i in tokenizer.eos_token_ids if i < size]] = True
         self.special = special
         self.numeric = np.array([bool(_NUMBER_CHARS.match(p)) for p in self.pieces])
+        self.single_chars = {}  # a character -> the token that is just it (grammar.py's forced steps)
+        for i, p in enumerate(self.pieces):
+            if len(p) == 1 and not special[i]:
+                self.single_chars.setdefault(p, i)
         self.closing_quotes = np.array([i for i, p in enumerate(self.pieces) if p.startswith('"') and not special[i]])
         self._pieces_in = {}  # source text -> pieces_in(source)
 

@@ -37,9 +37,10 @@ class BatchWriter:
         self.decoded_tokens = 0  # tokens written so far, for the benchmarks
         self.prompt_tokens = 0  # prompt tokens run through the model (the prefix's aside), likewise
 
-    def write(self, prompts, max_tokens, stop=None, temperature=0.0, top_p=1.0, seed=None):
+    def write(self, prompts, max_tokens, stop=None, temperature=0.0, top_p=1.0, seed=None, processors=None):
         """The text written after each prompt: sampled at `temperature` (0: greedy), ending at end of
-        turn, after `max_tokens`, or where `stop(text)` gives an index (the text is cut there)."""
+        turn, after `max_tokens` (one for all, or one per prompt), or where `stop(text)` gives an index
+        (the text is cut there). `processors`: per prompt, mlx-lm logits processors (None: none)."""
         if not prompts:
             return []
         if seed is not None:
@@ -53,7 +54,10 @@ class BatchWriter:
             prefill_batch_size=len(prompts),
         )
         try:
-            uids = generator.insert(*self._inputs(prompts, max_tokens))
+            ids, budgets, caches = self._inputs(prompts, max_tokens)
+            uids = generator.insert(
+                ids, budgets, caches, logits_processors=processors and [p or [] for p in processors]
+            )
             return self._run(generator, uids, stop)
         finally:
             generator.close()
@@ -61,14 +65,15 @@ class BatchWriter:
     def _inputs(self, prompts, max_tokens):
         """(token lists after the shared start, max tokens each, caches seeded with its KV)."""
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        budgets = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(ids)
         n = len(self.prefix_ids)
         if not (n and all(i[:n] == self.prefix_ids and len(i) > n for i in ids)):
             self.prompt_tokens += sum(map(len, ids))
-            return ids, [max_tokens] * len(ids), None
+            return ids, budgets, None
         arrays, n = self._common_start(ids)
         rests = [i[n:] for i in ids]
         self.prompt_tokens += sum(map(len, rests))
-        return rests, [max_tokens] * len(ids), [cache_from_arrays(arrays) for _ in ids]
+        return rests, budgets, [cache_from_arrays(arrays) for _ in ids]
 
     def _common_start(self, ids):
         """(KV arrays, length) of the start every prompt shares: the prefix, and the tokens all the

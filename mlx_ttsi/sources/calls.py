@@ -1,8 +1,8 @@
 """Call first, then request: labels that never come from the model's answer.
 
 For each example the model writes a call of a tool it may use (sampled values; required arguments
-and a random subset of the optional ones), then, in the style of the user's request, the request a
-user would send for exactly that call. The call is the label, right by construction once
+and a random subset of the optional ones, kept inside the tool's schema by grammar.py), then, in the
+style of the user's request, the request a user would send for exactly that call. The call is the label, right by construction once
 verify.py finds every value stated in the request and the call valid for its schema.
 """
 
@@ -10,6 +10,8 @@ import json
 import random
 
 from ..datetimes import spoken
+from ..decoding import Vocabulary
+from ..grammar import ArgumentsProcessor, advance, arguments_start, completion
 from ..synthesis import Synthesis, unlabelled
 from ..verify import example_problem
 from ..writer import closed_json, quoted_line
@@ -22,7 +24,9 @@ REQUEST_ASK = (
     'Example of a message from a user: "{original}"\n\nWrite a new message in that style from a user who wants '
     "this call of {name}, stating every one of its values in plain words:\n{arguments}\nReply with the message only."
 )
-CALL_TOKENS = 96
+CALL_TOKENS = 16  # a call's budget: this, and TOKENS_PER_KEY for each of its arguments
+TOKENS_PER_KEY = 28  # a key and a value of up to grammar.MAX_STRING_CHARS
+MAX_OPTIONAL = 3  # optional arguments an example passes at most: a user states a few values, not twenty
 REQUEST_TOKENS = 64
 CANDIDATES_PER_EXAMPLE = 2  # calls written per example wanted: some fail verification
 
@@ -50,30 +54,48 @@ def synthesize(job):
 
 def key_plans(job):
     """(tool, argument names) per candidate: tools in turn, each with its required arguments and a
-    random half of its optional ones (seeded)."""
+    random half of its optional ones, at most MAX_OPTIONAL of them (seeded), in the schema's order."""
     rng = random.Random(job.seed)
     by_name = {tool.name: tool for tool in job.tools}
     plans = []
     for index in range(CANDIDATES_PER_EXAMPLE * job.k):
         tool = by_name[job.tool_names[index % len(job.tool_names)]]
         required = set(tool.required)
-        plans.append((tool, [key for key in tool.properties if key in required or rng.random() < 0.5]))
+        optional = [key for key in tool.properties if key not in required and rng.random() < 0.5]
+        chosen = set(rng.sample(optional, min(len(optional), MAX_OPTIONAL)))
+        plans.append((tool, [key for key in tool.properties if key in required or key in chosen]))
     return plans
 
 
 def write_calls(job, plans):
-    """The sampled call of each plan (None where it does not read as JSON arguments)."""
+    """The sampled call of each plan, its arguments held to the planned keys and their schemas
+    (grammar.py); None where it did not close within its budget."""
     fmt, heads, prompts = job.fmt, [], []
     for tool, keys in plans:
         ask = CALL_ASK.format(name=tool.name, keys=", ".join(keys) or "none (it takes no arguments)")
         heads.append('{"' if keys else "{}")
         prompts.append(job.prompt(ask) + _head(fmt, tool.name) + heads[-1])
     todo = [i for i, head in enumerate(heads) if head == '{"']
+    vocabulary = Vocabulary.of(job.model.tokenizer)
+    starts = [advance(arguments_start(plans[i][0].properties, plans[i][1]), heads[i]) for i in todo]
+    budgets = [call_budget(plans[i][1], start) for i, start in zip(todo, starts)]
+    processors = [[ArgumentsProcessor(start, vocabulary, n)] for start, n in zip(starts, budgets)]
     written = job.writer.write(
-        [prompts[i] for i in todo], CALL_TOKENS, stop=_closed_after('"'), temperature=job.temperature, seed=job.seed
+        [prompts[i] for i in todo],
+        budgets,
+        stop=_closed_after('"'),
+        temperature=job.temperature,
+        seed=job.seed,
+        processors=processors,
     )
     texts = dict(zip(todo, written))
     return [_call(tool.name, heads[i] + texts.get(i, "")) for i, (tool, _) in enumerate(plans)]
+
+
+def call_budget(keys, start):
+    """Tokens a call of these keys may take: CALL_TOKENS and TOKENS_PER_KEY per key, and never fewer
+    than its shortest close (one character a token) needs."""
+    return max(CALL_TOKENS + TOKENS_PER_KEY * len(keys), len(completion(start)))
 
 
 def write_requests(job, calls):
