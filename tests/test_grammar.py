@@ -10,7 +10,6 @@ from mlx_ttsi.writer import BatchWriter
 
 import pytest
 from conftest import TOOLS
-from mlx_lm.sample_utils import make_sampler
 
 PROPERTIES = {
     "city": {"type": "string"},
