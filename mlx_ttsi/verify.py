@@ -65,6 +65,17 @@ def unstated_key(arguments, request):
     return None
 
 
+def stated_only(call, request, tool):
+    """The call without the optional arguments whose value its request does not state: the request
+    a model wrote for a call may leave some out, and the call that answers it does too (as the
+    self-check drops an optional value the user never gave). A required one stays, for
+    example_problem to refuse."""
+    required = set(tool.required)
+    arguments = call["arguments"]
+    kept = {k: v for k, v in arguments.items() if k in required or all(stated(leaf, request) for leaf in leaves(v))}
+    return {**call, "arguments": kept}
+
+
 def unpassed_number(calls, request):
     """A number the request writes that none of the calls' values holds (a stated value the label
     leaves out: training on it would teach dropping what the user said), or None."""

@@ -11,7 +11,15 @@ from mlx_ttsi.prompts import call_format, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.sources import SOURCES, calls
 from mlx_ttsi.synthesis import Synthesis, keep_examples
-from mlx_ttsi.verify import example_problem, leaked, request_values, stated, unpassed_number, unstated_key
+from mlx_ttsi.verify import (
+    example_problem,
+    leaked,
+    request_values,
+    stated,
+    stated_only,
+    unpassed_number,
+    unstated_key,
+)
 from mlx_ttsi.writer import BatchWriter, closed_json, quoted_line
 
 import mlx.core as mx
@@ -173,6 +181,20 @@ def test_the_request_writer_is_shown_dates_in_words_that_verification_accepts(va
 def test_each_verification_rule(tools, request_text, calls, reason):
     values = request_values([{"name": "get_weather", "arguments": {"city": "Paris"}}])
     assert example_problem(request_text, calls, tools, USER, values) == reason
+
+
+def test_an_optional_value_the_written_request_leaves_out_is_dropped_from_its_call(tools):
+    weather = next(tool for tool in tools if tool.name == "get_weather")
+    request = "What will the weather be in Madrid for the next 3 days?"
+    trimmed = stated_only(WEATHER, request, weather)  # WEATHER's unit is not in the request
+    assert trimmed == {"name": "get_weather", "arguments": {"city": "Madrid", "days": 3}}
+    assert example_problem(request, [trimmed], tools, USER) is None
+    # a required value the request leaves out stays, and the example is refused
+    unstated_city = stated_only(WEATHER, "Weather for the next 3 days in celsius", weather)
+    assert unstated_city["arguments"]["city"] == "Madrid"
+    assert example_problem("Weather for the next 3 days in celsius", [unstated_city], tools, USER) == (
+        "a value is not stated in its request"
+    )
 
 
 def test_a_duplicate_example_is_refused(tools):

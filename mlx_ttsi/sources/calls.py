@@ -3,7 +3,8 @@
 For each example the model writes a call of a tool it may use (sampled values; required arguments
 and a random subset of the optional ones, kept inside the tool's schema by grammar.py), then, in the
 style of the user's request, the request a user would send for exactly that call. The call is the label, right by construction once
-verify.py finds every value stated in the request and the call valid for its schema.
+verify.py finds every value stated in the request and the call valid for its schema; an optional
+argument the request leaves out is dropped from the call first (verify.stated_only).
 """
 
 import json
@@ -13,7 +14,7 @@ from ..datetimes import spoken
 from ..decoding import Vocabulary
 from ..grammar import ArgumentsProcessor, advance, arguments_start, completion
 from ..synthesis import Synthesis, unlabelled
-from ..verify import example_problem
+from ..verify import example_problem, stated_only
 from ..writer import closed_json, quoted_line
 
 NAME = "calls"
@@ -38,12 +39,13 @@ def synthesize(job):
     plans = key_plans(job)
     calls = write_calls(job, plans)
     requests = write_requests(job, calls)
-    synthesis = Synthesis()
+    synthesis, by_name = Synthesis(), {tool.name: tool for tool in job.tools}
     for call, request in zip(calls, requests):
         synthesis.attempts += 1
         if call is None:
             synthesis.reject("call does not parse")
             continue
+        call = stated_only(call, request, by_name[call["name"]])
         problem = example_problem(request, [call], job.tools, job.original, job.values, synthesis.examples)
         if problem:
             synthesis.reject(problem)
