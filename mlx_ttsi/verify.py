@@ -10,7 +10,7 @@ counted by these reasons in `--json` and eval).
 
 import re
 
-from .datetimes import datetime_numbers, stated_datetime
+from .datetimes import dates_in, datetime_numbers, parse_value, stated_datetime
 from .synthesis import _REPEATS, _normal, request_problem
 from .tools import check_call
 
@@ -84,6 +84,17 @@ def unpassed_number(calls, request):
     return next((n for n in sorted(numbers_in(request)) if n not in passed), None)
 
 
+def unpassed_date(calls, request):
+    """A (month, day) the request writes that no date among the calls' values holds ("between
+    January 1 and February 1" for a call with one date), or None."""
+    passed = set()
+    for leaf in (leaf for call in calls for leaf in leaves(call["arguments"])):
+        when, parts = parse_value(leaf) if isinstance(leaf, str) else (None, set())
+        if "date" in parts:
+            passed.add((when.month, when.day))
+    return next(iter(sorted(dates_in(request) - passed)), None)
+
+
 def request_values(calls):
     """The values of the user's request as its own answer reads them: strings of at least
     MIN_LEAK_CHARS characters and numbers (no booleans)."""
@@ -148,6 +159,8 @@ def example_problem(request, calls, tools, original, values=(), examples=()):
             return "a value is not stated in its request"
     if unpassed_number(calls, request) is not None:
         return "its request states a number its call leaves out"
+    if unpassed_date(calls, request) is not None:
+        return "its request states a date its call leaves out"
     if leaked(calls, request, values) is not None:
         return "a value of the user's request leaks into it"
     if any(normal_words(request) == normal_words(e["request"]) or e["calls"] == calls for e in examples):

@@ -17,6 +17,7 @@ from mlx_ttsi.verify import (
     request_values,
     stated,
     stated_only,
+    unpassed_date,
     unpassed_number,
     unstated_key,
 )
@@ -133,6 +134,8 @@ def test_a_date_or_time_is_stated_as_people_write_it():
     call = {"name": "add_reminder", "arguments": {"time": "2023-03-16 14:30:00"}}
     assert unpassed_number([call], request) is None  # 16, 2 and 30 are the value's
     assert unpassed_number([call], request + " for 45 minutes") == 45
+    assert unpassed_date([call], request) is None
+    assert unpassed_date([call], request + " and again on March 20th") == (3, 20)
 
 
 @pytest.mark.parametrize("value", ["2023-03-16 14:30:00", "2023-01-01 00:00:00", "2024-12-31", "09:05", "23:59:30"])
@@ -172,6 +175,11 @@ def test_the_request_writer_is_shown_dates_in_words_that_verification_accepts(va
             "Weather in Madrid for 3 days from the 12th in celsius",
             [WEATHER],
             "its request states a number its call leaves out",
+        ),
+        (
+            "Weather in Madrid for 3 days in celsius from March 3",
+            [WEATHER],
+            "its request states a date its call leaves out",
         ),
         ("city: Madrid, unit: celsius, days: 3, thanks a lot", [WEATHER], "request lists the call's fields"),
         ("Celsius: Madrid weather for 3 days please", [WEATHER], "request lists the call's fields"),

@@ -13,6 +13,7 @@ import random
 from ..datetimes import spoken
 from ..decoding import Vocabulary
 from ..grammar import ArgumentsProcessor, advance, arguments_start, completion
+from ..self_check import conformed
 from ..synthesis import Synthesis, unlabelled
 from ..verify import example_problem, stated_only
 from ..writer import closed_json, quoted_line
@@ -50,7 +51,9 @@ def synthesize(job):
         if problem:
             synthesis.reject(problem)
         else:
-            synthesis.examples.append({"request": request.strip(), "calls": [call], "source": NAME})
+            # the label in the tool's documented date and time forms (its request says them in words)
+            label = conformed([call], job.tools)
+            synthesis.examples.append({"request": request.strip(), "calls": label, "source": NAME})
     return job.keep(synthesis)
 
 
