@@ -4,10 +4,10 @@ writing them costs, with the example calls held to their schemas (grammar.py) an
     python bench/synthesis_yield.py [--model qwen2.5-coder-0.5b] [--files nexusraven,sealtool] [--rows 4]
 
 The first N rows of each benchmark file are asked in mode ttsi with the gate forced open, so every
-row writes examples, once each way (which goes first alternates by row). "Before" is the rule of
-commit 47545e4, put back here: the calls written without the grammar, 96 tokens each, with a random
-half of the optional arguments (no cap). Prints per way the candidates, the kept examples, the
-rejections by reason, and the synthesis seconds summed.
+row writes examples, once each way (which goes first alternates by row). "Before" writes the calls
+as commit 47545e4 did, put back here: without the grammar, 96 tokens each, with a random half of
+the optional arguments (no cap); verification is today's either way. Prints per way the candidates,
+the kept examples, the rejections by reason, and the synthesis seconds summed.
 """
 
 import argparse
