@@ -251,6 +251,8 @@ class ArgumentsProcessor:
             allowed = self._forced(closing[0])
         else:
             allowed = self._fitting(logits) or self._forced(_next_chars(self.stack))
+        if not allowed:  # no token of the vocabulary is one such character: the step is left free
+            return logits
         keep = mx.array(allowed)
         masked = mx.full(logits.shape, -mx.inf, dtype=logits.dtype)
         masked[:, keep] = logits[:, keep]
@@ -273,10 +275,10 @@ class ArgumentsProcessor:
         return fitting
 
     def _forced(self, chars):
-        """The token of the first of `chars` that continues the object."""
+        """The token of the first of `chars` that continues the object ([] when none is a token)."""
         self.forced += 1
         for char in chars:
             token = self.chars.get(char)
             if token is not None and advance(self.stack, char) is not None:
                 return [token]
-        raise ValueError(f"no token continues the arguments after {self.stack[-1]!r}")
+        return []

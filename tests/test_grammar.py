@@ -8,6 +8,7 @@ from mlx_ttsi.grammar import ArgumentsProcessor, advance, arguments_start, compl
 from mlx_ttsi.tools import parse_tools, validation_errors
 from mlx_ttsi.writer import BatchWriter
 
+import mlx.core as mx
 import pytest
 from conftest import TOOLS
 
@@ -105,3 +106,14 @@ def _parses(text):
     except json.JSONDecodeError:
         return False
     return True
+
+
+def test_a_vocabulary_without_the_needed_character_leaves_the_step_free():
+    # no likely token fits and no token is the one character that would: the logits pass unchanged
+    class Letters:  # a vocabulary of three letters, none of which can open a string value
+        pieces, special, single_chars = ["a", "b", "c"], [False] * 3, {"a": 0, "b": 1, "c": 2}
+
+    stack = advance(arguments_start(PROPERTIES, ["city"]), '{"city": ')
+    processor = ArgumentsProcessor(stack, Letters(), 40)
+    logits = mx.array([[0.5, 1.0, 2.0]])
+    assert processor(mx.array([0]), logits).tolist() == logits.tolist()

@@ -2,9 +2,10 @@
 
 For each example the model writes a call of a tool it may use (sampled values; required arguments
 and a random subset of the optional ones, kept inside the tool's schema by grammar.py), then, in the
-style of the user's request, the request a user would send for exactly that call. The call is the label, right by construction once
-verify.py finds every value stated in the request and the call valid for its schema; an optional
-argument the request leaves out is dropped from the call first (verify.stated_only).
+style of the user's request, the request a user would send for exactly that call. The call is the
+label, right by construction once verify.py finds every value stated in the request and the call
+valid for its schema; an optional argument the request leaves out is dropped from the call first
+(verify.stated_only).
 """
 
 import json
@@ -74,7 +75,7 @@ def key_plans(job):
 
 def write_calls(job, plans):
     """The sampled call of each plan, its arguments held to the planned keys and their schemas
-    (grammar.py); None where it did not close within its budget."""
+    (grammar.py); None where it does not read as JSON arguments."""
     fmt, heads, prompts = job.fmt, [], []
     for tool, keys in plans:
         ask = CALL_ASK.format(name=tool.name, keys=", ".join(keys) or "none (it takes no arguments)")
