@@ -147,6 +147,23 @@ def weigh_changes(score, base, label, odds):
     return current
 
 
+def kept_stated(calls, label, context):
+    """Adapted calls with each value of the self-label that the conversation states put back where
+    the adapted weights wrote, for the same tool and key, one it does not state: adapting may add a
+    value or change a form, but not replace what the user said (an example's date for the user's,
+    a copied id with letters dropped). Calls of other tools, or another number of calls, stay."""
+    if len(calls) != len(label):
+        return calls
+    kept = []
+    for call, own in zip(calls, label):
+        arguments = dict(call["arguments"])
+        for key, value in own["arguments"].items() if call["name"] == own["name"] else ():
+            if key in arguments and arguments[key] != value and grounded(value, context):
+                arguments[key] = arguments[key] if grounded(arguments[key], context) else value
+        kept.append({**call, "arguments": arguments})
+    return kept
+
+
 def conformed(calls, tools):
     """The calls with every date or time value in the form its parameter documents (datetimes.in_format):
     a fact of the tool's schema, so the model is not asked to weigh it (weigh_changes starts from it)."""

@@ -19,7 +19,7 @@ from .adaptation import answer_scores
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .errors import Cancelled, RequestError
 from .prompts import last_user_text, render_prompt
-from .self_check import better_tool, calls_made, conformed, context_text, label_calls, weigh_changes
+from .self_check import better_tool, calls_made, conformed, context_text, kept_stated, label_calls, weigh_changes
 from .settings import Settings
 from .sources import SOURCES, Job
 from .synthesis import Synthesis, keep_examples
@@ -436,6 +436,8 @@ class Turn:
         if calls:
             with self.checking_weights():
                 calls = self.self_label(prompt, answer, names, choice)
+        if calls and self.label:  # an adapted answer keeps the values the self-label took from the user
+            calls = kept_stated(calls, self.label, context_text(self.request.messages))
         changed = calls != answer.calls
         self.clock.lap("checking", "the answer " + ("changed" if changed else "kept"))
         return (self.decoded(calls), answer.calls) if changed else (answer, None)

@@ -308,6 +308,20 @@ def test_the_adapted_answer_is_checked_by_default_with_the_adapted_weights(agent
     assert json.loads("".join(t for k, t in pieces if k == "arguments")) == {"city": "Paris"}
 
 
+def test_an_adapted_answer_keeps_the_value_the_self_label_took_from_the_request(agent, monkeypatch):
+    import mlx_ttsi.turn as agent_module
+
+    def label_calls(decoder, prompt, tools, calls, context):  # the adapted weights write an example's city
+        return [{"name": "get_weather", "arguments": {"city": "Lyon" if agent.adapter.trained else "Paris"}}]
+
+    monkeypatch.setattr(agent_module, "label_calls", label_calls)
+    request = "What is the weather in Paris?"
+    answer = agent.ask(request, tools=TOOLS, mode="ttsi", examples_from="twins", check_odds=0.0, force=True)
+    assert answer.adapted and answer.label == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert answer.tool_calls == answer.label  # "Lyon" is not in the request: the stated "Paris" stays
+    assert agent.adapter.is_reset()
+
+
 def test_text_answers_stream_while_they_are_generated(agent):
     heard = []
     answer = agent.ask(

@@ -2,7 +2,7 @@
 
 import math
 
-from mlx_ttsi.self_check import changes, weigh_changes
+from mlx_ttsi.self_check import changes, kept_stated, weigh_changes
 
 import pytest
 
@@ -176,3 +176,17 @@ def test_a_date_or_time_in_the_documented_form_is_not_left_to_the_models_odds():
         "start": "2023-03-13 08:00:00",
         "user": "F24",
     }  # the form kept, the rewrite weighed
+
+
+def test_an_adapted_value_the_conversation_does_not_state_gives_way_to_the_stated_one():
+    context = "Get the ECG sample of patient fINfRtJpnA from 10-06, lead II or III"
+    label = [{"name": "getECGSample", "arguments": {"patient_id": "fINfRtJpnA", "date": "10-06", "lead": "II"}}]
+    adapted = [{"name": "getECGSample", "arguments": {"patient_id": "fINfRtJnA", "date": "09-06", "lead": "III"}}]
+    assert kept_stated(adapted, label, context) == [
+        # the id and date come back; "III" is stated too, so the adapted choice stays
+        {"name": "getECGSample", "arguments": {"patient_id": "fINfRtJpnA", "date": "10-06", "lead": "III"}}
+    ]
+    other_tool = [{"name": "getEEGSample", "arguments": {"patient_id": "x"}}]
+    assert kept_stated(other_tool, label, context) == other_tool
+    unstated_label = [{"name": "getECGSample", "arguments": {"patient_id": "abc"}}]
+    assert kept_stated(adapted, unstated_label, context) == adapted  # only stated values are kept
