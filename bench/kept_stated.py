@@ -10,6 +10,7 @@ over the rows of the method, and each answer it changes.
 
 import json
 import sys
+from functools import cache
 from pathlib import Path
 
 from mlx_ttsi.evaluation.grading import is_correct
@@ -22,12 +23,11 @@ from _common import SEALTOOL
 FILES = {"toolalpaca_real": "toolalpaca"}  # a benchmark's name -> its file's, where they differ
 
 
-def rows_of(benchmark, cache={}):
+@cache
+def rows_of(benchmark):
     """{id: row} of a benchmark's file under ../shared/benchmarks."""
-    if benchmark not in cache:
-        path = SEALTOOL.parent / f"{FILES.get(benchmark, benchmark)}.jsonl"
-        cache[benchmark] = {row["id"]: row for row in load_rows([path])[0]}
-    return cache[benchmark]
+    path = SEALTOOL.parent / f"{FILES.get(benchmark, benchmark)}.jsonl"
+    return {row["id"]: row for row in load_rows([path])[0]}
 
 
 def main(spec):
