@@ -40,13 +40,12 @@ def main(spec):
                 continue
             counts["rows"] += 1
             counts["right as recorded"] += bool(record["correct"])
-            kept = record["prediction"]
+            row, kept = rows_of(record["benchmark"])[record["id"]], record["prediction"]
             if record.get("adapted") and record.get("label"):
-                row = rows_of(record["benchmark"])[record["id"]]
                 request, messages = row_input(row)
                 conversation = normalize_messages(messages if messages is not None else request)
                 kept = kept_stated(record["prediction"], record["label"], context_text(conversation))
-            right = is_correct(rows_of(record["benchmark"])[record["id"]], kept)
+            right = is_correct(row, kept)
             counts["right with kept_stated"] += right
             if kept != record["prediction"]:
                 counts["changed"] += 1

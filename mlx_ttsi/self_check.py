@@ -154,14 +154,18 @@ def kept_stated(calls, label, context):
     a copied id with letters dropped). Calls of other tools, or another number of calls, stay."""
     if len(calls) != len(label):
         return calls
-    kept = []
-    for call, own in zip(calls, label):
-        arguments = dict(call["arguments"])
-        for key, value in own["arguments"].items() if call["name"] == own["name"] else ():
-            if key in arguments and arguments[key] != value and grounded(value, context):
-                arguments[key] = arguments[key] if grounded(arguments[key], context) else value
-        kept.append({**call, "arguments": arguments})
-    return kept
+
+    def restored(key, value, own):  # the adapted value, or the self-label's stated one it replaced
+        if key in own and grounded(own[key], context) and not grounded(value, context):
+            return own[key]
+        return value
+
+    return [
+        {**call, "arguments": {k: restored(k, v, own["arguments"]) for k, v in call["arguments"].items()}}
+        if call["name"] == own["name"]
+        else call
+        for call, own in zip(calls, label)
+    ]
 
 
 def conformed(calls, tools):

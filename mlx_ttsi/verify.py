@@ -57,12 +57,14 @@ def stated(value, request):
     return bool(words.strip()) and words in normal_words(request) or stated_datetime(value, request)
 
 
+def stated_value(value, request):
+    """Whether the request states every leaf of an argument value (stated)."""
+    return all(stated(leaf, request) for leaf in leaves(value))
+
+
 def unstated_key(arguments, request):
     """The first argument whose value (any of its leaves) the request does not state, or None."""
-    for key, value in arguments.items():
-        if not all(stated(leaf, request) for leaf in leaves(value)):
-            return key
-    return None
+    return next((key for key, value in arguments.items() if not stated_value(value, request)), None)
 
 
 def stated_only(call, request, tool):
@@ -71,8 +73,7 @@ def stated_only(call, request, tool):
     self-check drops an optional value the user never gave). A required one stays, for
     example_problem to refuse."""
     required = set(tool.required)
-    arguments = call["arguments"]
-    kept = {k: v for k, v in arguments.items() if k in required or all(stated(leaf, request) for leaf in leaves(v))}
+    kept = {k: v for k, v in call["arguments"].items() if k in required or stated_value(v, request)}
     return {**call, "arguments": kept}
 
 
