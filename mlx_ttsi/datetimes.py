@@ -154,15 +154,16 @@ def times_in(text):
     return found
 
 
-def stated_datetime(value, request):
-    """Whether `value`, a date and/or time in ISO form, is the date and time the request states in
-    any common way. A year is checked only when the request writes one."""
-    when, parts = parse_value(value)
+def stated_datetime(value, request, formats=VALUE_FORMATS):
+    """Whether `value`, a date and/or time in one of `formats` (ISO forms unless told), is the date
+    and time the request states in any common way. A year is checked only when both write one."""
+    when, fmt = _parsed(value, formats)
     if when is None:
         return False
+    parts = _parts(fmt)
     if "date" in parts:
         years = {int(y) for y in _YEAR.findall(request)}
-        if (when.month, when.day) not in dates_in(request) or (years and when.year not in years):
+        if (when.month, when.day) not in dates_in(request) or ("%Y" in fmt and years and when.year not in years):
             return False
     return "time" not in parts or (when.hour, when.minute, when.second) in times_in(request)
 

@@ -32,7 +32,7 @@ import json
 import math
 import re
 
-from .datetimes import documented, restated, stated_datetime
+from .datetimes import READ_FORMATS, documented, restated, stated_datetime
 from .tools import check_call, free_value
 
 MAX_PROBED = 8  # optional arguments written and checked per call, at most
@@ -57,6 +57,12 @@ def grounded(value, context):
         return False
     words = _normal(value)
     return words.strip() != "" and words in _normal(context)
+
+
+def said(value, context):
+    """Whether the context states a value: a span of it (grounded), or a date or time it says in any
+    common way, in any form a model writes one ("10-06" or "2023-10-06" for "October 6th")."""
+    return grounded(value, context) or stated_datetime(value, context, READ_FORMATS)
 
 
 def _is_string(schema):
@@ -148,15 +154,15 @@ def weigh_changes(score, base, label, odds):
 
 
 def kept_stated(calls, label, context):
-    """Adapted calls with each value of the self-label that the conversation states put back where
-    the adapted weights wrote, for the same tool and key, one it does not state: adapting may add a
-    value or change a form, but not replace what the user said (an example's date for the user's,
+    """Adapted calls with each value of the self-label that the conversation states (said) put back
+    where the adapted weights wrote, for the same tool and key, one it does not state: adapting may add
+    a value or change a form, but not replace what the user said (an example's date for the user's,
     a copied id with letters dropped). Calls of other tools, or another number of calls, stay."""
     if len(calls) != len(label):
         return calls
 
     def restored(key, value, own):  # the adapted value, or the self-label's stated one it replaced
-        if key in own and grounded(own[key], context) and not grounded(value, context):
+        if key in own and said(own[key], context) and not said(value, context):
             return own[key]
         return value
 

@@ -190,3 +190,14 @@ def test_an_adapted_value_the_conversation_does_not_state_gives_way_to_the_state
     assert kept_stated(other_tool, label, context) == other_tool
     unstated_label = [{"name": "getECGSample", "arguments": {"patient_id": "abc"}}]
     assert kept_stated(adapted, unstated_label, context) == adapted  # only stated values are kept
+
+
+def test_a_date_said_in_words_is_kept_in_the_form_the_label_wrote_it():
+    context = "How much did I spend on October 6th? My token is x1"
+    label = [{"name": "QueryHistoryToday", "arguments": {"token": "x1", "date": "10-06"}}]
+    adapted = [{"name": "QueryHistoryToday", "arguments": {"token": "x1", "date": "09-06"}}]
+    assert kept_stated(adapted, label, context) == label  # an example's date gives way to the user's
+    # a date the conversation says, written another way by the adapted weights, stays theirs
+    iso = [{"name": "QueryHistoryToday", "arguments": {"token": "x1", "date": "2023-10-06"}}]
+    assert kept_stated(iso, label, context) == iso
+    assert kept_stated(adapted, label, "How much did I spend? My token is x1") == adapted  # no date said

@@ -9,7 +9,7 @@ from mlx_ttsi.context import ContextState
 from mlx_ttsi.datetimes import dates_in, spoken, times_in
 from mlx_ttsi.prompts import call_format, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
-from mlx_ttsi.sources import SOURCES, calls
+from mlx_ttsi.sources import SOURCES, Job, calls
 from mlx_ttsi.synthesis import Synthesis, keep_examples
 from mlx_ttsi.verify import (
     example_problem,
@@ -211,6 +211,25 @@ def test_a_duplicate_example_is_refused(tools):
     assert (
         example_problem("weather in madrid for 3 days in celsius!", [WEATHER], tools, USER, [], kept)
         == "duplicate example"
+    )
+
+
+def test_of_a_calls_requests_the_one_that_verifies_with_most_arguments_is_its_example(tools):
+    job = Job(USER, tools, ["get_weather"], values=[], k=3, seed=0, temperature=0.8, writer=None, prompt=None, fmt=None)
+    weather = next(tool for tool in tools if tool.name == "get_weather")
+    written = [
+        "Weather for the next 3 days in celsius",  # the required city left out: refused
+        "What will the weather be in Madrid for the next 3 days?",  # verifies without the unit
+        "Madrid weather for the next 3 days in celsius, please",  # verifies with every argument
+    ]
+    example, problem = calls.best_example(job, WEATHER, written, weather, [])
+    assert problem is None and example["request"] == written[2] and example["calls"] == [WEATHER]
+    example, problem = calls.best_example(job, WEATHER, written[:2], weather, [])
+    assert example["request"] == written[1] and example["calls"][0]["arguments"] == {"city": "Madrid", "days": 3}
+    # none verifies: the first request's reason is the call's
+    assert calls.best_example(job, WEATHER, [written[0], USER], weather, []) == (
+        None,
+        "a value is not stated in its request",
     )
 
 

@@ -2,10 +2,11 @@
 
 For each example the model writes a call of a tool it may use (sampled values; required arguments
 and a random subset of the optional ones, kept inside the tool's schema by grammar.py), then, in the
-style of the user's request, the request a user would send for exactly that call. The call is the
-label, right by construction once verify.py finds every value stated in the request and the call
-valid for its schema; an optional argument the request leaves out is dropped from the call first
-(verify.stated_only).
+style of the user's request and without it (REQUEST_ASKS), the requests a user would send for exactly
+that call, side by side. The call is the label, right by construction once verify.py finds every value stated in a
+request and the call valid for its schema; an optional argument the request leaves out is dropped from
+the call first (verify.stated_only), and of the requests that pass, the one that keeps most of the
+call's arguments is its example.
 """
 
 import json
@@ -23,14 +24,20 @@ NAME = "calls"
 HELP = "the model writes example calls (sampled values), then the request for each; verified"
 
 CALL_ASK = "Write an example call of the tool {name} with realistic, specific values for the arguments: {keys}."
-REQUEST_ASK = (
+STYLED_ASK = (
     'Example of a message from a user: "{original}"\n\nWrite a new message in that style from a user who wants '
     "this call of {name}, stating every one of its values in plain words:\n{arguments}\nReply with the message only."
+)
+# without the user's message, which the styled ask's requests copy or borrow values from
+PLAIN_ASK = (
+    "Write a message from a user who wants this call of {name}, stating every one of its values in plain "
+    "words:\n{arguments}\nReply with the message only."
 )
 CALL_TOKENS = 16  # a call's budget: this, and TOKENS_PER_KEY for each of its arguments
 TOKENS_PER_KEY = 28  # a key and a value of up to grammar.MAX_STRING_CHARS
 MAX_OPTIONAL = 3  # optional arguments an example passes at most: a user states a few values, not twenty
 REQUEST_TOKENS = 64
+REQUEST_ASKS = (STYLED_ASK, PLAIN_ASK)  # one request of each call from each ask, all in one batch
 CANDIDATES_PER_EXAMPLE = 2  # calls written per example wanted: some fail verification
 
 
@@ -42,20 +49,35 @@ def synthesize(job):
     calls = write_calls(job, plans)
     requests = write_requests(job, calls)
     synthesis, by_name = Synthesis(), {tool.name: tool for tool in job.tools}
-    for call, request in zip(calls, requests):
+    for call, written in zip(calls, requests):
         synthesis.attempts += 1
         if call is None:
             synthesis.reject("call does not parse")
             continue
-        call = stated_only(call, request, by_name[call["name"]])
-        problem = example_problem(request, [call], job.tools, job.original, job.values, synthesis.examples)
+        example, problem = best_example(job, call, written, by_name[call["name"]], synthesis.examples)
         if problem:
             synthesis.reject(problem)
         else:
-            # the label in the tool's documented date and time forms (its request says them in words)
-            label = conformed([call], job.tools)
-            synthesis.examples.append({"request": request.strip(), "calls": label, "source": NAME})
+            synthesis.examples.append(example)
     return job.keep(synthesis)
+
+
+def best_example(job, call, requests, tool, examples):
+    """(example, None) from the request that verifies (verify.example_problem) with the most of the
+    call's arguments kept, the first of them on a tie; (None, the first request's problem) when none does."""
+    verified, problems = [], []
+    for request in requests:
+        fitted = stated_only(call, request, tool)
+        problem = example_problem(request, [fitted], job.tools, job.original, job.values, examples)
+        if problem:
+            problems.append(problem)
+        else:
+            verified.append((request, fitted))
+    if not verified:
+        return None, problems[0]
+    request, fitted = max(verified, key=lambda pair: len(pair[1]["arguments"]))  # max keeps the first
+    # the label in the tool's documented date and time forms (its request says them in words)
+    return {"request": request.strip(), "calls": conformed([fitted], job.tools), "source": NAME}, None
 
 
 def key_plans(job):
@@ -105,24 +127,27 @@ def call_budget(keys, start):
 
 
 def write_requests(job, calls):
-    """The request written for each call (sampled, after an opening quote); "" where there is no call."""
-    todo = [i for i, call in enumerate(calls) if call is not None]
+    """The requests written for each call, one from each of REQUEST_ASKS (sampled after an opening
+    quote, all in one batch); [] where there is no call."""
+    todo = [(i, ask) for i, call in enumerate(calls) if call is not None for ask in REQUEST_ASKS]
     prompts = [
         job.prompt(
-            REQUEST_ASK.format(
+            ask.format(
                 original=job.original,
                 name=calls[i]["name"],
                 arguments=json.dumps(said(calls[i]["arguments"]), ensure_ascii=False),
             )
         )
         + '"'
-        for i in todo
+        for i, ask in todo
     ]
     written = job.writer.write(
         prompts, REQUEST_TOKENS, stop=quoted_line, temperature=job.temperature, seed=job.seed + 1
     )
-    texts = dict(zip(todo, written))
-    return [texts.get(i, "").strip() for i in range(len(calls))]
+    texts = [[] for _ in calls]
+    for (i, _), text in zip(todo, written):
+        texts[i].append(text.strip())
+    return texts
 
 
 def said(arguments):
