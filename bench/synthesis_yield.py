@@ -94,7 +94,7 @@ def main():
             print(
                 f"| {row['id']} | {way} | {answer.asked} | {verified} | {len(answer.synthetic)} | {seconds:.1f} | {reasons} |"
             )
-    print("\n| total | " + " | ".join(ways) + " |\n|---" * (len(ways) + 1) + "|")
+    print("\n| total | " + " | ".join(ways) + " |\n" + "|---" * (len(ways) + 1) + "|")
     for key in sorted(set().union(*totals.values())):
         cells = [totals[way][key] for way in ways]
         print(f"| {key} | " + " | ".join(f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells) + " |")
