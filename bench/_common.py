@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -17,6 +18,18 @@ def sealtool_rows():
         sys.exit(f"benchmark file not found: {SEALTOOL} (set MLX_TTSI_BENCHMARKS)")
     with open(SEALTOOL) as f:
         return [json.loads(line) for line in f]
+
+
+FILES = {"toolalpaca_real": "toolalpaca"}  # a benchmark's name -> its file's, where they differ
+
+
+@cache
+def rows_of(benchmark):
+    """{id: row} of a benchmark's file under ../shared/benchmarks."""
+    from mlx_ttsi.evaluation.rows import load_rows
+
+    path = SEALTOOL.parent / f"{FILES.get(benchmark, benchmark)}.jsonl"
+    return {row["id"]: row for row in load_rows([path])[0]}
 
 
 def percentile(values, q):

@@ -10,24 +10,14 @@ over the rows of the method, and each answer it changes.
 
 import json
 import sys
-from functools import cache
 from pathlib import Path
 
 from mlx_ttsi.evaluation.grading import is_correct
-from mlx_ttsi.evaluation.rows import load_rows, row_input
+from mlx_ttsi.evaluation.rows import row_input
 from mlx_ttsi.prompts import normalize_messages
 from mlx_ttsi.self_check import context_text, kept_stated
 
-from _common import SEALTOOL
-
-FILES = {"toolalpaca_real": "toolalpaca"}  # a benchmark's name -> its file's, where they differ
-
-
-@cache
-def rows_of(benchmark):
-    """{id: row} of a benchmark's file under ../shared/benchmarks."""
-    path = SEALTOOL.parent / f"{FILES.get(benchmark, benchmark)}.jsonl"
-    return {row["id"]: row for row in load_rows([path])[0]}
+from _common import rows_of
 
 
 def main(spec):

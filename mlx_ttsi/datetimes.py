@@ -30,6 +30,8 @@ READ_FORMATS = VALUE_FORMATS + ("%Y-%m-%d %I:%M %p", "%Y-%m-%d %I:%M:%S %p", "%I
 # JSON Schema's own formats (a parameter's "format"), and strftime patterns a description documents
 SCHEMA_FORMATS = {"date": "%Y-%m-%d", "date-time": "%Y-%m-%dT%H:%M:%S", "time": "%H:%M:%S"}
 _DOCUMENTED = re.compile(r"%[YmdHMSIp](?:[-:/ T]*%[YmdHMSIp])*")
+# the same forms as people document them: "YYYY-MM-DD", "YYYY-MM-DD HH:MM:SS", "HH:MM" (not "HH:MM AM/PM")
+_NOTATION = re.compile(r"\bYYYY-MM-DD(?:([ T])HH:MM(:SS)?)?(?![\w:])|\bHH:MM(:SS)?(?!:|\s*[AaPp]\.?[Mm])")
 
 
 def parse_value(value):
@@ -47,6 +49,26 @@ def documented_format(schema):
         return SCHEMA_FORMATS[schema["format"]]
     found = _DOCUMENTED.search(str(schema.get("description") or ""))
     return found.group(0) if found else None
+
+
+def noted_format(schema):
+    """documented_format, or the strftime format of a form its description writes in letters
+    ("Time of the alarm, HH:MM" -> "%H:%M"), or None."""
+    fmt = documented_format(schema)
+    found = None if fmt else _NOTATION.search(str((schema or {}).get("description") or ""))
+    if not found:
+        return fmt
+    if found.group(0).startswith("HH"):
+        return "%H:%M" + (":%S" if found.group(3) else "")
+    time = f"{found.group(1)}%H:%M" + (":%S" if found.group(2) else "") if found.group(1) else ""
+    return "%Y-%m-%d" + time
+
+
+def fits_format(value, fmt):
+    """Whether a value is a date or time with every part `fmt` writes: in that form, or in one that
+    in_format turns into it ("7:15 PM" fits "%H:%M"; "10.11.2017" and "2:30 PM" do not fit "%Y-%m-%d %H:%M")."""
+    when, read = _parsed(value, READ_FORMATS)
+    return when is not None and (read == fmt or in_format(value, fmt) is not None)
 
 
 def documented(value, schema):

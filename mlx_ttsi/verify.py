@@ -1,7 +1,8 @@
 """Checks that a written example's label is right for its request, without knowing the right answer.
 
 An example is a request and its calls. Its label is right by construction when the calls fit their
-tools' schemas and every value they pass is stated in the request; it is worth training on only
+tools' schemas (a date or time in the form its parameter documents too) and every value they pass is
+stated in the request; it is worth training on only
 when it is not the user's request again (a copy, or the user's own values leaking in), not a
 duplicate of another example, and reads as a user's request: not the call's fields listed
 ("token: ..., content: ...") nor its values alone. `example_problem` says which rule an example breaks (rejections are
@@ -10,7 +11,7 @@ counted by these reasons in `--json` and eval).
 
 import re
 
-from .datetimes import dates_in, datetime_numbers, parse_value, stated_datetime
+from .datetimes import dates_in, datetime_numbers, fits_format, noted_format, parse_value, stated_datetime
 from .synthesis import _REPEATS, _normal, request_problem
 from .tools import check_call
 
@@ -65,6 +66,17 @@ def stated_value(value, request):
 def unstated_key(arguments, request):
     """The first argument whose value (any of its leaves) the request does not state, or None."""
     return next((key for key, value in arguments.items() if not stated_value(value, request)), None)
+
+
+def unfit_key(arguments, tool):
+    """The first argument whose value is not a date or time in the form its parameter documents
+    (datetimes.noted_format: "10.11.2017" for "Time of the alarm, HH:MM"), or None: stated in its
+    request, such a value is still not what the key takes."""
+    for key, value in arguments.items():
+        fmt = noted_format(tool.properties.get(key))
+        if fmt and isinstance(value, str) and not fits_format(value, fmt):
+            return key
+    return None
 
 
 def stated_only(call, request, tool):
@@ -156,6 +168,8 @@ def example_problem(request, calls, tools, original, values=(), examples=()):
             return "argument repeats itself"
         if set(call["arguments"]) - set(by_name[call["name"]].properties):
             return "call has an argument its tool does not offer"
+        if unfit_key(call["arguments"], by_name[call["name"]]) is not None:
+            return "a value is not in the form its parameter documents"
         if unstated_key(call["arguments"], request) is not None:
             return "a value is not stated in its request"
     if unpassed_number(calls, request) is not None:

@@ -11,12 +11,14 @@ from mlx_ttsi.prompts import call_format, render_prompt
 from mlx_ttsi.settings import LoRASettings, Settings
 from mlx_ttsi.sources import SOURCES, Job, calls
 from mlx_ttsi.synthesis import Synthesis, keep_examples
+from mlx_ttsi.tools import parse_tools
 from mlx_ttsi.verify import (
     example_problem,
     leaked,
     request_values,
     stated,
     stated_only,
+    unfit_key,
     unpassed_date,
     unpassed_number,
     unstated_key,
@@ -231,6 +233,27 @@ def test_of_a_calls_requests_the_one_that_verifies_with_most_arguments_is_its_ex
         None,
         "a value is not stated in its request",
     )
+
+
+def test_a_date_or_time_in_another_form_than_its_parameter_documents_is_refused():
+    spec = {"name": "set_alarm", "parameters": {"type": "object", "properties": {}, "required": ["time"]}}
+    for description, fits, unfit in [
+        ("Time of the alarm, HH:MM", ["07:15", "7:15 PM"], ["10.11.2017", "2023-10-11"]),
+        ("Format: %Y-%m-%d %H:%M:%S", ["2023-03-16 14:30:00", "2023-03-16 2:30 PM"], ["2:30 PM", "2023-03-16"]),
+        ("The day (YYYY-MM-DD).", ["2023-03-16", "2023-03-16 14:30"], ["March 16", "16/03/2023"]),
+    ]:
+        spec["parameters"]["properties"] = {"time": {"type": "string", "description": description}}
+        tool = parse_tools([spec])[0]
+        assert [unfit_key({"time": value}, tool) for value in fits + unfit] == [None] * len(fits) + ["time"] * len(
+            unfit
+        )
+        request = f"Please wake me at {unfit[0]} for the gym"
+        call = {"name": "set_alarm", "arguments": {"time": unfit[0]}}
+        assert example_problem(request, [call], [tool], USER) == "a value is not in the form its parameter documents"
+    # a 12-hour form, and no form at all, leave any value to the other rules
+    spec["parameters"]["properties"] = {"time": {"type": "string", "description": "Time, HH:MM AM/PM"}}
+    assert unfit_key({"time": "10.11.2017"}, parse_tools([spec])[0]) is None
+    assert unfit_key({"time": "10.11.2017"}, next(t for t in parse_tools(TOOLS) if t.name == "set_alarm")) is None
 
 
 def test_short_numbers_and_words_of_the_request_are_not_leaks():
