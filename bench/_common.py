@@ -32,6 +32,19 @@ def rows_of(benchmark):
     return {row["id"]: row for row in load_rows([path])[0]}
 
 
+def method_records(spec):
+    """{(seed, benchmark, id): record} of METHOD in the eval run folders of `spec` (DIR[,DIR...]:METHOD):
+    two seeds that drew the same row give two records, as in compare_runs.py."""
+    folders, method = spec.rsplit(":", 1)
+    found = {}
+    for folder in folders.split(","):
+        for line in (Path(folder) / "results.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record["method"] == method:
+                found[(record.get("seed"), record["benchmark"], record["id"])] = record
+    return found
+
+
 def percentile(values, q):
     ordered = sorted(values)
     if not ordered:

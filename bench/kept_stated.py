@@ -10,24 +10,19 @@ over the rows of the method, and each answer it changes.
 
 import json
 import sys
-from pathlib import Path
 
 from mlx_ttsi.evaluation.grading import is_correct
 from mlx_ttsi.evaluation.rows import row_input
 from mlx_ttsi.prompts import normalize_messages
 from mlx_ttsi.self_check import context_text, kept_stated
 
-from _common import rows_of
+from _common import method_records, rows_of
 
 
 def main(spec):
-    folders, method = spec.rsplit(":", 1)
     counts = {"rows": 0, "right as recorded": 0, "right with kept_stated": 0, "changed": 0}
-    for folder in folders.split(","):
-        for line in (Path(folder) / "results.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record["method"] != method or record.get("error"):
-                continue
+    for record in method_records(spec).values():
+        if not record.get("error"):
             counts["rows"] += 1
             counts["right as recorded"] += bool(record["correct"])
             row, kept = rows_of(record["benchmark"])[record["id"]], record["prediction"]

@@ -7,22 +7,10 @@ adapted rows, and the rejections by reason.
 A column is DIRS:METHOD, DIRS one run folder or several joined by commas (as in compare_runs.py).
 """
 
-import json
 import sys
 from collections import Counter
-from pathlib import Path
 
-
-def records(spec):
-    """{(benchmark, id): the METHOD's record} of the run folders in `spec`."""
-    folders, method = spec.rsplit(":", 1)
-    found = {}
-    for folder in folders.split(","):
-        for line in (Path(folder) / "results.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record["method"] == method:
-                found[(record["benchmark"], record["id"])] = record
-    return found
+from _common import method_records
 
 
 def tally(rows):
@@ -46,7 +34,7 @@ def tally(rows):
 
 
 def main(specs):
-    columns = [records(spec) for spec in specs]
+    columns = [method_records(spec) for spec in specs]
     shared = sorted(set.intersection(*(set(column) for column in columns)))
     tallies = [tally([column[key] for key in shared]) for column in columns]
     print(f"{len(shared)} rows in every column\n")

@@ -7,24 +7,18 @@ Each record of the method keeps the examples it trained on (`examples`); each ex
 checked against its row's tools. Prints the count and each example the rule refuses.
 """
 
-import json
 import sys
-from pathlib import Path
 
 from mlx_ttsi.tools import parse_tools
 from mlx_ttsi.verify import unfit_key
 
-from _common import rows_of
+from _common import method_records, rows_of
 
 
 def main(spec):
-    folders, method = spec.rsplit(":", 1)
     counts = {"adapted rows": 0, "examples": 0, "unfit": 0, "rows with an unfit example": 0}
-    for folder in folders.split(","):
-        for line in (Path(folder) / "results.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record["method"] != method or not record.get("adapted"):
-                continue
+    for record in method_records(spec).values():
+        if record.get("adapted"):
             tools = {tool.name: tool for tool in parse_tools(rows_of(record["benchmark"])[record["id"]]["tools"])}
             unfit = [
                 (example, call, key)

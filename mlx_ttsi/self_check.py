@@ -59,7 +59,7 @@ def grounded(value, context):
     return words.strip() != "" and words in _normal(context)
 
 
-def said(value, context):
+def stated_in(value, context):
     """Whether the context states a value: a span of it (grounded), or a date or time it says in any
     common way, in any form a model writes one ("10-06" or "2023-10-06" for "October 6th")."""
     return grounded(value, context) or stated_datetime(value, context, READ_FORMATS)
@@ -154,7 +154,7 @@ def weigh_changes(score, base, label, odds):
 
 
 def kept_stated(calls, label, context):
-    """Adapted calls with each value of the self-label that the conversation states (said) put back
+    """Adapted calls with each value of the self-label that the conversation states (stated_in) put back
     where the adapted weights wrote, for the same tool and key, one it does not state: adapting may add
     a value or change a form, but not replace what the user said (an example's date for the user's,
     a copied id with letters dropped). Calls of other tools, or another number of calls, stay."""
@@ -162,7 +162,7 @@ def kept_stated(calls, label, context):
         return calls
 
     def restored(key, value, own):  # the adapted value, or the self-label's stated one it replaced
-        if key in own and said(own[key], context) and not said(value, context):
+        if key in own and stated_in(own[key], context) and not stated_in(value, context):
             return own[key]
         return value
 
