@@ -18,7 +18,9 @@ against the request:
   parameter documents (JSON Schema's "format", or a description's "Format: %Y-%m-%d %H:%M:%S").
 
 When the model is unsure of the tool (its name margin is below tau), the runner-up tool's call is
-written and checked too, and taken when it uses more of what the user said (`coverage`).
+written and checked too, and taken when it uses more of what the user said (`coverage`). And when the
+call passes a value that another tool returns and that tool has not been called yet (a `token` that
+`GetUserToken` gives), that tool's checked call is the answer instead (dependencies.py).
 
 Each change the check makes is then weighed by the model itself (`weigh_changes`): applied one at a
 time, a change is kept only when the base model finds the changed call at least `odds` times as

@@ -37,6 +37,7 @@ class Tool:
     name: str
     description: str = ""
     parameters: dict = field(default_factory=lambda: dict(EMPTY_PARAMETERS))
+    returns: tuple = ()  # the names of the values a call of it returns (returns_of), when the spec says
 
     @property
     def properties(self):
@@ -68,7 +69,7 @@ def parse_tools(specs):
     for index, spec in enumerate(specs):
         where = f"tool #{index + 1}"
         if isinstance(spec, Tool):
-            spec = spec.as_plain()
+            spec = {**spec.as_plain(), "x-returns": dict.fromkeys(spec.returns, {})}
         if not isinstance(spec, dict):
             raise ToolsError(f"{where} is not a JSON object")
         if spec.get("type", "function") != "function":
@@ -89,10 +90,21 @@ def parse_tools(specs):
         if not isinstance(parameters, dict):
             raise ToolsError(f"tool {name!r}: parameters must be a JSON schema object")
         _check_schema(name, parameters)
-        tools.append(Tool(name, description, parameters))
+        tools.append(Tool(name, description, parameters, returns_of(name, body)))
     if not tools:
         raise ToolsError("the tools list is empty")
     return tools
+
+
+def returns_of(name, body):
+    """The names of the values a tool's call returns: the properties of its MCP `outputSchema`, or the
+    keys of `x-returns` (API-Bank's output parameters, as the benchmark files write them); () if neither."""
+    output, named = body.get("outputSchema"), body.get("x-returns")
+    if output is not None and not (isinstance(output, dict) and isinstance(output.get("properties", {}), dict)):
+        raise ToolsError(f"tool {name!r}: outputSchema must be a JSON schema object")
+    if named is not None and not isinstance(named, dict):
+        raise ToolsError(f"tool {name!r}: x-returns must be an object of the values it returns")
+    return tuple(dict.fromkeys([*((output or {}).get("properties") or {}), *(named or {})]))
 
 
 def _check_schema(name, parameters):

@@ -17,6 +17,7 @@ from mlx_lm import stream_generate
 
 from .adaptation import answer_scores
 from .decoding import CallDecoder, Decoded, argument_margin, normalized
+from .dependencies import needed_provider, supplies
 from .errors import Cancelled, RequestError
 from .prompts import last_user_text, render_prompt
 from .self_check import better_tool, calls_made, conformed, context_text, kept_stated, label_calls, weigh_changes
@@ -280,8 +281,7 @@ class Turn:
         label = label_calls(decoder, prompt, tools, answer.calls, context)
         if names.score < names.threshold and len(tools) >= 2 and len(answer.calls) == 1:
             runner_up = next(c["name"] for c in names.candidates if c["name"] != answer.calls[0]["name"])
-            forced = replace(choice, index=[t.name for t in tools].index(runner_up))
-            rival = label_calls(decoder, prompt, tools, decoder.decode(prompt, tools, forced).calls[:1], context)
+            rival = label_calls(decoder, prompt, tools, self.forced_call(prompt, choice, runner_up), context)
             label = better_tool(label, rival, tools, context, calls_made(messages))
         if not self.fmt.guided:  # free formats: the label is the model's call as written
             return label
@@ -290,7 +290,25 @@ class Turn:
             lead = self.fmt.start + self.fmt.open
             return decoder.score_after(prompt, [lead + self.fmt.written(calls) for calls in options])[0]
 
-        return weigh_changes(score, conformed(answer.calls, tools), label, self.settings.check_odds)
+        label = weigh_changes(score, conformed(answer.calls, tools), label, self.settings.check_odds)
+        return self.provided_first(prompt, label, choice, context)
+
+    def forced_call(self, prompt, choice, name):
+        """The call the model writes when the tool is `name` (a list of at most one call)."""
+        forced = replace(choice, index=[t.name for t in self.request.tools].index(name))
+        return self.decoder.decode(prompt, self.request.tools, forced).calls[:1]
+
+    def provided_first(self, prompt, label, choice, context):
+        """The checked call of the tool that returns a value the label needs, when it has not been
+        called and the conversation holds what it takes (dependencies.py); else the label. Not weighed:
+        the model's odds are what missed the dependency."""
+        tools = self.request.tools
+        needed = needed_provider(label, tools, calls_made(self.request.messages))
+        if needed is None:
+            return label
+        key, provider = needed
+        call = label_calls(self.decoder, prompt, tools, self.forced_call(prompt, choice, provider.name), context)
+        return call if supplies(call, label, key, provider, context) else label
 
     def gate(self, names, base):
         """The uncertainty: the name margin, the argument margin, and whether the self-label agrees."""

@@ -1,0 +1,45 @@
+"""Values a tool returns: the call that fetches one comes before the call that passes it.
+
+A call may need a value that only another tool gives: API-Bank's `AddAlarm` takes a `token` that
+`GetUserToken` returns. A model that has not called the provider yet writes something else there (the
+username, "your_token"). When the tools declare what they return (`Tool.returns`: MCP's
+`outputSchema`, or `x-returns`) the self-check calls the provider first:
+
+- `needed_provider`: the first call passes a required value that another tool returns, and no tool
+  returning it has been called in the conversation;
+- `supplies`: the provider's own call is made of what the conversation states (every required value),
+  and the first call's value was unstated or one of the provider's own (a username passed as a token).
+
+The answer is then the provider's call alone: what needs its result waits for it.
+"""
+
+from .self_check import stated_in
+
+
+def needed_provider(calls, tools, made):
+    """(the key, the tool that returns it) for the first call's first required value that another tool
+    returns, when no tool returning it has been called (`made`: the conversation's calls); else None."""
+    if not calls:
+        return None
+    by_name = {tool.name: tool for tool in tools}
+    call, called = calls[0], {made_call.get("name") for made_call in made}
+    tool = by_name.get(call["name"])
+    for key in tool.required if tool else ():
+        providers = [t for t in tools if key in t.returns and t.name != tool.name]
+        if not providers or any(t.name in called for t in providers):
+            continue
+        return key, providers[0]
+    return None
+
+
+def supplies(provider_calls, calls, key, tool, context):
+    """Whether the provider's (labelled) call can stand for `calls`: one call of `tool` whose required
+    values the context all states, where the value `calls` passed for `key` is unstated or one of its own."""
+    if len(provider_calls) != 1 or provider_calls[0]["name"] != tool.name:
+        return False
+    arguments = provider_calls[0]["arguments"]
+    if not all(key_ in arguments and stated_in(arguments[key_], context) for key_ in tool.required):
+        return False
+    value = calls[0]["arguments"].get(key)
+    own = {str(v).strip().lower() for v in arguments.values()}
+    return value is None or not stated_in(value, context) or str(value).strip().lower() in own
