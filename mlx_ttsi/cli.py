@@ -16,6 +16,7 @@ import click
 from .embedded import DEFAULT as DEFAULT_MODEL
 from .embedded import EMBEDDED
 from .errors import RequestError, TTSIError
+from .serve.streaming import WORDS
 
 
 def model_option(f):
@@ -146,7 +147,7 @@ def progress_printer(quiet):
     def report(phase, seconds, detail=""):
         if quiet:
             return
-        if phase in ("note", "gate"):  # a word about the request, not a timed phase
+        if phase in WORDS:  # a word about the request, not a timed phase
             click.echo(f"{phase}: {detail}", err=True)
         else:
             click.echo(f"{phase:<10} {seconds:7.2f}s  {detail}".rstrip(), err=True)

@@ -308,7 +308,10 @@ class Turn:
             return label
         key, provider = needed
         call = label_calls(self.decoder, prompt, tools, self.forced_call(prompt, choice, provider.name), context)
-        return call if supplies(call, label, key, provider, context) else label
+        if not supplies(call, label, key, provider, context):
+            return label
+        self.clock.say("first", f"{provider.name}, which returns the {key} that {label[0]['name']} takes")
+        return call
 
     def gate(self, names, base):
         """The uncertainty: the name margin, the argument margin, and whether the self-label agrees."""

@@ -115,8 +115,19 @@ def test_the_self_check_answers_with_the_providers_call_when_it_supplies_the_val
             {"role": "tool", "content": "{'token': 'z9x8'}"},
             {"role": "user", "content": "Go on."},
         ]
-    answer = Agent(tiny).ask(messages=messages, tools=[GET_TOKEN, ADD_ALARM], mode="check", check_odds=0)
+    heard = []
+    answer = Agent(tiny).ask(
+        messages=messages,
+        tools=[GET_TOKEN, ADD_ALARM],
+        mode="check",
+        check_odds=0,
+        progress=lambda phase, seconds, detail="": heard.append((phase, detail)),
+    )
     assert [call["name"] for call in answer.label] == [first]
     assert answer.tool_calls == answer.label
+    said = [detail for phase, detail in heard if phase == "first"]
     if first == "get_user_token":
         assert set(answer.label[0]["arguments"]) == {"username", "password"}  # decoded to its schema
+        assert said == ["get_user_token, which returns the token that add_alarm takes"]  # told on stderr
+    else:
+        assert said == []

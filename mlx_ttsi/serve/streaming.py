@@ -5,7 +5,7 @@ import time
 import uuid
 
 PIECE = 16  # characters per replayed delta (an answer the agent did not stream)
-WORDS = ("gate", "note")  # progress reports that are words about the request, not timed phases
+WORDS = ("gate", "note", "first")  # progress reports that are words about the request, not timed phases
 
 
 class Stream:
