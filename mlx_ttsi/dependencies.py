@@ -5,31 +5,42 @@ A call may need a value that only another tool gives: API-Bank's `AddAlarm` take
 username, "your_token"). When the tools declare what they return (`Tool.returns`: MCP's
 `outputSchema`, or `x-returns`) the self-check calls the provider first:
 
-- `needed_provider`: the first call passes a required value that another tool returns, and no tool
-  returning it has been called in the conversation;
+- `needed_provider`: the first call passes a required value that another tool returns and names
+  (its name or description says the value's words: "Get the user token", not `DeleteAccount`, whose
+  `status` is no input of anything), and no tool returning it has been called in the conversation;
 - `supplies`: the provider's own call is made of what the conversation states (every required value),
   and the first call's value was unstated or one of the provider's own (a username passed as a token).
 
 The answer is then the provider's call alone: what needs its result waits for it.
 """
 
+import re
+
 from .self_check import stated_in
 
 
 def needed_provider(calls, tools, made):
-    """(the key, the tool that returns it) for the first call's first required value that another tool
-    returns, when no tool returning it has been called (`made`: the conversation's calls); else None."""
+    """(the key, the tool that returns and names it) for the first call's first required value that
+    another tool fetches, when no tool returning it has been called (`made`: the conversation's calls);
+    else None."""
     if not calls:
         return None
     by_name = {tool.name: tool for tool in tools}
     call, called = calls[0], {made_call.get("name") for made_call in made}
     tool = by_name.get(call["name"])
     for key in tool.required if tool else ():
-        providers = [t for t in tools if key in t.returns and t.name != tool.name]
-        if not providers or any(t.name in called for t in providers):
+        returning = [t for t in tools if key in t.returns and t.name != tool.name]
+        if any(t.name in called for t in returning):
             continue
-        return key, providers[0]
+        named = [t for t in returning if _words(key) <= _words(t.name + " " + t.description)]
+        if named:
+            return key, named[0]
     return None
+
+
+def _words(text):
+    # lower-case words, camelCase and snake_case split: "GetUserToken" -> {"get", "user", "token"}
+    return set(re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).lower()))
 
 
 def supplies(provider_calls, calls, key, tool, context):

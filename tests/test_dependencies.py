@@ -30,8 +30,14 @@ ADD_ALARM = {
 }
 REGISTER = {
     "name": "register_user",
+    "description": "Register an account.",
     "parameters": {"type": "object", "properties": {"username": {"type": "string"}}},
     "outputSchema": {"type": "object", "properties": {"token": {"type": "string"}}},
+}
+DELETE = {"name": "DeleteAccount", "description": "Delete an account.", "x-returns": {"status": {"type": "str"}}}
+RESET = {
+    "name": "ForgotPassword",
+    "parameters": {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]},
 }
 CONTEXT = "My username is foo and my password is bar42. Add an alarm at 7 am."
 TOKEN_CALL = [{"name": "get_user_token", "arguments": {"username": "foo", "password": "bar42"}}]
@@ -65,6 +71,14 @@ def test_the_provider_of_a_required_value_is_needed_until_a_tool_returning_it_wa
     assert needed_provider(alarm("foo"), tools, made=[{"name": "register_user", "arguments": {}}]) is None
     assert needed_provider(TOKEN_CALL, tools, made=[]) is None  # its own inputs come from no tool
     assert needed_provider([], tools, made=[]) is None
+    key, provider = needed_provider(alarm("foo"), parse_tools([REGISTER, ADD_ALARM, GET_TOKEN]), made=[])
+    assert provider.name == "get_user_token"  # register_user returns a token too, but is not for getting one
+
+
+def test_a_tool_that_returns_a_value_without_naming_it_is_no_provider():
+    # DeleteAccount returns a `status`, ForgotPassword takes one ("Forgot Password"): never delete first
+    tools = parse_tools([DELETE, RESET])
+    assert needed_provider([{"name": "ForgotPassword", "arguments": {"status": "x"}}], tools, made=[]) is None
 
 
 @pytest.mark.parametrize(
