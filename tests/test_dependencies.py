@@ -145,3 +145,14 @@ def test_the_self_check_answers_with_the_providers_call_when_it_supplies_the_val
         assert said == ["get_user_token, which returns the token that add_alarm takes"]  # told on stderr
     else:
         assert said == []
+
+
+def test_the_readmes_account_tools_file_sends_add_alarm_to_get_user_token_first():
+    from pathlib import Path
+
+    from mlx_ttsi.tools import load_tools
+
+    tools = load_tools(Path(__file__).resolve().parents[1] / "mlx_ttsi" / "examples" / "account_tools.json")
+    add_alarm = [{"name": "AddAlarm", "arguments": {"token": "kim", "time": "2024-03-02 07:30:00"}}]
+    key, provider = needed_provider(add_alarm, tools, made=[])
+    assert (key, provider.name) == ("token", "GetUserToken")
