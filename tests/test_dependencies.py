@@ -156,3 +156,20 @@ def test_the_readmes_account_tools_file_sends_add_alarm_to_get_user_token_first(
     add_alarm = [{"name": "AddAlarm", "arguments": {"token": "kim", "time": "2024-03-02 07:30:00"}}]
     key, provider = needed_provider(add_alarm, tools, made=[])
     assert (key, provider.name) == ("token", "GetUserToken")
+
+
+def test_a_ttsi_answer_also_calls_the_provider_first(tiny, monkeypatch, consumer_first):
+    from mlx_ttsi import turn
+    from mlx_ttsi.agent import Agent
+
+    monkeypatch.setattr(turn, "supplies", lambda *args: True)
+    answer = Agent(tiny).ask(
+        messages=[{"role": "user", "content": CONTEXT}],
+        tools=[GET_TOKEN, ADD_ALARM],
+        mode="ttsi",
+        force=True,
+        examples=1,
+        epochs=1,
+    )
+    # trained or not, the adapted answer is checked (--check-after) and the dependency holds
+    assert [call["name"] for call in answer.tool_calls] == ["get_user_token"]
