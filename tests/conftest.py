@@ -184,8 +184,6 @@ def plausible_requests(monkeypatch):
 SCRIPTED_CALLS = {
     "get_weather": ['city": "Madrid", "days": 3}', 'city": "Oslo", "unit": "fahrenheit"}', 'city": "Lima"}'],
     "set_alarm": ['time": "06:15", "loud": true}', 'time": "21:40", "loud": false, "volume": 7}'],
-    "get_user_token": ['username": "kim", "password": "kim2024"}'],  # test_dependencies.py's tools
-    "add_alarm": ['token": "t8k2m9", "time": "07:30"}'],
 }
 TINY_VOCABULARY = 1000  # models with fewer tokens than this are the tests' tiny random ones
 

@@ -7,6 +7,7 @@ from mlx_ttsi.errors import ToolsError
 from mlx_ttsi.tools import parse_tools
 
 import pytest
+from conftest import SCRIPTED_CALLS
 
 GET_TOKEN = {
     "name": "get_user_token",
@@ -163,6 +164,9 @@ def test_a_ttsi_answer_also_calls_the_provider_first(tiny, monkeypatch, consumer
     from mlx_ttsi.agent import Agent
 
     monkeypatch.setattr(turn, "supplies", lambda *args: True)
+    # the scripted writer's example calls of these tools (conftest.scripted_writer)
+    monkeypatch.setitem(SCRIPTED_CALLS, "get_user_token", ['username": "kim", "password": "kim2024"}'])
+    monkeypatch.setitem(SCRIPTED_CALLS, "add_alarm", ['token": "t8k2m9", "time": "07:30"}'])
     answer = Agent(tiny).ask(
         messages=[{"role": "user", "content": CONTEXT}],
         tools=[GET_TOKEN, ADD_ALARM],
