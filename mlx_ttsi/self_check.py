@@ -105,8 +105,9 @@ def coverage(calls, tools, context):
 
 
 def better_tool(labelled, rival, tools, context, made=()):
-    """The rival tool's labelled call when it uses strictly more of the request, else the first.
-    A rival that repeats a call the conversation already made (`made`) is no progress: never taken."""
+    """The rival calls when they use strictly more of the request (coverage), else the first: the
+    runner-up tool's labelled call against the checked one, or the self-label against an adapted
+    answer. A rival that repeats a call the conversation already made (`made`) is no progress: never taken."""
     if any(call in made for call in rival):
         return labelled
     return rival if coverage(rival, tools, context) > coverage(labelled, tools, context) else labelled

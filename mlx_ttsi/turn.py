@@ -458,7 +458,10 @@ class Turn:
             with self.checking_weights():
                 calls = self.self_label(prompt, answer, names, choice)
         if calls and self.label:  # an adapted answer keeps the values the self-label took from the user
-            calls = kept_stated(calls, self.label, context_text(self.request.messages))
+            context = context_text(self.request.messages)
+            calls = kept_stated(calls, self.label, context)
+            # and gives way to it when it uses less of the request (an example's tool and values)
+            calls = better_tool(calls, self.label, self.request.tools, context)
         changed = calls != answer.calls
         self.clock.lap("checking", "the answer " + ("changed" if changed else "kept"))
         return (self.decoded(calls), answer.calls) if changed else (answer, None)

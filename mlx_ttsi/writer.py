@@ -8,9 +8,9 @@ texts at once (example calls, then the requests for them), so they go through on
     texts = writer.write(prompts, max_tokens=64, stop=closed_json, temperature=0.8, seed=0)
 
 Each prompt starts with the same tools prefix, whose KV arrays (computed once by the base model)
-seed every sequence's cache; where the prompts agree beyond it (the same instruction before
-different values), that common part is run once too. Each sequence stops on its own, at its stop
-rule or end of turn.
+seed every sequence's cache; where prompts agree beyond it (the same instruction before different
+values; two asks, each shared by several prompts), each such shared start is run once too. Each
+sequence stops on its own, at its stop rule or end of turn.
 """
 
 import mlx.core as mx
@@ -21,7 +21,7 @@ from mlx_lm.utils import common_prefix_len
 from .context import cache_from_arrays, split_model
 from .errors import Cancelled
 
-MIN_COMMON = 4  # tokens the prompts must share beyond the prefix for that part to be run once
+MIN_COMMON = 4  # tokens prompts must share beyond the prefix for that part to be run once
 
 
 class BatchWriter:
@@ -63,32 +63,34 @@ class BatchWriter:
             generator.close()
 
     def _inputs(self, prompts, max_tokens):
-        """(token lists after the shared start, max tokens each, caches seeded with its KV)."""
+        """(token lists after each one's shared start, max tokens each, caches seeded with its KV)."""
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         budgets = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(ids)
         n = len(self.prefix_ids)
         if not (n and all(i[:n] == self.prefix_ids and len(i) > n for i in ids)):
             self.prompt_tokens += sum(map(len, ids))
             return ids, budgets, None
-        arrays, n = self._common_start(ids)
-        rests = [i[n:] for i in ids]
+        starts = shared_starts(ids, n)
+        arrays = self._run_starts(sorted({tuple(start) for start in starts}, key=len))
+        rests = [i[len(start) :] for i, start in zip(ids, starts)]
         self.prompt_tokens += sum(map(len, rests))
-        return rests, budgets, [cache_from_arrays(arrays) for _ in ids]
+        return rests, budgets, [cache_from_arrays(arrays[tuple(start)]) for start in starts]
 
-    def _common_start(self, ids):
-        """(KV arrays, length) of the start every prompt shares: the prefix, and the tokens all the
-        prompts agree on after it when there are at least MIN_COMMON (never a whole prompt), run
-        through the model once."""
-        n = len(self.prefix_ids)
-        common = min([common_prefix_len(ids[0], other) for other in ids[1:]] + [len(i) - 1 for i in ids])
-        if len(ids) < 2 or common - n < MIN_COMMON:
-            return self.prefix_arrays, n
-        cache = cache_from_arrays(self.prefix_arrays)
+    def _run_starts(self, starts):
+        """{start: its KV arrays} for token tuples that each begin with the prefix, shortest first: each
+        run through the model once, from the longest start already run that it begins with."""
+        arrays = {tuple(self.prefix_ids): self.prefix_arrays}
         split = split_model(self.model)
         run = split[0] if split else self.model  # only the KV is wanted, not the logits
-        mx.eval(run(mx.array([ids[0][n:common]]), cache=cache))
-        self.prompt_tokens += common - n
-        return [(c.keys[..., :common, :], c.values[..., :common, :]) for c in cache], common
+        for start in starts:
+            if start in arrays:
+                continue
+            base = max((s for s in arrays if start[: len(s)] == s), key=len)
+            cache = cache_from_arrays(arrays[base])
+            mx.eval(run(mx.array([start[len(base) :]]), cache=cache))
+            self.prompt_tokens += len(start) - len(base)
+            arrays[start] = [(c.keys[..., : len(start), :], c.values[..., : len(start), :]) for c in cache]
+        return arrays
 
     def _run(self, generator, uids, stop):
         tokens = {uid: [] for uid in uids}
@@ -113,6 +115,19 @@ class BatchWriter:
                     if not ended:
                         generator.remove([response.uid])
         return [texts[uid] if texts[uid] is not None else self.tokenizer.decode(tokens[uid]) for uid in uids]
+
+
+def shared_starts(ids, n):
+    """Per prompt (token list), the start it shares with the prompt most like it: the first n tokens
+    (the prefix), or more when they share at least MIN_COMMON more, never a whole prompt."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    common = [common_prefix_len(ids[a], ids[b]) for a, b in zip(order, order[1:])]  # neighbours in order
+    starts = [None] * len(ids)
+    for place, i in enumerate(order):
+        shared = max(common[place - 1] if place else 0, common[place] if place < len(common) else 0)
+        length = min(shared, len(ids[i]) - 1)
+        starts[i] = ids[i][: length if length - n >= MIN_COMMON else n]
+    return starts
 
 
 def closed_json(opened=1):

@@ -268,6 +268,27 @@ def test_the_plan_of_a_request(mode, options, expected):
     assert plan.self_check == (plan.source == "self-label" and plan.method in ("ttsi", "ticl"))
 
 
+def test_an_adapted_answer_that_uses_less_of_the_request_gives_way_to_the_self_label(agent, monkeypatch):
+    import mlx_ttsi.turn as agent_module
+
+    label = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    pulled = {"name": "set_alarm", "arguments": {"time": "07:15", "loud": True}}  # an example's tool and time
+
+    def label_calls(
+        decoder, prompt, tools, calls, context
+    ):  # the base answer checked as `label`, the adapted as `pulled`
+        return [dict(pulled if agent.adapter.trained else label)]
+
+    monkeypatch.setattr(agent_module, "label_calls", label_calls)
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi", examples_from="twins", check_odds=0.0)
+    assert answer.adapted and answer.label == [label]
+    assert answer.tool_calls == [label] and answer.unchecked is not None
+    # an adapted answer that uses as much of the request stays
+    pulled = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+    answer = agent.ask("What is the weather in Paris?", tools=TOOLS, mode="ttsi", examples_from="twins", check_odds=0.0)
+    assert answer.tool_calls == [pulled]
+
+
 @pytest.mark.parametrize("mode", ["base", "auto", "ttsi"])
 def test_streamed_pieces_add_up_to_the_answer(agent, mode):
     pieces = []

@@ -23,7 +23,7 @@ from mlx_ttsi.verify import (
     unpassed_number,
     unstated_key,
 )
-from mlx_ttsi.writer import BatchWriter, closed_json, quoted_line
+from mlx_ttsi.writer import BatchWriter, closed_json, quoted_line, shared_starts
 
 import mlx.core as mx
 import pytest
@@ -85,6 +85,45 @@ def test_the_part_the_prompts_share_after_the_prefix_is_run_once(tiny, tools, sc
     assert together == [one_at_a_time(tiny, p, 12) for p in prompts]
     after_prefix = sum(len(state.encode(p)) - n for p in prompts)
     assert writer.prompt_tokens < after_prefix - 10  # the shared instruction was run once, not twice
+
+
+def test_prompts_that_share_a_start_with_some_others_run_it_once(tiny, tools, scripted_writer):
+    # like the request prompts: two asks, each before several calls' values
+    tok, fmt = tiny.tokenizer, call_format(tiny.tokenizer)
+    asks = (
+        "Write an example message from a user who wants the weather, in the style of a short request, for ",
+        "Please give me one request of a traveller asking about the forecast for the city of ",
+    )
+    prompts = [
+        render_prompt(tok, [{"role": "user", "content": ask + city}], tools, fmt)
+        for ask in asks
+        for city in ("Oslo", "Lima")
+    ]
+    state = ContextState(tiny.model, tok)
+    probe = state.encode(render_prompt(tok, [{"role": "user", "content": "A"}], tools, fmt))
+    n = common_prefix_len(state.encode(prompts[0]), probe)  # the tools prefix only
+    state.sync(probe[:n])
+    writer = BatchWriter(tiny.model, tok, probe[:n], state.prefix_arrays(n, copy=True))
+    together = scripted_writer(writer, prompts, 12)
+    assert together == [one_at_a_time(tiny, p, 12) for p in prompts]
+    after_prefix = sum(len(state.encode(p)) - n for p in prompts)
+    each_ask = sum(len(state.encode(ask)) for ask in asks)
+    assert writer.prompt_tokens < after_prefix - each_ask + 10  # each ask run once, not twice
+
+
+def test_a_prompt_shares_the_longest_start_it_has_in_common_with_another():
+    n = 2  # the prefix
+    ids = [
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 9, 9, 9, 9, 9, 1],
+        [1, 2, 3, 4, 5, 6, 7, 8, 10],
+        [1, 2, 5],
+        [1, 2, 9, 9, 9, 9, 9, 2],
+        [1, 2, 9, 9, 9, 9, 9, 2],  # the same prompt twice (sampled twice): all but its last token
+        [1, 2, 3, 4, 6],  # three past the prefix in common: fewer than MIN_COMMON
+    ]
+    assert [len(start) for start in shared_starts(ids, n)] == [8, 7, 8, 2, 7, 7, 2]
+    assert all(ids[i][: len(start)] == start for i, start in enumerate(shared_starts(ids, n)))
 
 
 def test_each_written_text_stops_on_its_own(tiny, scripted_writer):
