@@ -71,34 +71,18 @@ def test_batched_greedy_writing_equals_one_at_a_time(tiny, tools, scripted_write
     assert writer.decoded_tokens > 0
 
 
-def test_the_part_the_prompts_share_after_the_prefix_is_run_once(tiny, tools, scripted_writer):
-    # like the calls-first prompts: one instruction, then different values
-    tok, fmt = tiny.tokenizer, call_format(tiny.tokenizer)
-    ask = "Write an example message from a user who wants the weather, in the style of a short request, for "
-    prompts = [render_prompt(tok, [{"role": "user", "content": ask + city}], tools, fmt) for city in ("Oslo", "Lima")]
-    state = ContextState(tiny.model, tok)
-    probe = state.encode(render_prompt(tok, [{"role": "user", "content": "A"}], tools, fmt))
-    n = common_prefix_len(state.encode(prompts[0]), probe)  # the tools prefix only
-    state.sync(probe[:n])
-    writer = BatchWriter(tiny.model, tok, probe[:n], state.prefix_arrays(n, copy=True))
-    together = scripted_writer(writer, prompts, 12)
-    assert together == [one_at_a_time(tiny, p, 12) for p in prompts]
-    after_prefix = sum(len(state.encode(p)) - n for p in prompts)
-    assert writer.prompt_tokens < after_prefix - 10  # the shared instruction was run once, not twice
+ASKS = (
+    "Write an example message from a user who wants the weather, in the style of a short request, for ",
+    "Please give me one request of a traveller asking about the forecast for the city of ",
+)
 
 
-def test_prompts_that_share_a_start_with_some_others_run_it_once(tiny, tools, scripted_writer):
-    # like the request prompts: two asks, each before several calls' values
+# one ask before several values (the calls' prompts); two, each before several (the requests')
+@pytest.mark.parametrize("asks", [ASKS[:1], ASKS])
+def test_the_start_prompts_share_after_the_prefix_is_run_once(tiny, tools, scripted_writer, asks):
     tok, fmt = tiny.tokenizer, call_format(tiny.tokenizer)
-    asks = (
-        "Write an example message from a user who wants the weather, in the style of a short request, for ",
-        "Please give me one request of a traveller asking about the forecast for the city of ",
-    )
-    prompts = [
-        render_prompt(tok, [{"role": "user", "content": ask + city}], tools, fmt)
-        for ask in asks
-        for city in ("Oslo", "Lima")
-    ]
+    texts = [ask + city for ask in asks for city in ("Oslo", "Lima")]
+    prompts = [render_prompt(tok, [{"role": "user", "content": text}], tools, fmt) for text in texts]
     state = ContextState(tiny.model, tok)
     probe = state.encode(render_prompt(tok, [{"role": "user", "content": "A"}], tools, fmt))
     n = common_prefix_len(state.encode(prompts[0]), probe)  # the tools prefix only
@@ -108,7 +92,7 @@ def test_prompts_that_share_a_start_with_some_others_run_it_once(tiny, tools, sc
     assert together == [one_at_a_time(tiny, p, 12) for p in prompts]
     after_prefix = sum(len(state.encode(p)) - n for p in prompts)
     each_ask = sum(len(state.encode(ask)) for ask in asks)
-    assert writer.prompt_tokens < after_prefix - each_ask + 10  # each ask run once, not twice
+    assert writer.prompt_tokens < after_prefix - each_ask + 10  # each ask run once, not once per prompt
 
 
 def test_a_prompt_shares_the_longest_start_it_has_in_common_with_another():
