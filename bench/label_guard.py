@@ -1,5 +1,6 @@
-"""What the self-label guard (a3bbd34) changes on recorded TT-SI lines: an adapted answer that uses
-less of the request than the self-label (self_check.coverage) gives way to the self-label.
+"""What the self-label guard (self_check.settled) changes on recorded TT-SI lines: an adapted answer
+that uses less of the request than the self-label (self_check.coverage), or calls another tool
+without using more of it, gives way to the self-label.
 
     python bench/label_guard.py runs/q-seed20,runs/q-seed21:ttsi-all
 
@@ -12,18 +13,18 @@ import json
 import sys
 
 from mlx_ttsi.evaluation.grading import is_correct
-from mlx_ttsi.self_check import better_tool, context_text
+from mlx_ttsi.self_check import context_text, settled
 from mlx_ttsi.tools import parse_tools
 
 from _common import method_records, rows_of
 
 
 def guarded(record, row):
-    """The answer with the guard: the self-label when it uses more of the request than the adapted one."""
+    """The answer with the guard (self_check.settled)."""
     answer, label = record["prediction"], record.get("label")
     if not (record.get("adapted") and answer and label):
         return answer
-    return better_tool(answer, label, parse_tools(row["tools"]), context_text(row["messages"]))
+    return settled(answer, label, parse_tools(row["tools"]), context_text(row["messages"]))
 
 
 def main(spec):

@@ -105,12 +105,21 @@ def coverage(calls, tools, context):
 
 
 def better_tool(labelled, rival, tools, context, made=()):
-    """The rival calls when they use strictly more of the request (coverage), else the first: the
-    runner-up tool's labelled call against the checked one, or the self-label against an adapted
-    answer. A rival that repeats a call the conversation already made (`made`) is no progress: never taken."""
+    """The rival tool's labelled call when it uses strictly more of the request, else the first.
+    A rival that repeats a call the conversation already made (`made`) is no progress: never taken."""
     if any(call in made for call in rival):
         return labelled
     return rival if coverage(rival, tools, context) > coverage(labelled, tools, context) else labelled
+
+
+def settled(adapted, label, tools, context):
+    """The adapted calls, or the self-label where adapting has not earned the change: when they use
+    less of the request (an example's value in place of the user's), or call other tools without
+    using more of it (the bar `better_tool` sets the runner-up: examples the model wrote for a
+    sibling tool read much like the request, so a LoRA can learn either name from them)."""
+    ours, theirs = coverage(adapted, tools, context), coverage(label, tools, context)
+    other_tools = [call["name"] for call in adapted] != [call["name"] for call in label]
+    return label if theirs > ours or (other_tools and theirs >= ours) else adapted
 
 
 def changes(base, label):

@@ -127,8 +127,9 @@ OPTIONS = [
         True,
         "TT-SI/TT-ICL/TT-D: the adapted answer is self-checked against the request as well, each change weighed "
         "by the adapted model or as --check-weights says, and a value the self-label took from the conversation "
-        "is put back where the adapted answer writes one the conversation does not state, and the self-label is the "
-        "answer when it uses more of the request than the adapted one (off: the adapted answer "
+        "is put back where the adapted answer writes one the conversation does not state; the self-label stays the "
+        "answer when the adapted one uses less of the request, or calls another tool without using more of it "
+        "(off: the adapted answer "
         "as written, which can undo the check's fixes); TT-D then checks its base answer too, its answer when no "
         "teacher example is kept. "
         "Mode plan: the call written after the plan line is checked.",

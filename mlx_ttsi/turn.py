@@ -20,7 +20,16 @@ from .decoding import CallDecoder, Decoded, argument_margin, normalized
 from .dependencies import needed_provider, supplies
 from .errors import Cancelled, RequestError
 from .prompts import last_user_text, render_prompt
-from .self_check import better_tool, calls_made, conformed, context_text, kept_stated, label_calls, weigh_changes
+from .self_check import (
+    better_tool,
+    calls_made,
+    conformed,
+    context_text,
+    kept_stated,
+    label_calls,
+    settled,
+    weigh_changes,
+)
 from .settings import Settings
 from .sources import SOURCES, Job
 from .synthesis import Synthesis, keep_examples
@@ -460,8 +469,7 @@ class Turn:
         if calls and self.label:  # an adapted answer keeps the values the self-label took from the user
             context = context_text(self.request.messages)
             calls = kept_stated(calls, self.label, context)
-            # and gives way to it when it uses less of the request (an example's tool and values)
-            calls = better_tool(calls, self.label, self.request.tools, context)
+            calls = settled(calls, self.label, self.request.tools, context)  # or is it, unless adapting earned it
         changed = calls != answer.calls
         self.clock.lap("checking", "the answer " + ("changed" if changed else "kept"))
         return (self.decoded(calls), answer.calls) if changed else (answer, None)

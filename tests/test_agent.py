@@ -268,7 +268,7 @@ def test_the_plan_of_a_request(mode, options, expected):
     assert plan.self_check == (plan.source == "self-label" and plan.method in ("ttsi", "ticl"))
 
 
-def test_an_adapted_answer_that_uses_less_of_the_request_gives_way_to_the_self_label(agent, monkeypatch):
+def test_an_adapted_answer_that_has_not_earned_its_change_gives_way_to_the_self_label(agent, monkeypatch):
     import mlx_ttsi.turn as agent_module
 
     label = {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -276,7 +276,7 @@ def test_an_adapted_answer_that_uses_less_of_the_request_gives_way_to_the_self_l
 
     def label_calls(
         decoder, prompt, tools, calls, context
-    ):  # the base answer checked as `label`, the adapted as `pulled`
+    ):  # the base answer checks as `label`, the adapted as `pulled`
         return [dict(pulled if agent.adapter.trained else label)]
 
     monkeypatch.setattr(agent_module, "label_calls", label_calls)

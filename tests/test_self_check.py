@@ -2,9 +2,11 @@
 
 import math
 
-from mlx_ttsi.self_check import changes, kept_stated, weigh_changes
+from mlx_ttsi.self_check import changes, kept_stated, settled, weigh_changes
+from mlx_ttsi.tools import parse_tools
 
 import pytest
+from conftest import TOOLS
 
 BASE = [{"name": "convert", "arguments": {"amount": 250, "currency": "EUR", "note": "soon"}}]
 LABEL = [{"name": "convert", "arguments": {"amount": 25, "currency": "euros", "date": "2024-05-01"}}]
@@ -150,7 +152,6 @@ def test_plan_answers_by_default_with_the_checked_call_after_the_plan_line(tiny,
 
 def test_a_date_or_time_in_the_documented_form_is_not_left_to_the_models_odds():
     from mlx_ttsi.self_check import conformed
-    from mlx_ttsi.tools import parse_tools
 
     tools = parse_tools(
         [
@@ -201,3 +202,21 @@ def test_a_date_said_in_words_is_kept_in_the_form_the_label_wrote_it():
     iso = [{"name": "QueryHistoryToday", "arguments": {"token": "x1", "date": "2023-10-06"}}]
     assert kept_stated(iso, label, context) == iso
     assert kept_stated(adapted, label, "How much did I spend? My token is x1") == adapted  # no date said
+
+
+def test_the_adapted_answer_stands_only_where_adapting_earned_the_change():
+    tools = parse_tools(TOOLS)
+    weather = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    context = "What is the weather in Paris? And wake me at 07:15."
+
+    def answer(adapted):
+        return settled(adapted, [weather], tools, context)
+
+    more_days = [{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}]
+    assert answer(more_days) == more_days  # the same tool, as much of the request: adapting may add a value
+    example_city = [{"name": "get_weather", "arguments": {"city": "Lyon"}}]
+    assert answer(example_city) == [weather]  # less of it: an example's value in place of the user's
+    sibling = [{"name": "set_alarm", "arguments": {"time": "Paris", "loud": True}}]
+    assert answer(sibling) == [weather]  # another tool, no more of the request
+    both = [weather, {"name": "set_alarm", "arguments": {"time": "07:15", "loud": True}}]
+    assert answer(both) == both  # other calls that use more of it
