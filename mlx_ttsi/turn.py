@@ -466,10 +466,10 @@ class Turn:
         if calls:
             with self.checking_weights():
                 calls = self.self_label(prompt, answer, names, choice)
-        if calls and self.label:  # an adapted answer keeps the values the self-label took from the user
+        if calls and self.label:  # an adapted answer keeps the values the self-label took from the user,
             context = context_text(self.request.messages)
             calls = kept_stated(calls, self.label, context)
-            calls = settled(calls, self.label, self.request.tools, context)  # or is it, unless adapting earned it
+            calls = settled(calls, self.label, self.request.tools, context)  # and changes it only where it earned that
         changed = calls != answer.calls
         self.clock.lap("checking", "the answer " + ("changed" if changed else "kept"))
         return (self.decoded(calls), answer.calls) if changed else (answer, None)
