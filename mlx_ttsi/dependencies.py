@@ -9,14 +9,15 @@ username, "your_token"). When the tools declare what they return (`Tool.returns`
   (its name or description says the value's words: "Get the user token", not `DeleteAccount`, whose
   `status` is no input of anything), and no tool returning it has been called in the conversation;
 - `supplies`: the provider's own call is made of what the conversation states (every required value),
-  and the first call's value was unstated or one of the provider's own (a username passed as a token).
+  and the first call's value was one of the provider's own (a username passed as a token) or one
+  that neither the user nor a tool gave (the assistant's own "your token" gives none).
 
 The answer is then the provider's call alone: what needs its result waits for it.
 """
 
 import re
 
-from .self_check import stated_in
+from .self_check import context_text, given_text, stated_in
 
 
 def needed_provider(calls, tools, made):
@@ -43,14 +44,16 @@ def _words(text):
     return set(re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).lower()))
 
 
-def supplies(provider_calls, calls, key, tool, context):
+def supplies(provider_calls, calls, key, tool, messages):
     """Whether the provider's (labelled) call can stand for `calls`: one call of `tool` whose required
-    values the context all states, where the value `calls` passed for `key` is unstated or one of its own."""
+    values the conversation all states, where the value `calls` passed for `key` is one of its own or
+    one no one gave (the assistant saying "I need your token" gives no "your_token": given_text)."""
     if len(provider_calls) != 1 or provider_calls[0]["name"] != tool.name:
         return False
     arguments = provider_calls[0]["arguments"]
+    context = context_text(messages)
     if not all(key_ in arguments and stated_in(arguments[key_], context) for key_ in tool.required):
         return False
     value = calls[0]["arguments"].get(key)
     own = {str(v).strip().lower() for v in arguments.values()}
-    return value is None or not stated_in(value, context) or str(value).strip().lower() in own
+    return value is None or not stated_in(value, given_text(messages)) or str(value).strip().lower() in own

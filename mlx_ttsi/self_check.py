@@ -49,6 +49,12 @@ def context_text(messages):
     return "\n".join(parts)
 
 
+def given_text(messages):
+    """What the user and the tools said, and the arguments of earlier calls: the conversation less
+    the assistant's own words (it may ask for "your token" without anyone giving one)."""
+    return context_text([{**m, "content": ""} if m.get("role") == "assistant" else m for m in messages])
+
+
 def _normal(text):
     return " " + re.sub(r"[\W_]+", " ", str(text).lower()).strip() + " "
 

@@ -317,7 +317,7 @@ class Turn:
             return label
         key, provider = needed
         call = label_calls(self.decoder, prompt, tools, self.forced_call(prompt, choice, provider.name), context)
-        if not supplies(call, label, key, provider, context):
+        if not supplies(call, label, key, provider, self.request.messages):
             return label
         self.clock.say("first", f"{provider.name}, which returns the {key} that {label[0]['name']} takes")
         return call

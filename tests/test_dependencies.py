@@ -96,7 +96,16 @@ def test_the_provider_stands_for_the_call_only_when_the_conversation_holds_its_v
     token, context, provider_call, expected
 ):
     provider = parse_tools([GET_TOKEN])[0]
-    assert supplies(provider_call, alarm(token), "token", provider, context) is expected
+    messages = [{"role": "user", "content": context}]
+    assert supplies(provider_call, alarm(token), "token", provider, messages) is expected
+
+
+def test_a_value_only_the_assistant_said_was_given_by_no_one():
+    provider = parse_tools([GET_TOKEN])[0]
+    asked = [{"role": "user", "content": CONTEXT}, {"role": "assistant", "content": "To do that I need your token."}]
+    assert supplies(TOKEN_CALL, alarm("your-token"), "token", provider, asked)
+    given = [*asked, {"role": "tool", "content": '{"token": "your-token"}'}]  # a tool did give it
+    assert not supplies(TOKEN_CALL, alarm("your-token"), "token", provider, given)
 
 
 @pytest.fixture
