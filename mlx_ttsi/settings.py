@@ -71,8 +71,8 @@ OPTIONS = [
     Option(
         "mode",
         "check",
-        "check (the default): answer with the self-checked answer, without training (only ttsi on every request "
-        "has beaten it, +3.75 points on 160 fresh rows at about 6x the cost: docs/results.md); auto: TT-SI only "
+        "check (the default): answer with the self-checked answer, without training (ttsi on every request is "
+        "level with it on 121 fresh rows, at about 5x the time: docs/results.md); auto: TT-SI only "
         "when uncertain; ttsi/ttd/ticl: always use that method; "
         "base: never; plan: brief reasoning (a 'Function: name / key arguments' line, then the call), never adapts.",
         choices=MODES,
