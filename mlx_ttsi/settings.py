@@ -72,7 +72,7 @@ OPTIONS = [
         "mode",
         "check",
         "check (the default): answer with the self-checked answer, without training (ttsi on every request is "
-        "level with it on 121 fresh rows, at about 5x the time: docs/results.md); auto: TT-SI only "
+        "one row above it on 144 fresh rows, at about 5x the time: docs/results.md); auto: TT-SI only "
         "when uncertain; ttsi/ttd/ticl: always use that method; "
         "base: never; plan: brief reasoning (a 'Function: name / key arguments' line, then the call), never adapts.",
         choices=MODES,
