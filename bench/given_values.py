@@ -4,19 +4,17 @@ rows `dependencies.supplies` now reads as given by no one (given_text).
 
     python bench/given_values.py runs/q-seed26 runs/q-seed27 ...
 
-Each API-Bank row counts once, from the first folder that has it; nothing is rerun.
+Each API-Bank row counts once (a row drawn by two seeds, by one of them); nothing is rerun.
 """
 
-import json
 import sys
-from pathlib import Path
 
 from mlx_ttsi.dependencies import needed_provider
 from mlx_ttsi.evaluation.grading import gold_calls
 from mlx_ttsi.self_check import calls_made, context_text, given_text, stated_in
 from mlx_ttsi.tools import parse_tools
 
-from _common import rows_of
+from _common import method_records, rows_of
 
 
 def assistant_only(record, row):
@@ -31,19 +29,18 @@ def assistant_only(record, row):
 
 
 def main(folders):
-    seen, found = set(), []
-    for folder in folders:
-        for line in (Path(folder) / "results.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            key = (record["benchmark"], record["id"])
-            if record["method"] != "self-label" or not key[0].startswith("apibank") or key in seen:
-                continue
-            seen.add(key)
-            row = rows_of(key[0])[key[1]]
-            value = assistant_only(record, row)
-            if value is not None:
-                found.append(key)
-                print(f"{folder} {key[1]}: {value!r}, right {record['correct']}, gold {gold_calls(row)[0]['name']}")
+    found, seen = [], {}
+    for (_, benchmark, rid), record in method_records(",".join(folders) + ":self-label").items():
+        if benchmark.startswith("apibank"):
+            seen.setdefault((benchmark, rid), record)  # a row drawn by two seeds counts once
+    for (benchmark, rid), record in seen.items():
+        row = rows_of(benchmark)[rid]
+        value = assistant_only(record, row)
+        if value is not None:
+            found.append(rid)
+            print(
+                f"seed {record['seed']} {rid}: {value!r}, right {record['correct']}, gold {gold_calls(row)[0]['name']}"
+            )
     print(f"{len(found)} of {len(seen)} API-Bank rows")
 
 

@@ -6,17 +6,17 @@ Phases are the `timings` each line records (scoring, decoding, labelling, synthe
 answering, checking; `total` is the row's whole time). Each folder's rows count once per method.
 """
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from mlx_ttsi.evaluation.results import read_records
 
 
 def main(spec):
     sums, rows = defaultdict(lambda: defaultdict(float)), defaultdict(int)
     for folder in spec.split(","):
-        for line in (Path(folder) / "results.jsonl").read_text().splitlines():
-            record = json.loads(line)
+        for record in read_records(Path(folder) / "results.jsonl"):
             rows[record["method"]] += 1
             for phase, seconds in (record.get("timings") or {}).items():
                 sums[record["method"]][phase] += seconds

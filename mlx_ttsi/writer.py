@@ -71,10 +71,10 @@ class BatchWriter:
             self.prompt_tokens += sum(map(len, ids))
             return ids, budgets, None
         starts = shared_starts(ids, n)
-        arrays = self._run_starts(sorted({tuple(start) for start in starts}, key=len))
+        arrays = self._run_starts(sorted(set(starts), key=len))
         rests = [i[len(start) :] for i, start in zip(ids, starts)]
         self.prompt_tokens += sum(map(len, rests))
-        return rests, budgets, [cache_from_arrays(arrays[tuple(start)]) for start in starts]
+        return rests, budgets, [cache_from_arrays(arrays[start]) for start in starts]
 
     def _run_starts(self, starts):
         """{start: its KV arrays} for token tuples that each begin with the prefix, shortest first: each
@@ -118,15 +118,15 @@ class BatchWriter:
 
 
 def shared_starts(ids, n):
-    """Per prompt (token list), the start it shares with the prompt most like it: the first n tokens
-    (the prefix), or more when they share at least MIN_COMMON more, never a whole prompt."""
+    """Per prompt (token list), the start it shares with the prompt most like it, as a tuple: the first
+    n tokens (the prefix), or more when they share at least MIN_COMMON more, never a whole prompt."""
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     common = [common_prefix_len(ids[a], ids[b]) for a, b in zip(order, order[1:])]  # neighbours in order
     starts = [None] * len(ids)
     for place, i in enumerate(order):
         shared = max(common[place - 1] if place else 0, common[place] if place < len(common) else 0)
         length = min(shared, len(ids[i]) - 1)
-        starts[i] = ids[i][: length if length - n >= MIN_COMMON else n]
+        starts[i] = tuple(ids[i][: length if length - n >= MIN_COMMON else n])
     return starts
 
 

@@ -107,7 +107,7 @@ def test_a_prompt_shares_the_longest_start_it_has_in_common_with_another():
         [1, 2, 3, 4, 6],  # three past the prefix in common: fewer than MIN_COMMON
     ]
     assert [len(start) for start in shared_starts(ids, n)] == [8, 7, 8, 2, 7, 7, 2]
-    assert all(ids[i][: len(start)] == start for i, start in enumerate(shared_starts(ids, n)))
+    assert all(tuple(ids[i][: len(start)]) == start for i, start in enumerate(shared_starts(ids, n)))
 
 
 def test_each_written_text_stops_on_its_own(tiny, scripted_writer):
