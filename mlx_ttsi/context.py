@@ -20,7 +20,9 @@ PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal
 # fit in this many bytes of copies (one pass reads the weights once); one that fits alone goes
 # through the shared cache, which is then trimmed back.
 FORK_BYTES = 1 << 30
+RIDING_REST = 16  # tokens of context still to feed that may run in every copy, saving their own pass
 MAX_DRAFT = 256  # tokens of a draft (a guessed continuation) run through the model in one pass
+LOOKUP_NGRAM = 3  # prompt-lookup drafting: the longest tail of the context looked for earlier in it
 DRAFT_MARGIN = 1e-3  # nats by which a drafted option must win for the others not to be scored (float noise)
 # Models whose forward pass is `head(model.model(x))`: for them we project only the positions we need.
 SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
@@ -70,17 +72,19 @@ class Draft:
 
     def __init__(self):
         self.ids, self.logprobs = [], None
-        self.drafted = self.taken = 0  # tokens drafted and taken so far
+        self.lookup = False  # whether the held tokens were looked up in the context (not guessed)
+        self.drafted = self.taken = 0  # tokens drafted and taken so far (guessed drafts)
 
     def __bool__(self):
         return bool(self.ids)
 
-    def hold(self, ids, logprobs):
-        self.ids, self.logprobs = ids, logprobs
-        self.drafted += len(ids)
+    def hold(self, ids, logprobs, lookup=False):
+        self.ids, self.logprobs, self.lookup = ids, logprobs, lookup
+        if not lookup:
+            self.drafted += len(ids)
 
     def counts(self):
-        """(tokens drafted, tokens taken) so far."""
+        """(tokens drafted, tokens taken) so far, guessed drafts only (not prompt-lookup ones)."""
         return self.drafted, self.taken
 
     def next_is(self, token):
@@ -94,7 +98,8 @@ class Draft:
         """The first k tokens and the log-probs after the last of them; the rest stays ahead."""
         ids, last = self.ids[:k], self.logprobs[k - 1]
         self.ids, self.logprobs = self.ids[k:], self.logprobs[k:]
-        self.taken += k
+        if not self.lookup:
+            self.taken += k
         return ids, last
 
     def drop(self):
@@ -207,19 +212,40 @@ class ContextState:
     def set_text(self, text):
         self.sync(self.encode(text))
 
-    def push(self, token):
-        """Append one token (as chosen by a decoder)."""
+    def push(self, token, lookahead=0):
+        """Append one token (as chosen by a decoder). With `lookahead`, when no draft holds the token,
+        up to that many tokens that followed the context's tail where it last occurred earlier run in
+        the same pass, as a draft (prompt-lookup decoding: a value copied from the request is then
+        read off the draft)."""
+        token = int(token)
         self._check_length(len(self.tokens) + 1)
-        if self.ahead.next_is(int(token)):
+        if self.ahead.next_is(token):
             self._take(1)
+            return
+        drafts = lookahead and split_model(self.model) is not None and can_trim_prompt_cache(self.cache)
+        following = self.looked_up(self.tokens + [token], lookahead) if drafts else []
+        if following:
+            self.draft(following, context=self.tokens + [token], lookup=True)
         else:
-            self._feed([int(token)])
+            self._feed([token])
 
-    def draft(self, ids, context=None):
+    @staticmethod
+    def looked_up(tokens, count, ngram=LOOKUP_NGRAM):
+        """Up to `count` tokens that followed the longest tail of `tokens` (at most `ngram` long) at its
+        last earlier occurrence in them; [] when even the last token never occurred before."""
+        for n in range(min(ngram, len(tokens) - 1), 0, -1):
+            tail = tokens[-n:]
+            for start in range(len(tokens) - n - 1, -1, -1):
+                if tokens[start : start + n] == tail:
+                    return tokens[start + n : start + n + count]
+        return []
+
+    def draft(self, ids, context=None, lookup=False):
         """Run a guessed continuation of the context through the model in one pass (speculative
         decoding): while the context then grows along it, each token's log-probs are already known;
         the first token that differs drops the rest. With `context` (token ids, as for `sync`), the
-        context first becomes that, in the same pass."""
+        context first becomes that, in the same pass. `lookup`: the draft was looked up in the context
+        (push), not guessed, and is left out of `draft_counts`."""
         ids = [int(i) for i in ids][:MAX_DRAFT]
         rest = self._settle_prefix(list(context)) if context is not None else []
         split = split_model(self.model)
@@ -240,7 +266,7 @@ class ContextState:
         if rest:
             self.tokens.extend(rest)
             self.logprobs, logprobs = logprobs[0], logprobs[1:]
-        self.ahead.hold(ids, logprobs)
+        self.ahead.hold(ids, logprobs, lookup)
 
     def score_on_draft(self, continuations, margin=DRAFT_MARGIN):
         """Scores of `continuations` from the draft alone when they settle the choice (Draft.settles)."""
@@ -298,20 +324,37 @@ class ContextState:
         """A batch-of-n copy of the KV cache, for scoring continuations side by side."""
         return cache_from_arrays(self.prefix_arrays(len(self.tokens)), n)
 
-    def score_continuations(self, continuations):
+    def score_continuations(self, continuations, context=None):
         """Summed log-prob and length of each token list, given the current context (as few passes
-        as the copies of the cache that FORK_BYTES allows)."""
+        as the copies of the cache that FORK_BYTES allows). With `context` (token ids, as for `sync`),
+        after that context: a short rest of it still to feed runs in each copy of the cache, in the
+        same pass as the continuations, instead of a pass of its own."""
         if not all(continuations):
             raise ValueError("every continuation needs at least one token")
+        rest = self._settle_prefix(list(context)) if context is not None else []
+        if rest and not self._rides_along(rest, continuations):
+            self._feed(rest)
+            rest = []
         self._check_cancelled()
-        first = mx.array([c[0] for c in continuations])
-        totals = self.logprobs[first]
-        if max(len(c) for c in continuations) > 1:
-            size = self._fork_size(len(continuations))
-            groups = [continuations[i : i + size] for i in range(0, len(continuations), size)]
-            totals = totals + mx.concatenate([self._score_rests(group) for group in groups])
+        if rest:  # one pass on copies of the cache: the rest, then every continuation
+            totals = self._score_rests(continuations, rest)
+        else:
+            first = mx.array([c[0] for c in continuations])
+            totals = self.logprobs[first]
+            if max(len(c) for c in continuations) > 1:
+                size = self._fork_size(len(continuations))
+                groups = [continuations[i : i + size] for i in range(0, len(continuations), size)]
+                totals = totals + mx.concatenate([self._score_rests(group) for group in groups])
         mx.eval(totals)
         return totals.tolist(), [len(c) for c in continuations]
+
+    def _rides_along(self, rest, continuations):
+        """Whether the context's `rest` goes with the continuations in their one pass on copies of the
+        cache: it is short, there are several, one is longer than a token (else the rest's own pass
+        scores them all) and copies of all of them fit."""
+        several = len(continuations) > 1 and max(len(c) for c in continuations) > 1
+        fits = several and bool(self.tokens) and self._fork_size(len(continuations)) == len(continuations)
+        return len(rest) <= RIDING_REST and fits
 
     def _fork_size(self, n):
         """How many continuations are scored in one pass on copies of the cache: as many of `n` as
@@ -321,19 +364,21 @@ class ContextState:
         per_token = sum(c.keys.shape[1] * c.keys.shape[3] * c.keys.itemsize * 2 for c in self.cache)
         return max(1, min(n, FORK_BYTES // (per_token * len(self.tokens))))
 
-    def _score_rests(self, group):
-        """Summed log-probs of each continuation's tokens after its first: one pass on copies of the
-        cache for a group, through the shared cache for one."""
-        if len(group) == 1:
+    def _score_rests(self, group, rest=()):
+        """Summed log-probs of each continuation's tokens after its first (with `rest`, the context's
+        tokens still to feed, of all its tokens after the rest): one pass on copies of the cache for
+        a group, through the shared cache for one."""
+        if len(group) == 1 and not rest:
             return self._score_alone(group[0])[None]
+        rest, skip = list(rest), 0 if rest else 1  # without a rest, the first tokens are scored already
         longest = max(len(c) for c in group)
         pad = self.tokenizer.eos_token_id or 0
-        batch = mx.array([c[:-1] + [pad] * (longest - len(c)) for c in group])
-        logprobs = log_probs(self.forward(self.model, batch, self.fork(len(group))))
+        batch = mx.array([rest + c[:-1] + [pad] * (longest - len(c)) for c in group])
+        logprobs = log_probs(self.forward(self.model, batch, self.fork(len(group)), max(len(rest) - 1, 0)))
         self.forward_tokens += batch.size
-        targets = mx.array([c[1:] + [0] * (longest - len(c)) for c in group])
+        targets = mx.array([c[skip:] + [0] * (longest - len(c)) for c in group])
         picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
-        mask = mx.arange(longest - 1)[None] < (mx.array([len(c) for c in group])[:, None] - 1)
+        mask = mx.arange(longest - skip)[None] < (mx.array([len(c) for c in group])[:, None] - skip)
         return (picked * mask).sum(axis=1)
 
     def _score_alone(self, continuation):

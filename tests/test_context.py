@@ -100,3 +100,49 @@ def test_cancelled_context_stops_before_the_next_forward_pass(tiny):
     with pytest.raises(Cancelled):
         state.push(5)
     assert state.forward_tokens == fed
+
+
+def test_looked_up_continues_the_longest_tail_where_it_last_occurred():
+    looked_up = ContextState.looked_up
+    assert looked_up([1, 2, 3, 9, 2, 3, 7, 1, 2, 3], 2) == [9, 2]  # [1, 2, 3] beats the later [2, 3]
+    assert looked_up([4, 5, 4, 6, 4], 3) == [6, 4]  # the last earlier occurrence of [4]
+    assert looked_up([1, 2, 3], 4) == []  # 3 never occurred before
+
+
+def test_a_pushed_token_runs_what_followed_it_earlier_as_a_draft_with_the_same_log_probs(tiny):
+    stepped, looking = ContextState(tiny.model, tiny.tokenizer), ContextState(tiny.model, tiny.tokenizer)
+    prompt = stepped.encode("Send the report to Maria Lopez Garcia today. Recipient:")
+    copied = stepped.encode(" Maria Lopez Garcia")
+    assert all(token in prompt for token in copied)
+    stepped.sync(prompt)
+    looking.sync(prompt)
+    passes = []
+    forward = looking.forward
+    looking.forward = lambda *args, **kwargs: passes.append(1) or forward(*args, **kwargs)
+    for token in copied:
+        stepped.push(token)
+        looking.push(token, lookahead=4)
+        assert mx.allclose(stepped.logprobs, looking.logprobs, atol=1e-4).item()
+    assert len(passes) < len(copied)  # the copy was read off a draft
+    assert looking.draft_counts() == (0, 0)  # guessed drafts only
+
+
+def test_a_short_rest_of_the_context_rides_along_with_the_scored_continuations(tiny):
+    # the rest of the context still to feed runs in each copy of the cache: one pass, the same scores
+    synced, riding = ContextState(tiny.model, tiny.tokenizer), ContextState(tiny.model, tiny.tokenizer)
+    prefix = synced.encode("What is the weather in Paris?")
+    context = synced.encode('What is the weather in Paris? {"name": "')
+    continuations = [synced.encode("get_weather"), synced.encode("set_alarm"), synced.encode("list")]
+    synced.sync(prefix)
+    riding.sync(prefix)
+    passes, forward = [], riding.forward
+    riding.forward = lambda *args, **kwargs: passes.append(1) or forward(*args, **kwargs)
+    synced.sync(context)
+    expected, lengths = synced.score_continuations(continuations)
+    scores, same_lengths = riding.score_continuations(continuations, context=context)
+    assert same_lengths == lengths and scores == pytest.approx(expected, abs=1e-4)
+    assert len(passes) == 1 and riding.tokens == prefix  # the rest is fed with whatever comes next
+    for token_ids in continuations:
+        assert full_logprob(tiny.model, context + token_ids, len(context)) == pytest.approx(
+            scores[continuations.index(token_ids)], abs=1e-4
+        )

@@ -186,3 +186,19 @@ def test_a_draft_keeps_the_log_probs_of_step_by_step_decoding(tiny):
     drafted.push(ids[0])  # off the draft: fed as usual
     stepped.push(ids[0])
     assert mx.allclose(stepped.logprobs, drafted.logprobs, atol=1e-4).item()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lookup_drafts_never_change_the_answer(tiny, seed):
+    # free values are written with drafts looked up in the prompt (ContextState.push): same calls
+    mx.random.seed(seed)
+    fmt = call_format(tiny.tokenizer)
+    request = f"Cancel booking AB-{seed}42 for Maria Lopez, note: late check-in {seed}"
+    prompt = render_prompt(tiny.tokenizer, [{"role": "user", "content": request}], SCHEMAS, fmt)
+    answers, fed = [], []
+    for lookahead in (0, 8):
+        state = ContextState(tiny.model, tiny.tokenizer)
+        answers.append(CallDecoder(state, fmt, max_calls=2, lookahead=lookahead).decode(prompt, SCHEMAS))
+        fed.append(state.forward_tokens)
+    assert answers[1].calls == answers[0].calls and answers[1].text == answers[0].text
+    assert fed[1] > fed[0]  # drafts were run (a random model rarely copies, so most are dropped)
