@@ -74,14 +74,14 @@ def main():
         agent.ask(**ask, mode="base")  # the tools prefix, cached
         for mode in args.modes.split(","):
             answers = {}
-            for lookup in (True, False) if number % 2 else (False, True):
-                switch["on"] = features if lookup else set()
+            for on in (True, False) if number % 2 else (False, True):
+                switch["on"] = features if on else set()
                 context.RIDING_REST = riding if "riding" in switch["on"] else 0
                 before = switch["passes"]
                 started = time.perf_counter()
-                answers[lookup] = agent.ask(**ask, mode=mode).tool_calls
-                seconds[mode, lookup] += time.perf_counter() - started
-                passes[mode, lookup] += switch["passes"] - before
+                answers[on] = agent.ask(**ask, mode=mode).tool_calls
+                seconds[mode, on] += time.perf_counter() - started
+                passes[mode, on] += switch["passes"] - before
             same[mode] += answers[True] == answers[False]
         total += 1
         print(f"{number + 1}/{len(rows)} {row['benchmark']} {row['id']}", flush=True)

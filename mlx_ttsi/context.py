@@ -222,8 +222,7 @@ class ContextState:
         if self.ahead.next_is(token):
             self._take(1)
             return
-        drafts = lookahead and split_model(self.model) is not None and can_trim_prompt_cache(self.cache)
-        following = self.looked_up(self.tokens + [token], lookahead) if drafts else []
+        following = self.looked_up(self.tokens + [token], lookahead) if lookahead and self._drafts_in_one_pass() else []
         if following:
             self.draft(following, context=self.tokens + [token], lookup=True)
         else:
@@ -248,8 +247,7 @@ class ContextState:
         (push), not guessed, and is left out of `draft_counts`."""
         ids = [int(i) for i in ids][:MAX_DRAFT]
         rest = self._settle_prefix(list(context)) if context is not None else []
-        split = split_model(self.model)
-        if rest and (not ids or len(rest) > PREFILL_CHUNK or split is None or not can_trim_prompt_cache(self.cache)):
+        if rest and (not ids or len(rest) > PREFILL_CHUNK or not self._drafts_in_one_pass()):
             self._feed(rest)  # the context alone first
             rest = []
         if not ids or (not rest and self.logprobs is None) or not can_trim_prompt_cache(self.cache):
@@ -267,6 +265,11 @@ class ContextState:
             self.tokens.extend(rest)
             self.logprobs, logprobs = logprobs[0], logprobs[1:]
         self.ahead.hold(ids, logprobs, lookup)
+
+    def _drafts_in_one_pass(self):
+        """Whether a draft can run in the same pass as the context's rest: only the positions needed
+        go through the vocabulary (split_model), and the untaken tokens can be trimmed off the cache."""
+        return split_model(self.model) is not None and can_trim_prompt_cache(self.cache)
 
     def score_on_draft(self, continuations, margin=DRAFT_MARGIN):
         """Scores of `continuations` from the draft alone when they settle the choice (Draft.settles)."""
@@ -353,7 +356,7 @@ class ContextState:
         cache: it is short, there are several, one is longer than a token (else the rest's own pass
         scores them all) and copies of all of them fit."""
         several = len(continuations) > 1 and max(len(c) for c in continuations) > 1
-        fits = several and bool(self.tokens) and self._fork_size(len(continuations)) == len(continuations)
+        fits = several and self._fork_size(len(continuations)) == len(continuations)  # 1 without tokens
         return len(rest) <= RIDING_REST and fits
 
     def _fork_size(self, n):
