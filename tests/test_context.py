@@ -142,7 +142,5 @@ def test_a_short_rest_of_the_context_rides_along_with_the_scored_continuations(t
     scores, same_lengths = riding.score_continuations(continuations, context=context)
     assert same_lengths == lengths and scores == pytest.approx(expected, abs=1e-4)
     assert len(passes) == 1 and riding.tokens == prefix  # the rest is fed with whatever comes next
-    for token_ids in continuations:
-        assert full_logprob(tiny.model, context + token_ids, len(context)) == pytest.approx(
-            scores[continuations.index(token_ids)], abs=1e-4
-        )
+    for token_ids, score in zip(continuations, scores):
+        assert full_logprob(tiny.model, context + token_ids, len(context)) == pytest.approx(score, abs=1e-4)
