@@ -1,11 +1,14 @@
 """Fewer forward passes per answer: the same answers, in less time?
 
     OPENBLAS_NUM_THREADS=1 python bench/fewer_passes.py [--model qwen2.5-coder-0.5b] [--rows 4] [--seed 0]
-        [--features lookup,riding]
+        [--features lookup,riding,tree] [--always FEATURES]
 
-Two ways of cutting passes, each switched on by `--features`:
+Ways of cutting passes or their tokens, each switched on by `--features`:
   lookup: prompt-lookup drafts while free values are written (decoding.LOOKAHEAD, ContextState.push);
-  riding: the context's short rest runs in the scoring pass's copies of the cache (RIDING_REST).
+  riding: the context's short rest runs in the scoring pass's copies of the cache (RIDING_REST);
+  tree: options are scored as one tree of their tokens that reads the cache in place (TREE_TOKENS),
+  instead of on copies of the cache.
+`--always` names features on in both ways (e.g. `--features tree --always lookup,riding`).
 `--rows` random rows of each of the five benchmark files are answered in `--modes` (base, check)
 twice, with the features and without, alternating which goes first; each row's tools prefix is
 cached by an unmeasured answer first. Prints, per mode, the seconds and forward passes of each way,
@@ -58,10 +61,12 @@ def main():
     parser.add_argument("--rows", type=int, default=4, help="rows of each file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default="base,check")
-    parser.add_argument("--features", default="lookup,riding", help="what the faster way switches on")
+    parser.add_argument("--features", default="lookup,riding,tree", help="what the faster way switches on")
+    parser.add_argument("--always", default="", help="features on in both ways")
     args = parser.parse_args()
     agent = Agent.load(args.model)
-    features, riding = set(args.features.split(",")), context.RIDING_REST
+    features, riding, tree = set(args.features.split(",")), context.RIDING_REST, context.TREE_TOKENS
+    always = set(filter(None, args.always.split(",")))
     switch = {"on": features, "passes": 0}
     ContextState.push = switched(switch, ContextState.push)
     ContextState.__init__ = counting(switch, ContextState.__init__)
@@ -75,8 +80,9 @@ def main():
         for mode in args.modes.split(","):
             answers = {}
             for on in (True, False) if number % 2 else (False, True):
-                switch["on"] = features if on else set()
+                switch["on"] = (features if on else set()) | always
                 context.RIDING_REST = riding if "riding" in switch["on"] else 0
+                context.TREE_TOKENS = tree if "tree" in switch["on"] else 0
                 before = switch["passes"]
                 started = time.perf_counter()
                 answers[on] = agent.ask(**ask, mode=mode).tool_calls
@@ -86,7 +92,7 @@ def main():
         total += 1
         print(f"{number + 1}/{len(rows)} {row['benchmark']} {row['id']}", flush=True)
     print(
-        f"\n{machine()}; {args.model}, {total} rows ({args.rows} of each file, seed {args.seed}), with: {args.features}\n"
+        f"\n{machine()}; {args.model}, {total} rows ({args.rows} of each file, seed {args.seed}), with: {args.features}, both: {args.always or 'none'}\n"
     )
     print("| mode | s without | s with | with / without | passes without | passes with | same answers |")
     print("|---|---|---|---|---|---|---|")

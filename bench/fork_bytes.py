@@ -6,7 +6,8 @@ else each option alone through the shared cache.
 
 The first N rows of a benchmark file (each with its own tools, prefixes warmed first), asked each way
 in turn (which goes first alternates by round). Prints the seconds per way, the model passes that
-scored options, and whether every answer is the same.
+scored options, and whether every answer is the same. Copies of the cache are what options are
+scored on where no tree pass runs (context.TREE_TOKENS), so tree passes are switched off here.
 """
 
 import argparse
@@ -31,7 +32,8 @@ def run(agent, rows, mode, before):
         passes.append(-(-n // chosen))
         return chosen
 
-    context.ContextState._fork_size = counted
+    context.ContextState._fork_size, trees = counted, context.TREE_TOKENS
+    context.TREE_TOKENS = 0
     try:
         started, answers = time.perf_counter(), []
         for row in rows:
@@ -40,7 +42,7 @@ def run(agent, rows, mode, before):
             answers.append(ask.tool_calls)
         return time.perf_counter() - started, sum(passes), answers
     finally:
-        context.ContextState._fork_size = size
+        context.ContextState._fork_size, context.TREE_TOKENS = size, trees
 
 
 def main():

@@ -10,16 +10,21 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import KVCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.utils import common_prefix_len
 
 from .errors import Cancelled, RequestError
+from .token_tree import TokenTree, positioned
 
 PREFILL_CHUNK = 128  # smaller chunks measured faster than 512 here: less causal attention work per chunk
 # Continuations are scored side by side on copies of the context's KV cache, as many at a time as
 # fit in this many bytes of copies (one pass reads the weights once); one that fits alone goes
 # through the shared cache, which is then trimmed back.
 FORK_BYTES = 1 << 30
+# Where the model allows (token_tree.positioned), they run instead as one tree of their distinct
+# tokens in one pass that reads the cache in place, up to this many tokens (else on copies).
+TREE_TOKENS = 512
 RIDING_REST = 16  # tokens of context still to feed that may run in every copy, saving their own pass
 MAX_DRAFT = 256  # tokens of a draft (a guessed continuation) run through the model in one pass
 LOOKUP_NGRAM = 3  # prompt-lookup drafting: the longest tail of the context looked for earlier in it
@@ -328,18 +333,22 @@ class ContextState:
         return cache_from_arrays(self.prefix_arrays(len(self.tokens)), n)
 
     def score_continuations(self, continuations, context=None):
-        """Summed log-prob and length of each token list, given the current context (as few passes
-        as the copies of the cache that FORK_BYTES allows). With `context` (token ids, as for `sync`),
-        after that context: a short rest of it still to feed runs in each copy of the cache, in the
-        same pass as the continuations, instead of a pass of its own."""
+        """Summed log-prob and length of each token list, given the current context: in one pass over
+        the tree of their tokens where the model allows, else on as few copies of the cache as
+        FORK_BYTES allows. With `context` (token ids, as for `sync`), after that context: a short rest
+        of it still to feed runs in the same pass as the continuations instead of a pass of its own
+        (in the tree as its trunk, then kept in the cache; in each copy of the cache, then dropped)."""
         if not all(continuations):
             raise ValueError("every continuation needs at least one token")
         rest = self._settle_prefix(list(context)) if context is not None else []
-        if rest and not self._rides_along(rest, continuations):
+        tree = self._tree_of(rest, continuations)
+        if rest and tree is None and not self._rides_along(rest, continuations):
             self._feed(rest)
             rest = []
         self._check_cancelled()
-        if rest:  # one pass on copies of the cache: the rest, then every continuation
+        if tree is not None:
+            totals = self._score_tree(tree, continuations, rest)
+        elif rest:  # one pass on copies of the cache: the rest, then every continuation
             totals = self._score_rests(continuations, rest)
         else:
             first = mx.array([c[0] for c in continuations])
@@ -350,6 +359,51 @@ class ContextState:
                 totals = totals + mx.concatenate([self._score_rests(group) for group in groups])
         mx.eval(totals)
         return totals.tolist(), [len(c) for c in continuations]
+
+    def _tree_of(self, rest, continuations):
+        """The TokenTree of the context's `rest` then each continuation but its last token, when one
+        pass over it is the way to score them: some token needs the model, the model and cache allow
+        a tree pass, and it is at most TREE_TOKENS long; else None."""
+        if not rest and max(len(c) for c in continuations) == 1:
+            return None  # the context's log-probs score them all
+        if len(rest) > PREFILL_CHUNK or not self._trees_allowed():
+            return None
+        tree = TokenTree([rest + c[:-1] for c in continuations])
+        return tree if len(tree) <= TREE_TOKENS else None
+
+    def _trees_allowed(self):
+        """Whether tree passes can run: a known attention (split_model, token_tree.positioned) over a
+        plain KV cache that holds the context."""
+        plain = self.tokens and all(isinstance(c, KVCache) for c in self.cache)
+        return bool(plain) and split_model(self.model) is not None and positioned(self.model)
+
+    def _score_tree(self, tree, continuations, rest):
+        """Summed log-probs of the continuations from one pass over `tree`, whose trunk is the
+        context's `rest`: its keys and values then join the cache, as if it had been fed."""
+        if rest:
+            self._drop_ahead()  # the draft disagrees with the rest
+        start = max(len(rest) - 1, 0)  # the trunk's last node scores the continuations' first tokens
+        caches = tree.caches(self.prefix_arrays(len(self.tokens)), len(self.tokens))
+        logprobs = log_probs(self.forward(self.model, mx.array(tree.tokens)[None], caches, start)[0])
+        self.forward_tokens += len(tree)
+        if rest:
+            for cache, layer in zip(self.cache, caches):
+                cache.update_and_fetch(*layer.first_added(len(rest)))
+            self.tokens.extend(rest)
+            self.logprobs = logprobs[0]
+        longest = max(len(c) for c in continuations)
+        rows = np.zeros((len(continuations), longest), np.int32)
+        targets = np.zeros_like(rows)
+        for k, continuation in enumerate(continuations):  # token i is scored after its node i - 1
+            rows[k, 1 : len(continuation)] = np.array(tree.path(k)[len(rest) :], np.int32) - start
+            targets[k, : len(continuation)] = continuation
+        totals = self.logprobs[mx.array(targets[:, 0])]
+        if longest > 1:
+            picked = logprobs[mx.array(rows[:, 1:]), mx.array(targets[:, 1:])]
+            lengths = mx.array([len(c) for c in continuations])[:, None]
+            totals = totals + (picked * (mx.arange(1, longest)[None] < lengths)).sum(axis=1)
+        mx.eval(totals, [c.state for c in self.cache])
+        return totals
 
     def _rides_along(self, rest, continuations):
         """Whether the context's `rest` goes with the continuations in their one pass on copies of the

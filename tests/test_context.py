@@ -47,8 +47,10 @@ def test_prompt_longer_than_context_is_refused(tiny):
 
 @pytest.mark.parametrize("fit", [0, 2])  # copies of the cache for none (one by one) or two at a time
 def test_long_contexts_score_in_groups_that_fit_with_the_same_results(tiny, monkeypatch, fit):
+    # where no tree pass runs (a model it does not know, or a tree too long), copies of the cache
     import mlx_ttsi.context as context_module
 
+    monkeypatch.setattr(context_module, "TREE_TOKENS", 0)
     state = ContextState(tiny.model, tiny.tokenizer)
     prefix = state.encode("What is the weather in Paris?")
     continuations = [state.encode(" get_weather"), state.encode(' list_alarms"}'), state.encode(" set_alarm")]
@@ -127,8 +129,13 @@ def test_a_pushed_token_runs_what_followed_it_earlier_as_a_draft_with_the_same_l
     assert looking.draft_counts() == (0, 0)  # guessed drafts only
 
 
-def test_a_short_rest_of_the_context_rides_along_with_the_scored_continuations(tiny):
-    # the rest of the context still to feed runs in each copy of the cache: one pass, the same scores
+@pytest.mark.parametrize("tree", [True, False])
+def test_a_short_rest_of_the_context_rides_along_with_the_scored_continuations(tiny, monkeypatch, tree):
+    # the rest of the context still to feed runs as the tree's trunk (then kept in the cache), or in
+    # each copy of the cache: one pass, the same scores
+    import mlx_ttsi.context as context_module
+
+    monkeypatch.setattr(context_module, "TREE_TOKENS", context_module.TREE_TOKENS if tree else 0)
     synced, riding = ContextState(tiny.model, tiny.tokenizer), ContextState(tiny.model, tiny.tokenizer)
     prefix = synced.encode("What is the weather in Paris?")
     context = synced.encode('What is the weather in Paris? {"name": "')
@@ -141,6 +148,65 @@ def test_a_short_rest_of_the_context_rides_along_with_the_scored_continuations(t
     expected, lengths = synced.score_continuations(continuations)
     scores, same_lengths = riding.score_continuations(continuations, context=context)
     assert same_lengths == lengths and scores == pytest.approx(expected, abs=1e-4)
-    assert len(passes) == 1 and riding.tokens == prefix  # the rest is fed with whatever comes next
+    assert len(passes) == 1
+    assert riding.tokens == (context if tree else prefix)  # else the rest is fed with whatever comes next
+    synced.sync(context + continuations[0][:1])
+    riding.sync(context + continuations[0][:1])
+    assert mx.allclose(synced.logprobs, riding.logprobs, atol=1e-4).item()
     for token_ids, score in zip(continuations, scores):
         assert full_logprob(tiny.model, context + token_ids, len(context)) == pytest.approx(score, abs=1e-4)
+
+
+def test_options_that_begin_alike_run_once_as_a_tree_with_the_same_scores(tiny):
+    from mlx_ttsi.token_tree import TokenTree
+
+    state = ContextState(tiny.model, tiny.tokenizer)
+    prefix = state.encode("Which tool?")
+    names = [state.encode(f' get_{name}"') for name in ("weather", "weather_report", "time", "alarm")]
+    state.sync(prefix)
+    passes, forward = [], state.forward
+    state.forward = lambda model, x, *a: passes.append(x.shape) or forward(model, x, *a)
+    scores, lengths = state.score_continuations(names)
+    tree = TokenTree([name[:-1] for name in names])
+    assert len(tree) < sum(len(name) - 1 for name in names)  # " get_" once, "weather" once
+    assert passes == [(1, len(tree))]  # one row: the tree's distinct tokens
+    assert lengths == [len(name) for name in names] and state.tokens == prefix
+    for name, score in zip(names, scores):
+        assert score == pytest.approx(full_logprob(tiny.model, prefix + name, len(prefix)), abs=1e-4)
+    fresh = ContextState(tiny.model, tiny.tokenizer)
+    fresh.sync(prefix)
+    assert mx.allclose(state.logprobs, fresh.logprobs, atol=1e-4).item()  # the cache is untouched
+
+
+def test_a_token_tree_shares_the_nodes_of_common_prefixes():
+    from mlx_ttsi.token_tree import TokenTree
+
+    tree = TokenTree([[1, 2, 3], [1, 2, 4], [1, 5], [6]])
+    assert tree.tokens == [1, 2, 3, 4, 5, 6]
+    assert [tree.path(k) for k in range(4)] == [[0, 1, 2], [0, 1, 3], [0, 4], [5]]
+
+
+def test_a_model_with_another_rotary_embedding_scores_on_copies_of_the_cache(tiny):
+    import mlx.nn as nn
+
+    class OwnRope(nn.Module):  # a rotary embedding the tree pass does not know to take positions
+        def __init__(self, rope):
+            super().__init__()
+            self.inner = rope
+
+        def __call__(self, x, offset=0):
+            return self.inner(x, offset=offset)
+
+    state = ContextState(tiny.model, tiny.tokenizer)
+    prefix = state.encode("Which tool?")
+    names = [state.encode(f' get_{name}"') for name in ("weather", "time")]
+    state.sync(prefix)
+    expected, _ = state.score_continuations(names)  # as a tree
+    for layer in tiny.model.model.layers:
+        layer.self_attn.rope = OwnRope(layer.self_attn.rope.rope)
+    other = ContextState(tiny.model, tiny.tokenizer)
+    other.sync(prefix)
+    passes, forward = [], other.forward
+    other.forward = lambda model, x, *a: passes.append(x.shape[0]) or forward(model, x, *a)
+    scores, _ = other.score_continuations(names)
+    assert passes == [2] and scores == pytest.approx(expected, abs=1e-4)  # two rows: copies of the cache
