@@ -77,3 +77,17 @@ def machine():
 
     device = "gpu" if mx.metal.is_available() else "cpu"
     return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, mlx {mx.__version__} ({device}), BLAS: {_blas.loaded_path or 'bundled'}"
+
+
+def forwards_through(around):
+    """Every ContextState made from now on runs its forward passes through `around(forward)` (a
+    wrapper that counts or times them)."""
+    from mlx_ttsi.context import ContextState
+
+    init = ContextState.__init__
+
+    def wrapper(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.forward = around(self.forward)
+
+    ContextState.__init__ = wrapper

@@ -25,7 +25,7 @@ from mlx_ttsi.agent import Agent
 from mlx_ttsi.context import ContextState
 from mlx_ttsi.evaluation.rows import max_calls_for, row_input
 
-from _common import machine, rows_of
+from _common import forwards_through, machine, rows_of
 
 FILES = ("sealtool", "apibank_l1", "apibank_l2", "nexusraven", "toolalpaca_real")
 
@@ -39,20 +39,17 @@ def switched(switch, push):
     return wrapper
 
 
-def counting(switch, init):
-    """`ContextState.__init__` whose context counts its forward passes in switch["passes"]."""
+def counting(switch):
+    """A forward-pass wrapper (for forwards_through) that counts the passes in switch["passes"]."""
 
-    def wrapper(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        forward = self.forward
-
+    def around(forward):
         def counted(*inputs, **options):
             switch["passes"] += 1
             return forward(*inputs, **options)
 
-        self.forward = counted
+        return counted
 
-    return wrapper
+    return around
 
 
 def main():
@@ -69,7 +66,7 @@ def main():
     always = set(filter(None, args.always.split(",")))
     switch = {"on": features, "passes": 0}
     ContextState.push = switched(switch, ContextState.push)
-    ContextState.__init__ = counting(switch, ContextState.__init__)
+    forwards_through(counting(switch))
     seconds, passes, same = defaultdict(float), defaultdict(int), defaultdict(int)
     total = 0
     rows = [row for name in FILES for row in random.Random(args.seed).sample(list(rows_of(name).values()), args.rows)]

@@ -18,12 +18,11 @@ from collections import defaultdict
 
 from mlx_ttsi import context
 from mlx_ttsi.agent import Agent
-from mlx_ttsi.context import ContextState
 from mlx_ttsi.evaluation.rows import max_calls_for, row_input
 from mlx_ttsi.token_tree import TreeCache
 
 import mlx.core as mx
-from _common import machine, rows_of
+from _common import forwards_through, machine, rows_of
 
 FILES = ("sealtool", "apibank_l1", "apibank_l2", "nexusraven", "toolalpaca_real")
 
@@ -37,13 +36,11 @@ def kind(inputs, cache):
     return "step" if length == 1 else "short" if length <= 32 else "prefill"
 
 
-def timing(spent, init):
-    """`ContextState.__init__` whose context times each forward pass into spent[kind] = [passes, s]."""
+def timing(spent):
+    """A forward-pass wrapper (for forwards_through) that evaluates each pass as it runs and times it
+    into spent[kind] = [passes, seconds]."""
 
-    def wrapper(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        forward = self.forward
-
+    def around(forward):
         def timed(model, inputs, cache, start=0):
             started = time.perf_counter()
             logits = forward(model, inputs, cache, start)
@@ -53,9 +50,9 @@ def timing(spent, init):
             entry[1] += time.perf_counter() - started
             return logits
 
-        self.forward = timed
+        return timed
 
-    return wrapper
+    return around
 
 
 def main():
@@ -68,7 +65,7 @@ def main():
     args = parser.parse_args()
     agent = Agent.load(args.model)
     spent = defaultdict(lambda: [0, 0.0])
-    ContextState.__init__ = timing(spent, ContextState.__init__)
+    forwards_through(timing(spent))
     rows = [row for name in FILES for row in random.Random(args.seed).sample(list(rows_of(name).values()), args.rows)]
     asks = []
     for row in rows:

@@ -152,6 +152,8 @@ class ContextState:
         self.logprobs = None  # log-probs of the next token after self.tokens
         self.forward_tokens = 0  # tokens run through the model, for the benchmarks
         self.ahead = Draft()  # tokens already in the KV cache after self.tokens
+        # whether options can be scored as a tree (a known attention: split_model, token_tree.positioned)
+        self.trees = split_model(model) is not None and positioned(model)
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -366,16 +368,11 @@ class ContextState:
         a tree pass, and it is at most TREE_TOKENS long; else None."""
         if not rest and max(len(c) for c in continuations) == 1:
             return None  # the context's log-probs score them all
-        if len(rest) > PREFILL_CHUNK or not self._trees_allowed():
+        plain = self.tokens and all(isinstance(c, KVCache) for c in self.cache)  # a cache to read in place
+        if len(rest) > PREFILL_CHUNK or not (self.trees and plain):
             return None
         tree = TokenTree([rest + c[:-1] for c in continuations])
         return tree if len(tree) <= TREE_TOKENS else None
-
-    def _trees_allowed(self):
-        """Whether tree passes can run: a known attention (split_model, token_tree.positioned) over a
-        plain KV cache that holds the context."""
-        plain = self.tokens and all(isinstance(c, KVCache) for c in self.cache)
-        return bool(plain) and split_model(self.model) is not None and positioned(self.model)
 
     def _score_tree(self, tree, continuations, rest):
         """Summed log-probs of the continuations from one pass over `tree`, whose trunk is the

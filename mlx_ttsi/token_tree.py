@@ -59,16 +59,15 @@ class TreeCache:
     """One layer's KV cache for a tree pass: the context's keys and values, then the nodes'."""
 
     def __init__(self, keys, values, positions, mask):
-        self.context = keys, values
+        self.keys, self.values = keys, values  # the context's, until the pass appends the nodes'
         self.offset = positions  # TokenPositions, read by the layer's PositionedRope
         self.mask = mask
-        self.keys = self.values = None
         self.added = None  # the nodes' own (keys, values), once the pass has run
 
     def update_and_fetch(self, keys, values):
         self.added = keys, values
-        self.keys = mx.concatenate([self.context[0], keys], axis=2)
-        self.values = mx.concatenate([self.context[1], values], axis=2)
+        self.keys = mx.concatenate([self.keys, keys], axis=2)
+        self.values = mx.concatenate([self.values, values], axis=2)
         return self.keys, self.values
 
     def make_mask(self, *args, **kwargs):
@@ -89,17 +88,17 @@ class TokenTree:
     node is one token, after its parent (the node of the same prefix one token shorter)."""
 
     def __init__(self, sequences):
-        index = {}
+        index = {}  # (parent node, token) -> node
         self.tokens, self.parents, self.paths = [], [], []
         for sequence in sequences:
-            path = []
-            for i, token in enumerate(sequence):
-                key = tuple(sequence[: i + 1])
-                if key not in index:
-                    index[key] = len(self.tokens)
+            path, parent = [], -1
+            for token in sequence:
+                if (parent, token) not in index:
+                    index[parent, token] = len(self.tokens)
                     self.tokens.append(token)
-                    self.parents.append(path[-1] if path else -1)
-                path.append(index[key])
+                    self.parents.append(parent)
+                parent = index[parent, token]
+                path.append(parent)
             self.paths.append(path)  # the node of each of the sequence's prefixes
 
     def __len__(self):
@@ -114,9 +113,8 @@ class TokenTree:
             if parent >= 0:
                 seen[node] = seen[parent]
             seen[node, node] = True
-        mask = mx.concatenate([mx.ones((len(self), context), dtype=mx.bool_), mx.array(seen)], axis=1)
-        positions = TokenPositions(mx.array(depths) + context)
-        mx.eval(mask, positions.positions, arrays)  # the pass may run in another thread (a Lockstep's)
+        mask = mx.array(np.concatenate([np.ones((len(self), context), dtype=bool), seen], axis=1))
+        positions = TokenPositions(mx.array(np.array(depths) + context))
         return [TreeCache(keys, values, positions, mask) for keys, values in arrays]
 
     def path(self, k):
